@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the system packages the network tests use: coturn (turnserver, our STUN/TURN server),
+# iproute2 (ip netns, tc netem) and iptables (NAT routers). Only what is missing is installed.
+# Without root (or without apt-get) it prints what is missing and goes on: those tests skip.
+set -u
+need=()
+command -v turnserver >/dev/null 2>&1 || need+=(coturn)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "note: missing system packages: ${need[*]} (network tests will skip); install them as root" >&2
+    exit 0
+fi
+echo "installing system packages: ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+    || echo "warning: apt-get could not install ${need[*]}; network tests will skip" >&2
+# Debian starts coturn as a service on install; the tests run their own instances.
+if command -v systemctl >/dev/null 2>&1; then systemctl disable --now coturn >/dev/null 2>&1 || true; fi
+exit 0

@@ -1,0 +1,1 @@
+"""The hotlink client."""

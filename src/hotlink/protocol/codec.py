@@ -1,0 +1,388 @@
+"""Encoding and decoding of WebSocket messages (PROTOCOL.md §1.5-1.7).
+
+Binary frames carry the SB envelope ``53 42 01 <enc>`` followed by a msgpack map
+``{id, typ, dat}`` whose ``dat`` is a msgpack *bin* holding the payload's own msgpack (or
+JSON bytes when ``enc`` is 0). Text frames carry ``{"id", "typ", "dat"}`` JSON with base64
+bytes. Decoding is lenient where the reference peers differ (any int width, str or bin,
+unknown keys, the msgpack timestamp extension) and strict about everything else: all bad
+input raises :class:`ProtocolError` with a message that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from dataclasses import fields
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgpack
+
+from .errors import ProtocolError
+from .messages import (
+    ACLORDER,
+    BYTES,
+    INT,
+    PAYLOAD_TYPES,
+    STR,
+    STRLIST,
+    STRMAP,
+    SYFTURL,
+    TIME,
+    UINT,
+    ACLEntry,
+    Message,
+    MsgType,
+    Payload,
+    SyftURL,
+)
+
+ENVELOPE_MAGIC = b"SB"
+ENVELOPE_VERSION = 1
+ENC_JSON = 0
+ENC_MSGPACK = 1
+
+Encoding = Literal["msgpack", "json"]
+
+MAX_UINT64 = (1 << 64) - 1
+MAX_INT64 = (1 << 63) - 1
+
+
+# ---------------------------------------------------------------- encoding negotiation
+
+
+def choose_encoding(header: str | None) -> Encoding:
+    """The server's pick from ``X-Syft-WS-Encodings``: the first known token, else JSON."""
+    for token in (header or "").split(","):
+        token = token.strip().lower()
+        if token in ("msgpack", "json"):
+            return token  # type: ignore[return-value]
+    return "json"
+
+
+# ---------------------------------------------------------------- encode
+
+
+def _empty(value: Any) -> bool:
+    return value in ("", 0, b"", (), [], {}, None)
+
+
+def _encode_value(kind: str, value: Any, *, json_form: bool) -> Any:
+    if kind == BYTES:
+        return base64.b64encode(value).decode("ascii") if json_form else bytes(value)
+    if kind == STRLIST:
+        return list(value)
+    if kind == STRMAP:
+        return dict(value)
+    if kind == TIME:
+        if json_form:
+            return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return value
+    if kind == ACLORDER:
+        if json_form:
+            return [{"path": e.path, "hash": e.hash} for e in value]
+        return [{"Path": e.path, "Hash": e.hash} for e in value]
+    if kind == SYFTURL:
+        if json_form:
+            return str(value)
+        return {
+            "Datasite": value.datasite,
+            "AppName": value.app_name,
+            "Endpoint": value.endpoint,
+            "QueryParams": dict(value.query),
+        }
+    return value
+
+
+def payload_to_obj(payload: Payload, *, json_form: bool) -> dict[str, Any]:
+    """The payload as a plain map with the wire keys of the chosen encoding."""
+    out: dict[str, Any] = {}
+    for f in fields(payload):
+        meta = f.metadata
+        value = getattr(payload, f.name)
+        if json_form:
+            if meta["omit_json"] and _empty(value):
+                continue
+            key = meta["json"]
+        else:
+            if payload.OMIT_IN_MSGPACK and meta["omit_json"] and _empty(value):
+                continue
+            key = meta["mp"]
+            if meta["kind"] == BYTES and not value and not payload.OMIT_IN_MSGPACK:
+                # Go writes a nil []byte as msgpack nil.
+                out[key] = None
+                continue
+        out[key] = _encode_value(meta["kind"], value, json_form=json_form)
+    return out
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True, datetime=True)
+
+
+def encode_msgpack(message: Message) -> bytes:
+    """``SB 01 01`` + the msgpack wire map, with ``typ`` as uint16 like the Go encoder."""
+    dat = _pack(payload_to_obj(message.payload, json_form=False))
+    return b"".join(
+        (
+            ENVELOPE_MAGIC,
+            bytes((ENVELOPE_VERSION, ENC_MSGPACK)),
+            b"\x83\xa2id",
+            _pack(message.id),
+            b"\xa3typ\xcd",
+            struct.pack(">H", int(message.typ)),
+            b"\xa3dat",
+            _pack(dat),
+        )
+    )
+
+
+def encode_json(message: Message) -> str:
+    """The text-frame form ``{"id", "typ", "dat"}``."""
+    obj = {
+        "id": message.id,
+        "typ": int(message.typ),
+        "dat": payload_to_obj(message.payload, json_form=True),
+    }
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def encode(message: Message, encoding: Encoding) -> bytes | str:
+    """Bytes for a binary frame (msgpack) or a string for a text frame (JSON)."""
+    return encode_msgpack(message) if encoding == "msgpack" else encode_json(message)
+
+
+# ---------------------------------------------------------------- decode
+
+
+def _what(value: Any) -> str:
+    return type(value).__name__
+
+
+def _as_str(value: Any, where: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"{where}: bytes are not valid UTF-8") from exc
+    raise ProtocolError(f"{where}: expected a string, got {_what(value)}")
+
+
+def _as_int(value: Any, where: str, *, lo: int, hi: int) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError(f"{where}: expected an integer, got {_what(value)}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ProtocolError(f"{where}: expected an integer, got {value!r}")
+        value = int(value)
+    if not lo <= value <= hi:
+        raise ProtocolError(f"{where}: integer {value} out of range")
+    return value
+
+
+def _as_bytes(value: Any, where: str, *, json_form: bool) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):
+        if not json_form:
+            return value.encode("utf-8")
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ProtocolError(f"{where}: not valid base64") from exc
+    if isinstance(value, list):
+        # The Rust decoder accepts byte arrays as lists of numbers; so do we.
+        try:
+            return bytes(value)
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"{where}: a byte list must hold integers 0-255") from exc
+    raise ProtocolError(f"{where}: expected bytes, got {_what(value)}")
+
+
+def _as_time(value: Any, where: str) -> datetime:
+    if value is None:
+        return datetime(1970, 1, 1, tzinfo=UTC)
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, msgpack.Timestamp):
+        return value.to_datetime()
+    if isinstance(value, (str, bytes)):
+        text = _as_str(value, where)
+        try:
+            return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ProtocolError(f"{where}: not an RFC 3339 time: {text!r}") from exc
+    raise ProtocolError(f"{where}: expected a time, got {_what(value)}")
+
+
+def _get(obj: dict[Any, Any], *keys: str) -> Any:
+    for key in keys:
+        if key in obj:
+            return obj[key]
+    return None
+
+
+def _decode_value(kind: str, value: Any, where: str, *, json_form: bool) -> Any:
+    if kind == STR:
+        return _as_str(value, where)
+    if kind == INT:
+        return _as_int(value, where, lo=-MAX_INT64 - 1, hi=MAX_INT64)
+    if kind == UINT:
+        return _as_int(value, where, lo=0, hi=MAX_UINT64)
+    if kind == BYTES:
+        return _as_bytes(value, where, json_form=json_form)
+    if kind == STRLIST:
+        if value is None:
+            return ()
+        if not isinstance(value, (list, tuple)):
+            raise ProtocolError(f"{where}: expected a list of strings, got {_what(value)}")
+        return tuple(_as_str(v, where) for v in value)
+    if kind == STRMAP:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where}: expected a map, got {_what(value)}")
+        return {_as_str(k, where): _as_str(v, where) for k, v in value.items()}
+    if kind == TIME:
+        return _as_time(value, where)
+    if kind == ACLORDER:
+        if value is None:
+            return ()
+        if not isinstance(value, (list, tuple)):
+            raise ProtocolError(f"{where}: expected a list, got {_what(value)}")
+        entries = []
+        for item in value:
+            if not isinstance(item, dict):
+                raise ProtocolError(f"{where}: entries must be maps, got {_what(item)}")
+            item = {_as_str(k, where).lower(): v for k, v in item.items()}
+            entries.append(
+                ACLEntry(_as_str(item.get("path"), where), _as_str(item.get("hash"), where))
+            )
+        return tuple(entries)
+    if kind == SYFTURL:
+        if value is None:
+            return SyftURL()
+        if isinstance(value, dict):
+            query = _decode_value(
+                STRMAP, _get(value, "QueryParams", "query_params"), where, json_form=False
+            )
+            return SyftURL(
+                _as_str(_get(value, "Datasite", "datasite"), where),
+                _as_str(_get(value, "AppName", "app_name"), where),
+                _as_str(_get(value, "Endpoint", "endpoint"), where),
+                query,
+            )
+        return SyftURL.parse(_as_str(value, where))
+    raise AssertionError(f"unknown field kind {kind}")  # pragma: no cover - a bug in messages.py
+
+
+def payload_from_obj(typ: MsgType, obj: Any, *, json_form: bool) -> Payload:
+    """Build the payload dataclass for ``typ`` from a decoded map (JSON or msgpack keys)."""
+    cls = PAYLOAD_TYPES[typ]
+    if obj is None:
+        obj = {}
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{typ.name} payload must be a map, got {_what(obj)}")
+    # msgpack keys may arrive as bin; normalise to str so lookups work.
+    obj = {
+        (_as_str(k, f"{typ.name} key") if isinstance(k, (bytes, str)) else k): v
+        for k, v in obj.items()
+    }
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        meta = f.metadata
+        keys = (meta["json"],) if json_form else (meta["mp"], meta["json"])
+        raw = _get(obj, *keys)
+        if raw is None:
+            continue  # absent: the dataclass default is the Go zero value
+        values[f.name] = _decode_value(
+            meta["kind"], raw, f"{typ.name}.{meta['json']}", json_form=json_form
+        )
+    return cls(**values)
+
+
+def _msg_type(raw: Any) -> MsgType:
+    typ = _as_int(raw, "typ", lo=0, hi=0xFFFF)
+    try:
+        return MsgType(typ)
+    except ValueError:
+        raise ProtocolError(f"unknown message type {typ}") from None
+
+
+def _unpack(data: bytes, where: str) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, timestamp=3)
+    except UnicodeDecodeError:
+        # A str with invalid UTF-8; retry raw so the field check can name the field.
+        try:
+            return msgpack.unpackb(data, raw=True, strict_map_key=False, timestamp=3)
+        except Exception as exc:
+            raise ProtocolError(f"{where}: malformed msgpack: {exc}") from exc
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"{where}: malformed msgpack: {exc}") from exc
+
+
+def _wire_map(obj: Any, where: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{where}: expected a map with id, typ and dat, got {_what(obj)}")
+    return {
+        (k.decode("utf-8", "replace") if isinstance(k, bytes) else k): v for k, v in obj.items()
+    }
+
+
+def decode_msgpack_payload(data: bytes) -> Message:
+    """Decode the msgpack wire map (the bytes after the SB envelope)."""
+    outer = _wire_map(_unpack(data, "message"), "message")
+    typ = _msg_type(outer.get("typ"))
+    msg_id = _as_str(outer.get("id"), "id")
+    dat = outer.get("dat")
+    if isinstance(dat, (bytes, bytearray)):
+        inner = _unpack(bytes(dat), f"{typ.name} dat")
+    else:
+        inner = dat  # tolerate a peer that nests the map directly
+    return Message(msg_id, payload_from_obj(typ, inner, json_form=False))
+
+
+def decode_json(text: str | bytes) -> Message:
+    """Decode a JSON text frame (or the JSON body of an encoding-0 envelope)."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"malformed JSON: {exc}") from exc
+    outer = _wire_map(obj, "message")
+    raw_typ = outer.get("typ")
+    if not isinstance(raw_typ, (int, float)) or isinstance(raw_typ, bool):
+        raise ProtocolError(f"typ must be a JSON number, got {_what(raw_typ)}")
+    typ = _msg_type(raw_typ)
+    msg_id = _as_str(outer.get("id"), "id")
+    return Message(msg_id, payload_from_obj(typ, outer.get("dat"), json_form=True))
+
+
+def decode_binary(data: bytes) -> Message:
+    """Decode a binary WebSocket frame: the SB envelope and what it holds."""
+    if len(data) < 4 or data[:2] != ENVELOPE_MAGIC:
+        raise ProtocolError("binary message missing SB envelope")
+    if data[2] != ENVELOPE_VERSION:
+        raise ProtocolError(f"unsupported ws envelope version {data[2]}")
+    if data[3] == ENC_MSGPACK:
+        return decode_msgpack_payload(data[4:])
+    if data[3] == ENC_JSON:
+        return decode_json(data[4:])
+    raise ProtocolError(f"unknown ws encoding {data[3]}")
+
+
+def decode(frame: bytes | str) -> Message:
+    """Decode one WebSocket frame by its type: text is JSON, binary is the SB envelope."""
+    if isinstance(frame, str):
+        return decode_json(frame)
+    return decode_binary(frame)
