@@ -1,0 +1,1 @@
+"""Test harness helpers shared by the suites (real processes, ports, coturn, namespaces)."""
