@@ -357,7 +357,8 @@ def decode_json(text: str | bytes) -> Message:
     """Decode a JSON text frame (or the JSON body of an encoding-0 envelope)."""
     try:
         obj = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: deeply nested arrays/objects must not escape as a non-protocol error.
         raise ProtocolError(f"malformed JSON: {exc}") from exc
     outer = _wire_map(obj, "message")
     raw_typ = outer.get("typ")

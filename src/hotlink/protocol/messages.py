@@ -155,7 +155,10 @@ class SyftURL:
             raise ProtocolError(
                 f"syft url must be syft://<datasite>/app_data/<app>/rpc/<endpoint>, got {text!r}"
             )
-        return cls(parts[0], parts[2], "/".join(parts[4:]), dict(parse_qsl(query)))
+        # keep_blank_values: ``?k=`` is a real (empty) parameter, as Go's url.ParseQuery keeps it.
+        return cls(
+            parts[0], parts[2], "/".join(parts[4:]), dict(parse_qsl(query, keep_blank_values=True))
+        )
 
 
 @dataclass(frozen=True, slots=True)
