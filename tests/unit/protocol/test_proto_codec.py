@@ -270,7 +270,9 @@ _text = st.text(alphabet=_chars, max_size=40)
 _datetimes = st.datetimes(
     min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC)
 )
-_url_part = st.text(alphabet=st.characters(exclude_characters="/?", exclude_categories=("Cs",)), max_size=12)
+_url_part = st.text(
+    alphabet=st.characters(exclude_characters="/?", exclude_categories=("Cs",)), max_size=12
+)
 _syft_urls = st.builds(
     SyftURL,
     _url_part,
