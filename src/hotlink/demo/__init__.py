@@ -1,0 +1,1 @@
+"""The demo: an embedded relay and clients on one machine, a tunnel, a report."""
