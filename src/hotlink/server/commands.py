@@ -1,9 +1,134 @@
-"""CLI commands of the server (registered on the main typer app by ``hotlink.cli``)."""
+"""CLI commands of the server (registered on the main typer app by ``hotlink.cli``).
+
+``hotlink server`` runs the relay; ``hotlink token issue`` mints an access token for token
+mode. Settings come from the SYFTBOX_* environment once, and flags override them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+    # aiohttp's own access/server chatter is noise next to our per-connection lines.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def server(
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (default: SYFTBOX_HTTP_ADDR or localhost).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port (default: SYFTBOX_HTTP_ADDR or 8080; 0 picks a free one)."),
+    ] = None,
+    acl_dir: Annotated[
+        Path | None,
+        typer.Option(help="Preload ACLs: DIR/<email>/.../syft.pub.yaml (datasite-relative)."),
+    ] = None,
+    auth_secret: Annotated[
+        str | None,
+        typer.Option(help="Token mode with this HS256 secret (else SYFTBOX_AUTH_* decide)."),
+    ] = None,
+    turn_secret: Annotated[
+        str | None,
+        typer.Option(help="TURN shared secret: advertise short-lived TURN REST credentials."),
+    ] = None,
+    ice_servers: Annotated[
+        str | None,
+        typer.Option(help="ICE servers to advertise (default: SYFTBOX_HOTLINK_ICE_SERVERS)."),
+    ] = None,
+    debug: Annotated[
+        bool, typer.Option(help="Log the hotlink data relay trace (SYFTBOX_HOTLINK_DEBUG=1).")
+    ] = False,
+    ready_file: Annotated[
+        Path | None,
+        typer.Option(help="Write {pid, host, port} as JSON here once listening (for tests)."),
+    ] = None,
+    send_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a sender waits for a slow receiver before it is dropped."),
+    ] = 20.0,
+    queue_size: Annotated[
+        int, typer.Option(help="Messages per connection send queue.", min=1)
+    ] = 256,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the SyftBox-compatible hotlink relay server."""
+    from ..settings import ServerSettings, SettingsError
+    from .app import RelayConfig, run
+
+    _setup_logging(log_level)
+    try:
+        settings = ServerSettings.from_env(os.environ)
+        changes: dict[str, object] = {}
+        if host is not None:
+            changes["host"] = host
+        if port is not None:
+            changes["port"] = port
+        if auth_secret:
+            changes.update(auth_enabled=True, access_token_secret=auth_secret)
+        if turn_secret:
+            changes["turn_secret"] = turn_secret
+        if ice_servers is not None:
+            changes["ice_servers_raw"] = ice_servers
+        if debug:
+            changes["debug"] = True
+        settings = dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
+        settings.check()
+    except SettingsError as exc:
+        typer.echo(f"hotlink server: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if acl_dir is not None and not acl_dir.is_dir():
+        typer.echo(f"hotlink server: --acl-dir {acl_dir} is not a directory", err=True)
+        raise typer.Exit(2)
+    config = RelayConfig(
+        settings=settings,
+        acl_dir=acl_dir,
+        send_timeout=send_timeout,
+        queue_messages=queue_size,
+    )
+    run(config, ready_file=ready_file)
+
+
+token_app = typer.Typer(help="Access tokens for token mode.", no_args_is_help=True)
+
+
+@token_app.command("issue")
+def token_issue(
+    secret: Annotated[
+        str,
+        typer.Option(
+            help="The server's access-token secret.", envvar="SYFTBOX_AUTH_ACCESS_TOKEN_SECRET"
+        ),
+    ],
+    email: Annotated[str, typer.Option(help="The user the token identifies (its sub).")],
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds; 0 means no expiry.", min=0)] = 7
+    * 24
+    * 3600,
+) -> None:
+    """Print an HS256 access token for EMAIL signed with SECRET."""
+    from .auth import MIN_SECRET_BYTES, issue_access_token, weak_secret
+
+    if weak_secret(secret):
+        typer.echo(f"warning: the secret is shorter than {MIN_SECRET_BYTES} bytes", err=True)
+    try:
+        typer.echo(issue_access_token(secret, email, ttl=ttl or None))
+    except ValueError as exc:
+        typer.echo(f"hotlink token issue: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def register(app: typer.Typer) -> None:
     """Add this part's commands to ``app``."""
+    app.command("server")(server)
+    app.add_typer(token_app, name="token")

@@ -1,0 +1,435 @@
+"""The relay server: aiohttp routes, the WebSocket read loop, delivery and start/stop.
+
+One handler per WebSocket reads frames in order, decodes each, asks the sans-I/O router or
+file handler what to do, and puts the resulting frames on the receivers' bounded queues
+(awaiting room for direct sends, so a fast sender is slowed rather than a slow reader's
+memory growing). Because a connection's next frame is read only after the previous one is
+delivered, messages from one connection are handled and forwarded in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from .. import __version__
+from ..protocol.codec import choose_encoding, decode, encode
+from ..protocol.errors import ProtocolError
+from ..protocol.messages import HOTLINK_TYPES, Message, MsgType, System
+from ..settings import ServerSettings
+from .acl_store import ACLStore
+from .auth import MIN_SECRET_BYTES, AuthError, dev_identity, token_identity, weak_secret
+from .decisions import ConnectionTable, Outcome, Send, error_reply
+from .files import FileHandler
+from .hub import (
+    DEFAULT_QUEUE_BYTES,
+    DEFAULT_QUEUE_MESSAGES,
+    DEFAULT_WRITE_TIMEOUT,
+    Connection,
+    Hub,
+    new_conn_id,
+)
+from .ice_headers import advertised_ice_servers, ice_headers, static_turn_password_ignored
+from .metrics import CONTENT_TYPE_LATEST, RelayMetrics
+from .router import IGNORED, UNKNOWN_SESSION, HotlinkRouter
+
+log = logging.getLogger("hotlink.server")
+
+MAX_MESSAGE_SIZE = 8 * 1024 * 1024  # PROTOCOL.md §1.10
+EVENTS_PATH = "/api/v1/events"
+FILE_TYPES = frozenset({MsgType.FILE_WRITE, MsgType.FILE_DELETE, MsgType.ACL_MANIFEST})
+BAD_INPUT_LOG_BURST = 20  # per connection per minute; the rest is counted, not logged
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    settings: ServerSettings = field(default_factory=ServerSettings)
+    acl_dir: Path | None = None
+    queue_messages: int = DEFAULT_QUEUE_MESSAGES
+    queue_bytes: int = DEFAULT_QUEUE_BYTES
+    # How long a sender waits for room in a receiver's queue before the receiver is dropped.
+    send_timeout: float = 20.0
+    write_timeout: float = DEFAULT_WRITE_TIMEOUT
+    max_sessions_per_conn: int = 1024
+    # Pings find dead peers so their sessions are cleaned up (the reference never pings).
+    heartbeat: float | None = 30.0
+    max_message_size: int = MAX_MESSAGE_SIZE
+
+
+class _BadInputLog:
+    """Log each bad input once, but at most a burst per minute per connection."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._window = 0.0
+        self._count = 0
+        self._suppressed = 0
+
+    def allow(self) -> tuple[bool, int]:
+        """(log this one?, how many were suppressed since the last logged one)."""
+        now = self._clock()
+        if now - self._window >= 60.0:
+            self._window = now
+            self._count = 0
+        if self._count < BAD_INPUT_LOG_BURST:
+            self._count += 1
+            suppressed, self._suppressed = self._suppressed, 0
+            return True, suppressed
+        self._suppressed += 1
+        return False, 0
+
+
+class Relay:
+    """Everything one running relay holds; ``app`` is its aiohttp application."""
+
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        self.settings = config.settings
+        self.metrics = RelayMetrics()
+        self.connections = ConnectionTable()
+        self.acls = ACLStore()
+        debug_log = log.info if self.settings.debug else None
+        self.router = HotlinkRouter(
+            self.acls,
+            self.connections,
+            max_sessions_per_conn=config.max_sessions_per_conn,
+            data_relay_log=debug_log,
+        )
+        self.files = FileHandler(self.acls, self.connections)
+        self.hub = Hub()
+        self._bad_logs: dict[str, _BadInputLog] = {}
+        self.app = web.Application()
+        self.app[RELAY_KEY] = self
+        self.app.router.add_get("/", self._root)
+        self.app.router.add_get("/healthz", self._healthz)
+        self.app.router.add_get("/metrics", self._metrics)
+        self.app.router.add_get(EVENTS_PATH, self._events)
+        self.app.on_shutdown.append(self._on_shutdown)
+        if config.acl_dir is not None:
+            self.preload_acls(config.acl_dir)
+
+    # ------------------------------------------------------------ start-up
+
+    def preload_acls(self, directory: Path) -> None:
+        result = self.acls.preload(directory)
+        for error in result.errors:
+            log.warning("ACL preload: skipped %s", error)
+        log.info("ACL preload: loaded %d ACL file(s) from %s", len(result.loaded), directory)
+        self.metrics.acl_files.set(len(self.acls))
+
+    # ------------------------------------------------------------ plain HTTP routes
+
+    async def _root(self, request: web.Request) -> web.Response:
+        return web.Response(text=f"SyftBox hotlink relay {__version__}\n")
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        self.metrics.sessions.set(len(self.router.sessions))
+        response = web.Response(body=self.metrics.render())
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    # ------------------------------------------------------------ the WebSocket
+
+    def _identify(self, request: web.Request) -> str:
+        if self.settings.auth_enabled:
+            return token_identity(request.headers, self.settings.access_token_secret)
+        return dev_identity(request.query)
+
+    @staticmethod
+    def _origin_allowed(request: web.Request) -> bool:
+        """Gorilla's default: no Origin is fine; otherwise its host must be the request's."""
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return True
+        return urlsplit(origin).netloc.lower() == (request.host or "").lower()
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        try:
+            user = self._identify(request)
+        except AuthError as exc:
+            self.metrics.auth_failures.labels(exc.code).inc()
+            log.warning("refused WebSocket from %s: 401 %s", request.remote, exc.message)
+            return web.json_response(exc.body(), status=401)
+        if not self._origin_allowed(request):
+            self.metrics.auth_failures.labels("origin").inc()
+            log.warning(
+                "refused WebSocket from %s (%s): origin %s is not this host",
+                request.remote,
+                user,
+                request.headers.get("Origin"),
+            )
+            return web.Response(status=403, text="request origin not allowed\n")
+        ws = web.WebSocketResponse(
+            # aiohttp refuses a frame of exactly its limit; the reference allows 8 MiB itself.
+            max_msg_size=self.config.max_message_size + 1,
+            heartbeat=self.config.heartbeat,
+            compress=False,
+        )
+        if not ws.can_prepare(request).ok:
+            return web.Response(status=400, text="expected a WebSocket upgrade\n")
+        encoding = choose_encoding(request.headers.get("X-Syft-WS-Encodings"))
+        ws.headers["X-Syft-WS-Encoding"] = encoding
+        ws.headers.update(ice_headers(self.settings, user, time.time()))
+        await ws.prepare(request)
+
+        conn = Connection(
+            new_conn_id(),
+            user,
+            encoding,
+            ws,
+            queue_messages=self.config.queue_messages,
+            queue_bytes=self.config.queue_bytes,
+            write_timeout=self.config.write_timeout,
+            client_version=request.headers.get("X-Syft-Version", ""),
+            remote=request.remote or "",
+            transport=request.transport,
+        )
+        self.hub.add(conn)
+        self.connections.add(conn.id, user)
+        conn.start()
+        self.metrics.connections.inc()
+        self.metrics.connections_total.inc()
+        log.info(
+            "%r connected from %s (encoding %s%s)",
+            conn,
+            conn.remote,
+            encoding,
+            f", client version {conn.client_version}" if conn.client_version else "",
+        )
+        await self._deliver([Send(conn.id, Message.new(System(ver=__version__, msg="ok")))])
+        try:
+            await self._read_loop(conn)
+        finally:
+            await self._disconnect(conn)
+        return ws
+
+    async def _read_loop(self, conn: Connection) -> None:
+        async for item in conn.ws:
+            if item.type is WSMsgType.TEXT or item.type is WSMsgType.BINARY:
+                await self._handle_frame(conn, item.data)
+            elif item.type is WSMsgType.ERROR:
+                exc = item.data
+                if getattr(exc, "code", None) == WSCloseCode.MESSAGE_TOO_BIG:
+                    self.metrics.bad_input.labels("oversize").inc()
+                    self._log_bad(
+                        conn,
+                        f"frame larger than {self.config.max_message_size} bytes; "
+                        "closed with 1009 (message too big)",
+                    )
+                else:
+                    log.info("%r: WebSocket error: %s", conn, exc)
+                return
+
+    async def _handle_frame(self, conn: Connection, frame: bytes | str) -> None:
+        kind = "text" if isinstance(frame, str) else "binary"
+        try:
+            message = decode(frame)
+        except ProtocolError as exc:
+            self.metrics.bad_input.labels("decode").inc()
+            self._log_bad(conn, f"dropped undecodable {kind} frame ({len(frame)} bytes): {exc}")
+            await self._deliver([error_reply(conn.id, 400, f"bad message: {exc}")])
+            return
+        except Exception as exc:  # e.g. RecursionError from absurdly nested JSON
+            self.metrics.bad_input.labels("decode").inc()
+            self._log_bad(conn, f"dropped undecodable {kind} frame ({len(frame)} bytes): {exc!r}")
+            await self._deliver([error_reply(conn.id, 400, "bad message: cannot decode")])
+            return
+        self.metrics.received(message.typ, len(frame))
+        try:
+            outcome = self._route(conn, message)
+        except Exception:
+            self.metrics.internal_errors.inc()
+            log.exception("%r: internal error handling %s %s", conn, message.typ.name, message.id)
+            await self._deliver([error_reply(conn.id, 500, "internal server error")])
+            return
+        self._report(conn, message, outcome)
+        if outcome.sends:
+            await self._deliver(outcome.sends, received=(message, frame))
+        self.metrics.sessions.set(len(self.router.sessions))
+
+    def _route(self, conn: Connection, message: Message) -> Outcome:
+        if message.typ in HOTLINK_TYPES:
+            return self.router.handle(conn.id, message)
+        if message.typ in FILE_TYPES:
+            outcome = self.files.handle(conn.id, message)
+            self.metrics.acl_files.set(len(self.acls))
+            return outcome
+        return Outcome().refuse(
+            IGNORED, f"ignored {message.typ.name} message (clients do not send it to the server)"
+        )
+
+    def _report(self, conn: Connection, message: Message, outcome: Outcome) -> None:
+        if outcome.refusal is None:
+            if outcome.detail:
+                log.debug("%r: %s", conn, outcome.detail)
+            return
+        self.metrics.rejects.labels(outcome.refusal).inc()
+        if outcome.refusal == IGNORED:
+            log.debug("%r: %s", conn, outcome.detail)
+            return
+        # A message for a session that just ended is a normal race, not a misbehaving client.
+        level = logging.INFO if outcome.refusal == UNKNOWN_SESSION else logging.WARNING
+        self._log_bad(conn, f"{message.typ.name} {message.id}: {outcome.detail}", level)
+
+    def _log_bad(self, conn: Connection, text: str, level: int = logging.WARNING) -> None:
+        limiter = self._bad_logs.setdefault(conn.id, _BadInputLog())
+        allowed, suppressed = limiter.allow()
+        if not allowed:
+            return
+        if suppressed:
+            log.log(level, "%r: (%d similar messages suppressed)", conn, suppressed)
+        log.log(level, "%r: %s", conn, text)
+
+    async def _deliver(
+        self, sends: list[Send], received: tuple[Message, bytes | str] | None = None
+    ) -> None:
+        """Queue each message on its connection, encoded once per encoding.
+
+        A forwarded message goes out as the very frame it came in as when the receiver
+        uses that form (msgpack envelope or JSON text): it decoded cleanly, and re-encoding
+        a large Data payload is the relay's main cost.
+        """
+        frames: dict[tuple[int, str], bytes | str] = {}
+        if received is not None:
+            form = _frame_form(received[1])
+            if form is not None:
+                frames[(id(received[0]), form)] = received[1]
+        for send in sends:
+            target = self.hub.get(send.conn)
+            if target is None or target.closing:
+                continue
+            key = (id(send.message), target.encoding)
+            cached = frames.get(key)
+            frame = encode(send.message, target.encoding) if cached is None else cached
+            frames[key] = frame
+            queued = target.queue.try_put(frame)
+            if not queued and not send.broadcast:
+                queued = await target.queue.put(frame, self.config.send_timeout)
+            if queued:
+                self.metrics.relayed(send.message.typ, len(frame))
+                continue
+            if target.closing:
+                continue
+            self.metrics.queue_drops.inc()
+            self.metrics.slow_disconnects.inc()
+            log.warning(
+                "%r: send queue full (%d messages, %d bytes) for %s; disconnecting the slow reader",
+                target,
+                len(target.queue),
+                target.queue.nbytes,
+                send.message.typ.name,
+            )
+            target.kill("send queue full")
+
+    async def _disconnect(self, conn: Connection) -> None:
+        self.hub.remove(conn.id)
+        self.connections.remove(conn.id)
+        self._bad_logs.pop(conn.id, None)
+        self.metrics.connections.dec()
+        try:
+            outcome = self.router.disconnect(conn.id)
+            await conn.finish()
+            await self._deliver(outcome.sends)
+        except Exception:
+            self.metrics.internal_errors.inc()
+            log.exception("%r: internal error during clean-up", conn)
+            outcome = Outcome()
+        self.metrics.sessions.set(len(self.router.sessions))
+        reason = conn.close_reason or f"close code {conn.ws.close_code}"
+        log.info(
+            "%r disconnected (%s); %d session message(s) sent to peers",
+            conn,
+            reason,
+            len(outcome.sends),
+        )
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        self.hub.kill_all("server shutdown", WSCloseCode.GOING_AWAY)
+
+
+def _frame_form(frame: bytes | str) -> str | None:
+    """The encoding a received frame can be forwarded in as is, if any."""
+    if isinstance(frame, str):
+        return "json"
+    if frame[:4] == b"SB\x01\x01":
+        return "msgpack"
+    return None  # JSON inside an envelope: re-encode for everyone
+
+
+RELAY_KEY = web.AppKey("relay", Relay)
+
+
+def build_app(config: RelayConfig | None = None) -> web.Application:
+    """The aiohttp application of a new relay (``app[RELAY_KEY]`` is the :class:`Relay`)."""
+    return Relay(config or RelayConfig()).app
+
+
+def _write_ready_file(path: Path, host: str, port: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "host": host, "port": port}))
+    tmp.replace(path)
+
+
+async def serve(
+    config: RelayConfig, *, ready_file: Path | None = None, stop: asyncio.Event | None = None
+) -> None:
+    """Run the relay until ``stop`` is set (or SIGTERM/SIGINT when no event is given)."""
+    relay = Relay(config)
+    settings = config.settings
+    if static_turn_password_ignored(settings):
+        log.warning(
+            "SYFTBOX_HOTLINK_TURN_USER/PASS are set but static TURN passwords are never "
+            "advertised to clients (DECISIONS.md #23); use --turn-secret for REST credentials"
+        )
+    if settings.auth_enabled and weak_secret(settings.access_token_secret):
+        log.warning("the access-token secret is shorter than %d bytes", MIN_SECRET_BYTES)
+    runner = web.AppRunner(relay.app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=5.0)
+    await site.start()
+    addresses = runner.addresses
+    port = addresses[0][1] if addresses else settings.port
+    ice = advertised_ice_servers(settings)
+    log.info(
+        "hotlink relay %s listening on http://%s:%d (%s mode; ICE advertisement: %s%s)",
+        __version__,
+        settings.host,
+        port,
+        "token" if settings.auth_enabled else "dev",
+        ice or "none",
+        ", TURN REST credentials" if ice and settings.turn_secret else "",
+    )
+    if ready_file is not None:
+        _write_ready_file(ready_file, settings.host, port)
+    own_stop = stop is None
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if own_stop:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down: closing %d connection(s)", len(relay.hub))
+    finally:
+        if own_stop:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        await runner.cleanup()
+    log.info("stopped")
+
+
+def run(config: RelayConfig, *, ready_file: Path | None = None) -> None:
+    asyncio.run(serve(config, ready_file=ready_file))

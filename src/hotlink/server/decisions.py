@@ -1,0 +1,86 @@
+"""What the sans-I/O handlers return: which message goes to which connection, and why not.
+
+The router and the file handler never touch a socket. They take one decoded message from one
+connection and answer with an :class:`Outcome`; the app turns its sends into frames on the
+connections' bounded queues, logs its ``detail`` once and counts its ``refusal``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ..protocol.messages import Error, Message
+
+ConnId = str
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Put ``message`` on connection ``conn``'s send queue.
+
+    ``broadcast`` sends (an Open or FileWrite fanned out to many users) never make the sender
+    wait: a receiver whose queue is full is disconnected. Direct sends (forwarded Accept,
+    Data, Close, Signal, replies) make the sending connection wait for queue space, which
+    pushes back on a fast sender instead of dropping bytes of its stream.
+    """
+
+    conn: ConnId
+    message: Message
+    broadcast: bool = False
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The decisions for one input message.
+
+    ``refusal`` is a short label when the input was refused or dropped (a Reject reason such
+    as ``permission denied``, or ``not participant``); it is counted per label in the metrics.
+    ``detail`` says in words what happened, for the one log line the app writes about it.
+    """
+
+    sends: list[Send] = field(default_factory=list)
+    refusal: str | None = None
+    detail: str = ""
+
+    def send(self, conn: ConnId, message: Message, *, broadcast: bool = False) -> None:
+        self.sends.append(Send(conn, message, broadcast))
+
+    def refuse(self, label: str, detail: str) -> Outcome:
+        self.refusal = label
+        self.detail = detail
+        return self
+
+
+def error_reply(conn: ConnId, code: int, text: str, *, path: str = "") -> Send:
+    """A server-originated ``Error`` (fresh id) to one connection."""
+    return Send(conn, Message.new(Error(cod=code, pth=path, msg=text)))
+
+
+class ConnectionTable:
+    """Which user each live connection belongs to, in connection order.
+
+    The router needs it to fan an Open out to readers, and the file handler to fan out a
+    FileWrite; the app keeps it in step with the hub (add on upgrade, remove on close).
+    """
+
+    def __init__(self) -> None:
+        self._users: dict[ConnId, str] = {}
+
+    def add(self, conn: ConnId, user: str) -> None:
+        self._users[conn] = user
+
+    def remove(self, conn: ConnId) -> None:
+        self._users.pop(conn, None)
+
+    def user(self, conn: ConnId) -> str | None:
+        return self._users.get(conn)
+
+    def items(self) -> Iterator[tuple[ConnId, str]]:
+        return iter(list(self._users.items()))
+
+    def __contains__(self, conn: object) -> bool:
+        return conn in self._users
+
+    def __len__(self) -> int:
+        return len(self._users)

@@ -1,0 +1,154 @@
+"""FileWrite, FileDelete and ACLManifest from clients (PROTOCOL.md §1.11), without sockets.
+
+The relay stores no files (it is not a SyftBox blob store): a FileWrite is checked, answered
+with Ack or Nack, and fanned out to the connections that may read it; the content is not
+kept. ACL files are the exception that matters: a client's FileWrite of ``<its own
+datasite>/.../syft.pub.yaml`` is parsed and loaded into the ACL store before the Ack, so the
+hotlink messages that follow are checked against it.
+
+Where we differ from the reference: only the datasite owner may change its ACL files (the
+reference also lets Admin users); an ACL that does not parse gets a Nack with the parse
+error (the reference Acks and only logs); a write refusal is an ``Error{cod:403}`` like the
+reference *plus* a Nack, so a client waiting for its Ack fails at once instead of timing
+out; and a FileDelete of one's own ACL file removes its rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from ..protocol.acl import Access, ACLError, is_acl_path
+from ..protocol.errors import ProtocolError
+from ..protocol.messages import (
+    Ack,
+    ACLManifest,
+    FileDelete,
+    FileWrite,
+    Message,
+    Nack,
+)
+from .acl_store import ACLStore, normalize_path, owner_of
+from .decisions import ConnectionTable, ConnId, Outcome, error_reply
+from .router import IGNORED, PERMISSION_DENIED
+
+WRITE_DENIED = "permission denied for write operation"
+INVALID_ACL = "invalid acl"
+INVALID_PATH = "invalid path"
+
+
+def hash_principal(principal: str) -> str:
+    """``public`` for ``*``, else hex of the first 8 bytes of SHA-256 (PROTOCOL.md §1.9)."""
+    if principal == "*":
+        return "public"
+    return hashlib.sha256(principal.encode("utf-8")).hexdigest()[:16]
+
+
+class FileHandler:
+    def __init__(self, acls: ACLStore, connections: ConnectionTable) -> None:
+        self.acls = acls
+        self.connections = connections
+
+    def handle(self, conn: ConnId, message: Message) -> Outcome:
+        user = self.connections.user(conn)
+        if user is None:
+            return Outcome().refuse(IGNORED, "message from a connection that is already gone")
+        payload = message.payload
+        if isinstance(payload, FileWrite):
+            return self._write(conn, user, message, payload)
+        if isinstance(payload, FileDelete):
+            return self._delete(user, payload)
+        if isinstance(payload, ACLManifest):
+            return self._manifest(conn, user, message, payload)
+        return Outcome().refuse(IGNORED, f"unhandled {message.typ.name} message")
+
+    def _write(self, conn: ConnId, user: str, message: Message, p: FileWrite) -> Outcome:
+        out = Outcome()
+        try:
+            path = normalize_path(p.pth)
+        except ProtocolError as exc:
+            out.send(conn, Message.new(Nack(oid=message.id, err=f"invalid path: {exc}")))
+            return out.refuse(INVALID_PATH, f"file write {p.pth!r}: {exc}")
+        if is_acl_path(path):
+            return self._write_acl(conn, user, message, p, path)
+        if not self.acls.can_access(path, user, Access.WRITE):
+            return self._denied(out, conn, message, p.pth, f"{user} may not write {path}")
+        out.send(conn, Message.new(Ack(oid=message.id)))
+        readable: dict[str, bool] = {}
+        for peer, peer_user in self.connections.items():
+            if peer_user == user:
+                continue
+            if peer_user not in readable:
+                readable[peer_user] = self.acls.can_access(path, peer_user, Access.READ)
+            if readable[peer_user]:
+                out.send(peer, message, broadcast=True)
+        out.detail = f"file write {path} ({len(p.con)} bytes) sent to {len(out.sends) - 1} conn(s)"
+        return out
+
+    def _write_acl(
+        self, conn: ConnId, user: str, message: Message, p: FileWrite, path: str
+    ) -> Outcome:
+        out = Outcome()
+        owner = owner_of(path)
+        if owner != user:
+            return self._denied(
+                out,
+                conn,
+                message,
+                p.pth,
+                f"{user} may not change ACL files of {owner}",
+                nack=f"permission denied: only {owner} may change ACL files under {owner}/",
+            )
+        try:
+            text = p.con.decode("utf-8")
+            self.acls.load(path, text)
+        except (UnicodeDecodeError, ACLError) as exc:
+            reason = str(exc) if isinstance(exc, ACLError) else f"{path}: not UTF-8 text"
+            out.send(conn, Message.new(Nack(oid=message.id, err=reason)))
+            return out.refuse(INVALID_ACL, f"ACL file not loaded: {reason}")
+        out.send(conn, Message.new(Ack(oid=message.id)))
+        # ACL files go to every other user unchecked, as in the reference: clients need them
+        # to know what they may send.
+        for peer, peer_user in self.connections.items():
+            if peer_user != user:
+                out.send(peer, message, broadcast=True)
+        out.detail = f"loaded ACL file {path}"
+        return out
+
+    def _denied(
+        self,
+        out: Outcome,
+        conn: ConnId,
+        message: Message,
+        raw_path: str,
+        detail: str,
+        *,
+        nack: str = WRITE_DENIED,
+    ) -> Outcome:
+        out.sends.append(error_reply(conn, 403, WRITE_DENIED, path=raw_path))
+        out.send(conn, Message.new(Nack(oid=message.id, err=nack)))
+        return out.refuse(PERMISSION_DENIED, f"file write refused: {detail}")
+
+    def _delete(self, user: str, p: FileDelete) -> Outcome:
+        out = Outcome()
+        try:
+            path = normalize_path(p.pth)
+        except ProtocolError as exc:
+            return out.refuse(INVALID_PATH, f"file delete {p.pth!r}: {exc}")
+        if is_acl_path(path) and owner_of(path) == user:
+            if self.acls.remove(path):
+                out.detail = f"removed ACL file {path}"
+            return out
+        return out.refuse(IGNORED, f"file delete {path}: the relay stores no files")
+
+    def _manifest(self, conn: ConnId, user: str, message: Message, p: ACLManifest) -> Outcome:
+        out = Outcome()
+        if p.datasite != user:
+            return out.refuse(
+                PERMISSION_DENIED, f"ACL manifest for {p.datasite!r} from {user}: dropped"
+            )
+        for peer, peer_user in self.connections.items():
+            if peer_user == user:
+                continue
+            if p.for_hash == "public" or hash_principal(peer_user) == p.for_hash:
+                out.send(peer, message, broadcast=True)
+        return out

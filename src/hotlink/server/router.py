@@ -1,0 +1,287 @@
+"""The hotlink router: PROTOCOL.md §2.2 with DECISIONS.md #18, #20, #21, #22, and no sockets.
+
+It takes one decoded hotlink message (types 9-14) from one connection and returns an
+:class:`Outcome`: the messages to put on which connections' queues, and, when the input was
+refused, a label and a sentence for the log. Access checks go through an ``AccessPolicy``
+(the ACL store in the server, a table in tests).
+
+Where we differ from the reference, and why:
+
+* Sessions die with their connections (#18); the reference keeps them forever.
+* Reject and Close are accepted only from participants (#20). A participant is the opener's
+  user, an accepted connection, or a user the Open was (or would have been) offered to: the
+  receiver of an Open may refuse it without accepting first.
+* A message for a session the sender is not part of gets ``Error{cod:403}`` rather than a
+  silent drop, so a confused client learns why; clients ignore Error, so it cannot upset a
+  well-behaved peer.
+* An Open may not take over another user's session id (the reference overwrites it), and a
+  connection may hold at most ``max_sessions_per_conn`` open sessions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from ..protocol.acl import Access
+from ..protocol.messages import (
+    HotlinkAccept,
+    HotlinkClose,
+    HotlinkData,
+    HotlinkOpen,
+    HotlinkReject,
+    HotlinkSignal,
+    Message,
+)
+from .decisions import ConnectionTable, ConnId, Outcome, error_reply
+from .sessions import Session, SessionStore
+
+# Reason strings on the wire (PROTOCOL.md §2.3, DECISIONS.md #22).
+PERMISSION_DENIED = "permission denied"
+UNKNOWN_SESSION = "unknown session"
+ALREADY_ACCEPTED = "already accepted"
+TOO_MANY_SESSIONS = "too many sessions"
+DISCONNECTED = "disconnected"
+SIGNAL_ERROR_KIND = "webrtc_error"
+
+# Refusal labels that are not wire strings (metrics and logs only).
+NOT_PARTICIPANT = "not participant"
+NOT_SENDER = "not sender"
+IGNORED = "ignored"
+
+DEFAULT_MAX_SESSIONS_PER_CONN = 1024
+
+
+class AccessPolicy(Protocol):
+    def can_access(self, path: str, user: str, level: Access) -> bool: ...
+
+
+class HotlinkRouter:
+    def __init__(
+        self,
+        access: AccessPolicy,
+        connections: ConnectionTable,
+        *,
+        max_sessions_per_conn: int = DEFAULT_MAX_SESSIONS_PER_CONN,
+        data_relay_log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.access = access
+        self.connections = connections
+        self.sessions = SessionStore()
+        self.max_sessions_per_conn = max_sessions_per_conn
+        # SYFTBOX_HOTLINK_DEBUG: the reference's "hotlink data relay" trace.
+        self._data_relay_log = data_relay_log
+
+    # ------------------------------------------------------------ entry points
+
+    def handle(self, conn: ConnId, message: Message) -> Outcome:
+        """Route one hotlink message that arrived on ``conn``."""
+        user = self.connections.user(conn)
+        if user is None:
+            return Outcome().refuse(IGNORED, "message from a connection that is already gone")
+        payload = message.payload
+        if isinstance(payload, HotlinkOpen):
+            return self._open(conn, user, message, payload)
+        if isinstance(payload, HotlinkAccept):
+            return self._accept(conn, user, message, payload)
+        if isinstance(payload, HotlinkReject):
+            return self._reject(conn, user, message, payload)
+        if isinstance(payload, HotlinkData):
+            return self._data(conn, user, message, payload)
+        if isinstance(payload, HotlinkClose):
+            return self._close(conn, user, message, payload)
+        if isinstance(payload, HotlinkSignal):
+            return self._signal(conn, user, message, payload)
+        return Outcome().refuse(IGNORED, f"{message.typ.name} is not a hotlink message")
+
+    def disconnect(self, conn: ConnId) -> Outcome:
+        """Clean up after ``conn`` closed (DECISIONS.md #18).
+
+        Sessions it opened are closed and every accepted connection gets Close
+        ``disconnected``; sessions it accepted forget it and their opener gets that Close.
+        """
+        out = Outcome()
+        for session in self.sessions.opened_by(conn):
+            self.sessions.remove(session.sid)
+            for peer in session.accepted:
+                if peer != conn:
+                    out.send(peer, _closed(session.sid))
+        for session in self.sessions.accepted_by(conn):
+            self.sessions.unaccept(session, conn)
+            if session.from_conn != conn:
+                out.send(session.from_conn, _closed(session.sid))
+        return out
+
+    # ------------------------------------------------------------ the six messages
+
+    def _open(self, conn: ConnId, user: str, message: Message, p: HotlinkOpen) -> Outcome:
+        out = Outcome()
+        if not self._can(p.pth, user, Access.WRITE):
+            return self._reject_to(
+                out, conn, p.sid, PERMISSION_DENIED, f"open {p.sid}: {user} may not write {p.pth}"
+            )
+        to = p.to.strip()
+        if to == user:
+            to = ""
+        if to and not self._can(p.pth, to, Access.READ):
+            return self._reject_to(
+                out,
+                conn,
+                p.sid,
+                PERMISSION_DENIED,
+                f"open {p.sid}: target {to} may not read {p.pth}",
+            )
+        existing = self.sessions.get(p.sid)
+        if existing is not None and existing.from_user != user:
+            return self._reject_to(
+                out,
+                conn,
+                p.sid,
+                PERMISSION_DENIED,
+                f"open {p.sid}: that session id belongs to {existing.from_user}",
+            )
+        if existing is None and self.sessions.count_opened_by(conn) >= self.max_sessions_per_conn:
+            return self._reject_to(
+                out,
+                conn,
+                p.sid,
+                TOO_MANY_SESSIONS,
+                f"open {p.sid}: connection already has {self.max_sessions_per_conn} open sessions",
+            )
+        self.sessions.put(Session(p.sid, p.pth, user, to, conn))
+        # Same id as the opener's message; frm is always the authenticated user.
+        forward = Message(message.id, HotlinkOpen(sid=p.sid, pth=p.pth, frm=user, to=to))
+        readable: dict[str, bool] = {}
+        for peer, peer_user in self.connections.items():
+            if peer_user == user or (to and peer_user != to):
+                continue
+            if peer_user not in readable:
+                readable[peer_user] = self._can(p.pth, peer_user, Access.READ)
+            if readable[peer_user]:
+                out.send(peer, forward, broadcast=True)
+        out.detail = f"open {p.sid} {p.pth} offered to {len(out.sends)} connection(s)"
+        return out
+
+    def _accept(self, conn: ConnId, user: str, message: Message, p: HotlinkAccept) -> Outcome:
+        out = Outcome()
+        session = self.sessions.get(p.sid)
+        if session is None:
+            return self._reject_to(out, conn, p.sid, UNKNOWN_SESSION, f"accept of unknown {p.sid}")
+        if user == session.from_user:
+            return out.refuse(IGNORED, f"accept {p.sid}: the opener cannot accept its own session")
+        if session.to_user and user != session.to_user:
+            return self._reject_to(
+                out,
+                conn,
+                p.sid,
+                PERMISSION_DENIED,
+                f"accept {p.sid}: the session is for {session.to_user}, not {user}",
+            )
+        if session.is_tcp and any(u != user for u in session.accepted.values()):
+            return self._reject_to(
+                out, conn, p.sid, ALREADY_ACCEPTED, f"accept {p.sid}: another user accepted first"
+            )
+        if not self._can(session.path, user, Access.READ):
+            return self._reject_to(
+                out, conn, p.sid, PERMISSION_DENIED, f"accept {p.sid}: {user} may not read"
+            )
+        self.sessions.accept(session, conn, user)
+        out.send(session.from_conn, message)
+        return out
+
+    def _reject(self, conn: ConnId, user: str, message: Message, p: HotlinkReject) -> Outcome:
+        out = Outcome()
+        session = self.sessions.get(p.sid)
+        if session is None:
+            return out.refuse(IGNORED, f"reject of unknown session {p.sid}")
+        if user == session.from_user:
+            return out.refuse(IGNORED, f"reject {p.sid} from the opener's own user")
+        if not self._participates(session, conn, user):
+            return self._not_participant(out, conn, user, "reject", p.sid)
+        out.send(session.from_conn, message)
+        return out
+
+    def _data(self, conn: ConnId, user: str, message: Message, p: HotlinkData) -> Outcome:
+        out = Outcome()
+        session = self.sessions.get(p.sid)
+        if session is None:
+            return self._reject_to(
+                out, conn, p.sid, UNKNOWN_SESSION, f"data seq {p.seq} for unknown {p.sid}"
+            )
+        if user != session.from_user:
+            if conn in session.accepted:
+                out.sends.append(
+                    error_reply(conn, 403, f"only the opener may send data on session {p.sid}")
+                )
+                return out.refuse(NOT_SENDER, f"data {p.sid}: {user} is not the opener")
+            return self._not_participant(out, conn, user, "data", p.sid)
+        for peer, peer_user in session.accepted.items():
+            # Re-checked per message: an ACL change takes effect mid-stream (§3.4).
+            if self._can(session.path, peer_user, Access.READ):
+                out.send(peer, message)
+        if self._data_relay_log is not None and (
+            p.seq <= 3 or p.seq % 500 == 0 or len(out.sends) != 1
+        ):
+            self._data_relay_log(
+                f"hotlink data relay sid={p.sid} seq={p.seq} pth={p.pth} "
+                f"bytes={len(p.pay)} recipients={len(out.sends)}"
+            )
+        return out
+
+    def _close(self, conn: ConnId, user: str, message: Message, p: HotlinkClose) -> Outcome:
+        out = Outcome()
+        session = self.sessions.get(p.sid)
+        if session is None:
+            return out.refuse(IGNORED, f"close of unknown session {p.sid}")
+        if user == session.from_user:
+            self.sessions.remove(p.sid)
+            for peer in session.accepted:
+                out.send(peer, message)
+            return out
+        if self.sessions.unaccept(session, conn) or self._participates(session, conn, user):
+            out.send(session.from_conn, message)
+            return out
+        return self._not_participant(out, conn, user, "close", p.sid)
+
+    def _signal(self, conn: ConnId, user: str, message: Message, p: HotlinkSignal) -> Outcome:
+        out = Outcome()
+        session = self.sessions.get(p.sid)
+        if session is None:
+            reply = HotlinkSignal(sid=p.sid, knd=SIGNAL_ERROR_KIND, err=UNKNOWN_SESSION)
+            out.send(conn, Message.new(reply))
+            return out.refuse(UNKNOWN_SESSION, f"signal {p.knd} for unknown session {p.sid}")
+        if user == session.from_user:
+            for peer in session.accepted:
+                out.send(peer, message)
+            return out
+        if conn in session.accepted:
+            out.send(session.from_conn, message)
+            return out
+        return self._not_participant(out, conn, user, f"signal {p.knd}", p.sid)
+
+    # ------------------------------------------------------------ helpers
+
+    def _can(self, path: str, user: str, level: Access) -> bool:
+        return self.access.can_access(path, user, level)
+
+    def _participates(self, session: Session, conn: ConnId, user: str) -> bool:
+        """An acceptor, or a user the Open was offered to (may refuse before accepting)."""
+        if conn in session.accepted:
+            return True
+        if session.to_user and user != session.to_user:
+            return False
+        return self._can(session.path, user, Access.READ)
+
+    def _reject_to(self, out: Outcome, conn: ConnId, sid: str, reason: str, detail: str) -> Outcome:
+        out.send(conn, Message.new(HotlinkReject(sid=sid, rsn=reason)))
+        return out.refuse(reason, detail)
+
+    def _not_participant(
+        self, out: Outcome, conn: ConnId, user: str, what: str, sid: str
+    ) -> Outcome:
+        out.sends.append(error_reply(conn, 403, f"not a participant of hotlink session {sid}"))
+        return out.refuse(NOT_PARTICIPANT, f"{what} {sid}: {user} is not part of that session")
+
+
+def _closed(sid: str) -> Message:
+    return Message.new(HotlinkClose(sid=sid, rsn=DISCONNECTED))
