@@ -1,0 +1,1 @@
+"""Benchmarks: raw data-channel numbers and the hotlink benchmark harness."""

@@ -1,0 +1,51 @@
+"""Pick a WebRTC backend by name (``SYFTBOX_HOTLINK_WEBRTC_BACKEND=auto|libdatachannel|aiortc``).
+
+The libraries are imported here, lazily, so that importing :mod:`hotlink.webrtc` costs nothing
+and a machine without libdatachannel wheels still runs on aiortc.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .base import Backend, BackendUnavailableError
+
+log = logging.getLogger("hotlink.webrtc")
+
+BACKEND_NAMES = ("auto", "libdatachannel", "aiortc")
+
+
+def load_backend(name: str = "auto") -> Backend:
+    """The backend called ``name``.
+
+    ``auto`` is libdatachannel where it imports, else aiortc. Raises :class:`ValueError` for an
+    unknown name and :class:`BackendUnavailableError` when the named library cannot load.
+    """
+    key = (name or "auto").strip().lower()
+    if key == "auto":
+        try:
+            return _libdatachannel()
+        except BackendUnavailableError as exc:
+            log.info("libdatachannel unavailable, using aiortc: %s", exc)
+            return _aiortc()
+    if key == "libdatachannel":
+        return _libdatachannel()
+    if key == "aiortc":
+        return _aiortc()
+    raise ValueError(f"unknown WebRTC backend {name!r}: expected one of {', '.join(BACKEND_NAMES)}")
+
+
+def _libdatachannel() -> Backend:
+    try:
+        from .libdatachannel_backend import LibdatachannelBackend
+    except ImportError as exc:  # no wheel for this platform, or its native library fails
+        raise BackendUnavailableError(f"libdatachannel backend cannot load: {exc}") from exc
+    return LibdatachannelBackend()
+
+
+def _aiortc() -> Backend:
+    try:
+        from .aiortc_backend import AiortcBackend
+    except ImportError as exc:
+        raise BackendUnavailableError(f"aiortc backend cannot load: {exc}") from exc
+    return AiortcBackend()

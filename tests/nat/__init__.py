@@ -1,0 +1,1 @@
+"""Network-namespace NAT tests: topology harness, coturn, raw WebRTC through NAT (needs root)."""
