@@ -1,0 +1,212 @@
+"""The client daemon: wires the connection, ACL publisher, manager, TCP proxy, IPC, telemetry.
+
+Tasks the daemon owns: the connection loop, the telemetry writer, the TCP-proxy and IPC
+discovery loops. On SIGTERM/SIGINT it stops them in reverse order of data flow: no new app
+connections, then sessions (peers are told), then the peer transport, then the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..protocol.messages import Error, Message, MsgType, System
+from ..settings import ClientSettings
+from .acl_publisher import AclPublisher
+from .connection import ConnectOptions, ServerConnection
+from .ipc import IpcHub
+from .manager import HotlinkManager, ManagerConfig
+from .tcp_proxy import TcpProxy
+from .telemetry import Telemetry
+from .transport import NullPeerTransport, PeerTransport
+
+log = logging.getLogger("hotlink.client")
+
+TELEMETRY_FILE = "hotlink_telemetry.json"
+
+
+def setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+    # Library chatter stays out of the way unless something is wrong.
+    for noisy in ("aiohttp", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def build_peer_transport(settings: ClientSettings) -> PeerTransport:
+    """The P2P transport for this process. WebRTC (issue 5) plugs in here."""
+    return NullPeerTransport()
+
+
+def telemetry_path(settings: ClientSettings) -> Path:
+    return Path(settings.data_dir) / "datasites" / settings.email / ".syftbox" / TELEMETRY_FILE
+
+
+class ClientDaemon:
+    def __init__(self, settings: ClientSettings, transport: PeerTransport | None = None) -> None:
+        self.settings = settings
+        self.datasites = Path(settings.data_dir) / "datasites"
+        self.own = self.datasites / settings.email
+        self.telemetry = Telemetry(
+            telemetry_path(settings) if settings.hotlink else None,
+            enabled=settings.hotlink,
+            bench_strict=settings.bench_strict,
+        )
+        # A token we were given is always sent (a dev-mode server ignores it), unless
+        # SYFTBOX_AUTH_ENABLED=0 says explicitly not to.
+        token = settings.access_token if settings.auth_enabled is not False else ""
+        self.connection = ServerConnection(
+            ConnectOptions(server_url=settings.server_url, email=settings.email, token=token),
+            on_message=self._on_message,
+            on_connected=self._on_connected,
+            on_disconnected=self._on_disconnected,
+        )
+        self.acl = AclPublisher(self.datasites, settings.email, self.connection.send)
+        self.manager: HotlinkManager | None = None
+        self.proxy: TcpProxy | None = None
+        self.ipc: IpcHub | None = None
+        self.transport: PeerTransport | None = None
+        if settings.hotlink:
+            self.transport = transport or build_peer_transport(settings)
+            self.manager = HotlinkManager(
+                local_email=settings.email,
+                datasites=self.datasites,
+                wire=self.connection,
+                telemetry=self.telemetry,
+                transport=self.transport,
+                config=ManagerConfig(debug=settings.debug),
+            )
+            if settings.tcp_proxy:
+                self.proxy = TcpProxy(
+                    datasites=self.datasites,
+                    local_email=settings.email,
+                    bind_host=settings.tcp_proxy_addr,
+                    chunk_size=settings.tcp_proxy_chunk_size,
+                    opener=self.manager,
+                )
+                self.manager.tunnels = self.proxy
+                self.telemetry.proxies_source = self.proxy.snapshot
+            self.ipc = IpcHub(
+                datasites=self.datasites,
+                local_email=settings.email,
+                mode=settings.ipc_mode,
+                tcp_addr=settings.tcp_addr,
+                send=self.manager.send,
+            )
+            self.manager.ipc = self.ipc
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------ connection events
+
+    async def _on_connected(self, headers: Mapping[str, str]) -> None:
+        self.acl.start()
+        if self.transport is not None:
+            try:
+                self.transport.on_server_connected(headers)
+            except Exception:
+                log.exception("peer transport failed to take the server's hints")
+
+    async def _on_disconnected(self) -> None:
+        await self.acl.stop()
+        if self.manager is not None:
+            await self.manager.on_disconnected()
+
+    async def _on_message(self, message: Message) -> None:
+        payload = message.payload
+        if message.typ >= MsgType.HOTLINK_OPEN:
+            if self.manager is not None:
+                await self.manager.handle_message(message)
+            return
+        if self.acl.handle_reply(message):
+            return
+        if isinstance(payload, System):
+            log.debug("server greeting: version %s %s", payload.ver, payload.msg)
+        elif isinstance(payload, Error):
+            log.warning("server error %d for %s: %s", payload.cod, payload.pth, payload.msg)
+        else:
+            log.debug("ignoring %s from server", message.typ.name)
+
+    # ------------------------------------------------------------ run
+
+    async def run(self, stop: asyncio.Event) -> int:
+        s = self.settings
+        self.own.mkdir(parents=True, exist_ok=True)
+        log.info("hotlink client %s, data dir %s, server %s", s.email, s.data_dir, s.server_url)
+        if s.hotlink:
+            parts = ["ws relay"]
+            if s.tcp_proxy:
+                parts.append("tcp proxy")
+            parts.append(f"ipc ({s.ipc_mode})")
+            log.info("hotlink enabled: %s", " + ".join(parts))
+        else:
+            log.info("hotlink disabled (set SYFTBOX_HOTLINK=1 to enable)")
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.connection.run(), name="connection"))
+        if s.hotlink:
+            self._tasks.append(loop.create_task(self.telemetry.run(), name="telemetry"))
+        if self.proxy is not None:
+            self._tasks.append(loop.create_task(self.proxy.run(), name="tcp-proxy"))
+        if self.ipc is not None:
+            self._tasks.append(loop.create_task(self.ipc.run(), name="ipc"))
+        stopper = loop.create_task(stop.wait(), name="stop")
+        try:
+            done, _ = await asyncio.wait(
+                [stopper, *self._tasks], return_when=asyncio.FIRST_COMPLETED
+            )
+            failed = [t for t in done if t is not stopper and t.exception() is not None]
+            for task in failed:
+                log.error("%s stopped unexpectedly", task.get_name(), exc_info=task.exception())
+            return 1 if failed else 0
+        finally:
+            stopper.cancel()
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        log.info("shutting down")
+        by_name = {t.get_name(): t for t in self._tasks}
+        for name in ("tcp-proxy", "ipc"):
+            await _cancel(by_name.get(name))
+        if self.manager is not None:
+            await self.manager.close()
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                await self.transport.close()
+        await self.acl.stop()
+        # Let the Close messages of the sessions leave before the socket goes.
+        await asyncio.sleep(0.1)
+        await self.connection.stop()
+        await _cancel(by_name.get("connection"))
+        await _cancel(by_name.get("telemetry"))
+        log.info("stopped")
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def run_client(settings: ClientSettings) -> int:
+    """Run until SIGTERM or SIGINT; the exit code is 0 on a clean stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    return await ClientDaemon(settings).run(stop)
+
+
+def main(settings: ClientSettings) -> int:
+    setup_logging(settings.debug)
+    return asyncio.run(run_client(settings))

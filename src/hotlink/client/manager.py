@@ -1,0 +1,405 @@
+"""The hotlink manager: the six hotlink messages, the session maps and the send paths.
+
+Outbound sessions are keyed by their folder (PROTOCOL.md §4.2): the IPC path shares one
+session per folder for all its files, while each TCP-proxy app connection opens its own
+(``open_stream``), closing any older one for that folder. Inbound sessions are keyed by sid.
+Every frame is offered to the peer transport first and goes over the WebSocket otherwise;
+every received frame, whichever path it took, enters the session's one reorder buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..protocol.frames import Frame
+from ..protocol.markers import (
+    ACCEPT_MARKER,
+    is_hotlink_path,
+    is_tcp_proxy_path,
+    path_owner,
+    session_dir,
+)
+from ..protocol.messages import (
+    HotlinkAccept,
+    HotlinkClose,
+    HotlinkData,
+    HotlinkOpen,
+    HotlinkReject,
+    HotlinkSignal,
+    Message,
+    Payload,
+    new_session_id,
+)
+from .connection import NotConnected
+from .inbound import InboundSession
+from .outbound import ACCEPT_TIMEOUT, OutboundSession
+from .sessions import SessionClosed, Sink, short_sid
+from .telemetry import Telemetry
+from .transport import NullPeerTransport, PeerSendError, PeerTransport, SessionInfo
+
+log = logging.getLogger("hotlink.manager")
+
+
+class Wire(Protocol):
+    """The server connection as the manager uses it."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def send_control(self, message: Message) -> None: ...
+
+    async def send(self, message: Message) -> None: ...
+
+    async def wait_connected(self, within: float | None = None) -> bool: ...
+
+
+class TunnelRegistry(Protocol):
+    """The TCP proxy as the manager sees it: which local channel a tunnel path belongs to."""
+
+    def sink_for(self, path: str, peer: str) -> Sink | None:
+        """The channel whose writer keys include ``path`` and whose peer is ``peer``."""
+
+
+class IpcRegistry(Protocol):
+    """The IPC hub as the manager sees it."""
+
+    async def endpoint_for(self, folder: Path) -> Sink:
+        """The IPC endpoint (listener + marker) of a session folder; raises OSError."""
+
+
+@dataclass
+class ManagerConfig:
+    accept_timeout: float = ACCEPT_TIMEOUT
+    debug: bool = False
+
+
+def local_path(datasites: Path, rel: str) -> Path | None:
+    """``datasites/rel`` for a datasite-relative path from the network, or None if unsafe."""
+    segments = rel.split("/")
+    if (
+        not rel
+        or rel.startswith("/")
+        or "\\" in rel
+        or "\x00" in rel
+        or any(s in ("", ".", "..") for s in segments)
+    ):
+        return None
+    return datasites.joinpath(*segments)
+
+
+class HotlinkManager:
+    def __init__(
+        self,
+        *,
+        local_email: str,
+        datasites: Path,
+        wire: Wire,
+        telemetry: Telemetry,
+        transport: PeerTransport | None = None,
+        config: ManagerConfig | None = None,
+    ) -> None:
+        self.local_email = local_email
+        self.datasites = datasites
+        self.wire = wire
+        self.telemetry = telemetry
+        self.transport: PeerTransport = transport or NullPeerTransport()
+        self.config = config or ManagerConfig()
+        self.tunnels: TunnelRegistry | None = None
+        self.ipc: IpcRegistry | None = None
+        self.outbound: dict[str, OutboundSession] = {}  # folder -> session
+        self.outbound_by_sid: dict[str, OutboundSession] = {}
+        self.inbound: dict[str, InboundSession] = {}  # sid -> session
+        self._open_lock = asyncio.Lock()
+        self._closing = False
+        self.transport.bind(self)
+        telemetry.sessions_source = self._telemetry_sessions
+
+    # ------------------------------------------------------------ SessionHost / TransportHost
+
+    def send_control(self, payload: Payload) -> None:
+        self.wire.send_control(Message.new(payload))
+
+    async def send_in_order(self, payload: Payload) -> None:
+        await self.wire.send(Message.new(payload))
+
+    async def wait_connected(self, within: float) -> bool:
+        return await self.wire.wait_connected(within)
+
+    async def transmit(self, sid: str, frame: Frame) -> None:
+        started = time.monotonic()
+        try:
+            sent_p2p = await self.transport.try_send(sid, frame)
+        except PeerSendError:
+            raise  # the session fails; no WebSocket fallback in this mode
+        except Exception:
+            log.exception("peer transport failed to send; using the websocket")
+            sent_p2p = False
+        if not sent_p2p:
+            await self.wire.send(
+                Message.new(HotlinkData(sid, frame.seq, frame.path, frame.etag, frame.payload))
+            )
+        via = "p2p" if sent_p2p else "ws"
+        self.telemetry.record_tx(len(frame.payload), (time.monotonic() - started) * 1000.0, via)
+        if self.config.debug and (frame.seq <= 3 or frame.seq % 500 == 0):
+            log.debug(
+                "hotlink send data: session=%s seq=%d bytes=%d via=%s path=%s",
+                short_sid(sid),
+                frame.seq,
+                len(frame.payload),
+                via,
+                frame.path,
+            )
+
+    async def outbound_accepted(self, session: OutboundSession) -> None:
+        self.telemetry.changed()
+        await self._hook(
+            self.transport.on_outbound_accepted,
+            SessionInfo(session.sid, session.path, "outbound", self.local_email, session.to),
+        )
+
+    async def inbound_accepted(self, session: InboundSession) -> None:
+        self.telemetry.changed()
+        await self._hook(
+            self.transport.on_inbound_accepted,
+            SessionInfo(session.sid, session.path, "inbound", self.local_email, session.peer),
+        )
+
+    async def session_ended(self, session: OutboundSession | InboundSession) -> None:
+        if isinstance(session, OutboundSession):
+            if self.outbound.get(session.key) is session:
+                del self.outbound[session.key]
+            if self.outbound_by_sid.get(session.sid) is session:
+                del self.outbound_by_sid[session.sid]
+        elif self.inbound.get(session.sid) is session:
+            del self.inbound[session.sid]
+        self.telemetry.changed()
+        await self._hook(self.transport.on_session_closed, session.sid)
+
+    def transport_kind(self, sid: str) -> str:
+        try:
+            return self.transport.transport_kind(sid)
+        except Exception:
+            return "ws"
+
+    async def send_signal(self, signal: HotlinkSignal) -> None:
+        try:
+            self.wire.send_control(Message.new(signal))
+        except NotConnected:
+            log.debug("signal for %s dropped: not connected", short_sid(signal.sid))
+
+    async def deliver_frame(self, sid: str, frame: Frame) -> None:
+        """The receive path for frames from a peer transport (same as WebSocket data)."""
+        session = self.inbound.get(sid)
+        if session is None:
+            log.debug("frame for unknown inbound session %s dropped", short_sid(sid))
+            return
+        await session.receive(frame)
+
+    def session_info(self, sid: str) -> SessionInfo | None:
+        inbound = self.inbound.get(sid)
+        if inbound is not None and not inbound.ended:
+            return SessionInfo(sid, inbound.path, "inbound", self.local_email, inbound.peer)
+        outbound = self.outbound_by_sid.get(sid)
+        if outbound is not None and not outbound.ended:
+            return SessionInfo(sid, outbound.path, "outbound", self.local_email, outbound.to)
+        return None
+
+    async def _hook(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            await fn(*args)
+        except Exception:
+            log.exception("peer transport hook %s failed", getattr(fn, "__name__", fn))
+
+    # ------------------------------------------------------------ sending (apps -> peer)
+
+    async def open_stream(self, path: str, to: str = "") -> OutboundSession:
+        """A new outbound session for a TCP tunnel stream (one per app connection)."""
+        key = session_dir(path)
+        async with self._open_lock:
+            old = self.outbound.get(key)
+            if old is not None:
+                await old.close("superseded", notify=True)
+            return self._start_outbound(key, path, to)
+
+    async def send(self, path: str, payload: bytes, etag: str = "") -> None:
+        """Send one IPC frame on the shared session of its folder (opened on first use)."""
+        if not payload or not path.strip():
+            return
+        if not etag:
+            etag = hashlib.md5(payload).hexdigest()
+        key = session_dir(path)
+        for _ in range(2):
+            async with self._open_lock:
+                session = self.outbound.get(key)
+                if session is None or session.ended:
+                    session = self._start_outbound(key, path, self._peer_for_folder(key))
+            try:
+                await session.send(path, payload, etag)
+                return
+            except SessionClosed:
+                continue  # it ended between lookup and send: open a fresh one once
+        raise SessionClosed("session closed")
+
+    def _peer_for_folder(self, key: str) -> str:
+        # Rust's rule: answer the user whose inbound session uses this folder.
+        for session in self.inbound.values():
+            if session.folder == key and session.peer and session.peer != self.local_email:
+                return session.peer
+        return ""
+
+    def _start_outbound(self, key: str, path: str, to: str) -> OutboundSession:
+        if self._closing:
+            raise SessionClosed("shutting down")
+        session = OutboundSession(
+            self,
+            sid=new_session_id(),
+            key=key,
+            path=path,
+            to=to,
+            accept_timeout=self.config.accept_timeout,
+        )
+        self.outbound[key] = session
+        self.outbound_by_sid[session.sid] = session
+        session.start()
+        self.telemetry.changed()
+        return session
+
+    # ------------------------------------------------------------ messages from the server
+
+    async def handle_message(self, message: Message) -> None:
+        payload = message.payload
+        if isinstance(payload, HotlinkOpen):
+            await self._on_open(payload)
+        elif isinstance(payload, HotlinkAccept):
+            self._on_accept(payload)
+        elif isinstance(payload, HotlinkReject):
+            await self._on_reject(payload)
+        elif isinstance(payload, HotlinkData):
+            await self._on_data(payload)
+        elif isinstance(payload, HotlinkClose):
+            await self._on_close(payload)
+        elif isinstance(payload, HotlinkSignal):
+            await self._hook(self.transport.on_signal, payload)
+
+    async def _on_open(self, msg: HotlinkOpen) -> None:
+        if self._closing or msg.sid in self.inbound or msg.sid in self.outbound_by_sid:
+            return
+        if not msg.sid or not msg.pth:
+            log.warning("ignoring HotlinkOpen without sid or path")
+            return
+        folder = session_dir(msg.pth)
+        if local_path(self.datasites, folder) is None or path_owner(msg.pth) == "":
+            log.warning("ignoring HotlinkOpen for unsafe path %r", msg.pth)
+            return
+        if is_tcp_proxy_path(msg.pth):
+            sink = self.tunnels.sink_for(msg.pth, msg.frm) if self.tunnels else None
+            if sink is None:
+                # Not our tunnel: stay silent, a Reject would fail the opener's session.
+                log.info(
+                    "ignoring hotlink open %s from %s: no local tcp proxy for %s",
+                    short_sid(msg.sid),
+                    msg.frm,
+                    msg.pth,
+                )
+                return
+            self._start_inbound(msg, folder, "tcp", sink, None)
+            return
+        if not is_hotlink_path(msg.pth):
+            log.info("ignoring hotlink open for non-request path %s", msg.pth)
+            return
+        folder_abs = local_path(self.datasites, folder)
+        assert folder_abs is not None
+        try:
+            if self.ipc is None:
+                raise OSError("ipc is off")
+            folder_abs.mkdir(parents=True, exist_ok=True)
+            sink = await self.ipc.endpoint_for(folder_abs)
+        except OSError as exc:
+            log.warning("ipc unavailable for %s: %s", folder, exc)
+            try:
+                self.send_control(HotlinkReject(msg.sid, "ipc unavailable"))
+            except NotConnected:
+                pass
+            return
+        self._start_inbound(msg, folder, "ipc", sink, folder_abs / ACCEPT_MARKER)
+
+    def _start_inbound(
+        self, msg: HotlinkOpen, folder: str, kind: str, sink: Sink, accept_marker: Path | None
+    ) -> None:
+        session = InboundSession(
+            self,
+            sid=msg.sid,
+            path=msg.pth,
+            peer=msg.frm,
+            folder=folder,
+            kind="tcp" if kind == "tcp" else "ipc",
+            sink=sink,
+            accept_marker=accept_marker,
+        )
+        self.inbound[msg.sid] = session
+        session.start()
+        self.telemetry.changed()
+
+    def _on_accept(self, msg: HotlinkAccept) -> None:
+        session = self.outbound_by_sid.get(msg.sid)
+        if session is None:
+            log.debug("accept for unknown session %s", short_sid(msg.sid))
+            return
+        session.on_accept()
+
+    async def _on_reject(self, msg: HotlinkReject) -> None:
+        outbound = self.outbound_by_sid.get(msg.sid)
+        if outbound is not None:
+            log.info("hotlink session %s rejected: %s", short_sid(msg.sid), msg.rsn or "-")
+            outbound.on_reject(msg.rsn)
+            return
+        inbound = self.inbound.get(msg.sid)
+        if inbound is not None:
+            # The server refused our Accept (permission denied, already accepted, ...).
+            await inbound.close(f"rejected: {msg.rsn or '-'}", notify=False)
+
+    async def _on_data(self, msg: HotlinkData) -> None:
+        session = self.inbound.get(msg.sid)
+        if session is None or not msg.pay:
+            return
+        await session.receive(Frame(msg.pth or session.path, msg.etg, msg.seq, msg.pay))
+
+    async def _on_close(self, msg: HotlinkClose) -> None:
+        outbound = self.outbound_by_sid.get(msg.sid)
+        if outbound is not None:
+            await outbound.close(f"closed by peer: {msg.rsn or '-'}", notify=False)
+            return
+        inbound = self.inbound.get(msg.sid)
+        if inbound is not None:
+            await inbound.peer_closed(msg.rsn)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def on_disconnected(self) -> None:
+        """The server forgot every session: end ours (apps bound to them are closed)."""
+        await self._close_all("disconnected", notify=False)
+
+    async def close(self) -> None:
+        """Shutdown: tell peers (best effort) and end every session."""
+        self._closing = True
+        await self._close_all("shutdown", notify=True)
+
+    async def _close_all(self, reason: str, *, notify: bool) -> None:
+        sessions: list[OutboundSession | InboundSession] = [
+            *self.outbound_by_sid.values(),
+            *self.inbound.values(),
+        ]
+        await asyncio.gather(*(s.close(reason, notify=notify) for s in sessions))
+
+    def _telemetry_sessions(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        return (
+            [s.snapshot() for s in self.inbound.values()],
+            [s.snapshot() for s in self.outbound_by_sid.values()],
+        )

@@ -1,0 +1,243 @@
+"""Outbound sessions: we open, wait for the Accept, then send numbered frames.
+
+The owner sends HotlinkOpen, waits up to 1.5 s for the Accept (DECISIONS.md #14; the wait is
+level-triggered, so an Accept that arrives before the wait starts is not lost), then numbers
+the queued frames from seq 1 and hands each to the host, which tries the peer transport and
+falls back to the WebSocket with the same seq. When the producer finishes, the owner queues
+Close ``eof:<last seq>`` behind the data. On accept timeout or reject it sends Close
+``fallback`` and the producer's next send fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from ..protocol.frames import Frame
+from ..protocol.messages import HotlinkClose, HotlinkOpen
+from .connection import NotConnected
+from .queues import BoundedQueue, QueueClosed
+from .sessions import (
+    EOF,
+    SessionClosed,
+    SessionHost,
+    channel_name,
+    eof_reason,
+    log_state,
+    short_sid,
+)
+from .transport import PeerSendError
+
+log = logging.getLogger("hotlink.session")
+
+ACCEPT_TIMEOUT = 1.5  # sender's wait for HotlinkAccept (DECISIONS.md #14)
+CONNECT_WAIT = 5.0  # how long an Open waits for a reconnecting WebSocket
+OUT_QUEUE_BYTES = 4 * 1024 * 1024
+OUT_QUEUE_ITEMS = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SendItem:
+    path: str
+    etag: str
+    payload: bytes
+
+
+def _item_size(item: SendItem | None) -> int:
+    return 0 if item is None else len(item.payload) + 64
+
+
+OutState = Literal["pending", "accepted", "rejected", "closed"]
+
+
+class OutboundSession:
+    """We send: Open, wait for Accept, then seq 1, 2, ... and Close ``eof:N`` at the end."""
+
+    def __init__(
+        self,
+        host: SessionHost,
+        *,
+        sid: str,
+        key: str,
+        path: str,
+        to: str = "",
+        accept_timeout: float = ACCEPT_TIMEOUT,
+    ) -> None:
+        self.host = host
+        self.sid = sid
+        self.key = key  # the session folder (outbound sessions are keyed by it)
+        self.path = path  # the Open path
+        self.to = to
+        self.accept_timeout = accept_timeout
+        self.state: OutState = "pending"
+        self.seq = 0
+        self.reject_reason = ""
+        self.close_reason = ""
+        self.created = time.monotonic()
+        self.queue: BoundedQueue[SendItem | None] = BoundedQueue(
+            OUT_QUEUE_ITEMS, OUT_QUEUE_BYTES, _item_size
+        )
+        self._decided = asyncio.Event()  # accepted or rejected; level-triggered, never lost
+        self._done = asyncio.Event()
+        self._callbacks: list[Callable[[str], None]] = []
+        self._requested_close: str | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"hotlink-out-{self.sid}"
+        )
+
+    @property
+    def ended(self) -> bool:
+        return self._done.is_set()
+
+    # ------------------------------------------------------------ producer side
+
+    async def send(self, path: str, payload: bytes, etag: str = "") -> None:
+        """Queue one frame (waits while the queue is full). Raises SessionClosed."""
+        try:
+            await self.queue.put(SendItem(path, etag, payload))
+        except QueueClosed as exc:
+            raise SessionClosed(exc.reason) from None
+
+    def finish(self) -> None:
+        """No more frames: after the queued ones, Close ``eof:<last seq>``."""
+        try:
+            self.queue.put_final(None)
+        except QueueClosed as exc:
+            raise SessionClosed(exc.reason) from None
+
+    def add_done_callback(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` once the session ended (now, if it already has)."""
+        if self.ended:
+            callback(self.close_reason)
+        else:
+            self._callbacks.append(callback)
+
+    async def wait_closed(self) -> str:
+        await self._done.wait()
+        return self.close_reason
+
+    # ------------------------------------------------------------ messages from the peer
+
+    def on_accept(self) -> None:
+        if self.state == "pending":
+            self.state = "accepted"
+        self._decided.set()
+
+    def on_reject(self, reason: str) -> None:
+        self.reject_reason = reason or "rejected"
+        if self.state == "pending":
+            self.state = "rejected"
+            self._decided.set()
+        elif self.state == "accepted" and self.task is not None:
+            # e.g. "unknown session" for Data after the server lost the session.
+            self._requested_close = f"rejected: {self.reject_reason}"
+            self.task.cancel()
+
+    async def close(self, reason: str, *, notify: bool) -> None:
+        """End the session from outside its owner (peer Close, disconnect, shutdown)."""
+        if self.ended:
+            return
+        if notify:
+            try:
+                self.host.send_control(HotlinkClose(self.sid, reason))
+            except NotConnected:
+                pass
+        self._requested_close = reason
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        if not self.ended:
+            # Cancelled before its first step, the owner never ran its cleanup.
+            await self._end(reason)
+
+    # ------------------------------------------------------------ the owner
+
+    async def _run(self) -> None:
+        reason = "closed"
+        try:
+            reason = await self._main()
+        except asyncio.CancelledError:
+            reason = self._requested_close or "cancelled"
+        except NotConnected:
+            reason = "disconnected"
+        except PeerSendError as exc:
+            reason = f"error: {exc}"
+            self._notify_close("error")
+        except Exception as exc:
+            log.exception("hotlink session %s failed", short_sid(self.sid))
+            reason = f"error: {exc}"
+            self._notify_close("error")
+        finally:
+            await self._end(reason)
+
+    def _notify_close(self, reason: str) -> None:
+        try:
+            self.host.send_control(HotlinkClose(self.sid, reason))
+        except NotConnected:
+            pass
+
+    async def _main(self) -> str:
+        if not await self.host.wait_connected(CONNECT_WAIT):
+            return "not connected"
+        self.host.send_control(HotlinkOpen(self.sid, self.path, to=self.to))
+        log_state("out", self.sid, self.host.local_email, self.to, "open", f"path={self.path}")
+        try:
+            async with asyncio.timeout(self.accept_timeout):
+                await self._decided.wait()
+        except TimeoutError:
+            self._notify_close("fallback")
+            return "accept timeout"
+        if self.state != "accepted":
+            self._notify_close("fallback")
+            return f"rejected: {self.reject_reason}"
+        log_state("out", self.sid, self.host.local_email, self.to, "accepted")
+        await self.host.outbound_accepted(self)
+        while True:
+            try:
+                item = await self.queue.get()
+            except QueueClosed as exc:
+                return exc.reason
+            if item is None:
+                await self.host.send_in_order(HotlinkClose(self.sid, eof_reason(self.seq)))
+                return EOF
+            self.seq += 1
+            await self.host.transmit(self.sid, Frame(item.path, item.etag, self.seq, item.payload))
+
+    async def _end(self, reason: str) -> None:
+        self.close_reason = reason
+        self.state = "closed"
+        self.queue.close(reason)
+        self._decided.set()
+        self._done.set()
+        detail = f"after seq {self.seq}" if self.seq else ""
+        log_state("out", self.sid, self.host.local_email, self.to, f"closed({reason})", detail)
+        for callback in self._callbacks:
+            try:
+                callback(reason)
+            except Exception:
+                log.exception("session close callback failed")
+        self._callbacks.clear()
+        await self.host.session_ended(self)
+
+    def snapshot(self) -> dict[str, object]:
+        kind = self.host.transport_kind(self.sid)
+        return {
+            "sid": self.sid[:8],
+            "peer": self.to or self.path.split("/", 1)[0],
+            "channel": channel_name(self.path),
+            "status": "accepted"
+            if self.state == "accepted"
+            else "rejected"
+            if self.state == "rejected"
+            else "pending",
+            "seq": self.seq,
+            "webrtc": "connected" if kind.startswith("p2p") else "none",
+            "transport": kind,
+        }

@@ -1,0 +1,134 @@
+"""What both kinds of hotlink session share: limits, helpers, and the interfaces they use.
+
+A session is one stream: an :class:`~hotlink.client.outbound.OutboundSession` (we send) or an
+:class:`~hotlink.client.inbound.InboundSession` (we receive). Each has exactly one owner task;
+closing a session cancels its owner and awaits it, and the owner's ``finally`` does all the
+cleanup, so every way out (eof, peer close, local error, disconnect, shutdown) runs the same
+code. Sessions reach the outside world only through :class:`SessionHost` (the manager) and,
+on the receiving side, a :class:`Sink` of :class:`AppWriter` connections (the TCP proxy or IPC).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+from ..protocol.frames import Frame
+from ..protocol.messages import Payload
+from .telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from .inbound import InboundSession
+    from .outbound import OutboundSession
+
+log = logging.getLogger("hotlink.session")
+
+EOF = "eof"
+
+
+def eof_reason(last_seq: int) -> str:
+    """The Close reason that ends a stream cleanly after ``last_seq`` (DECISIONS.md, EOF)."""
+    return f"{EOF}:{last_seq}"
+
+
+def parse_eof(reason: str) -> tuple[bool, int | None]:
+    """``(is_eof, last_seq)``; a bare ``eof`` (no seq) gives ``(True, None)``."""
+    if reason == EOF:
+        return True, None
+    head, sep, tail = reason.partition(":")
+    if head == EOF and sep and tail.isdigit():
+        return True, int(tail)
+    return False, None
+
+
+def short_sid(sid: str) -> str:
+    return f"{sid[:8]}…" if len(sid) > 8 else sid
+
+
+def who(email: str) -> str:
+    """The readable part of an email for log lines: ``alice`` for alice@example.com.
+
+    An outbound session without a ``to`` goes to everyone who may read: ``*``."""
+    return email.split("@", 1)[0] if email else "*"
+
+
+def channel_name(path: str) -> str:
+    """Telemetry's ``channel``: the segment after ``_mpc``, else the last segment."""
+    segments = path.split("/")
+    if "_mpc" in segments:
+        i = segments.index("_mpc")
+        if i + 1 < len(segments):
+            return segments[i + 1]
+    return segments[-1]
+
+
+class SessionClosed(Exception):
+    """Sending on a session that has ended; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SessionHost(Protocol):
+    """What sessions need from the manager."""
+
+    local_email: str
+    telemetry: Telemetry
+
+    def send_control(self, payload: Payload) -> None:
+        """Queue a control message to the server; raises NotConnected."""
+
+    async def send_in_order(self, payload: Payload) -> None:
+        """Queue a message behind the data already queued (the eof Close must not overtake
+        the frames it ends); waits for room; raises NotConnected."""
+
+    async def wait_connected(self, within: float) -> bool: ...
+
+    async def transmit(self, sid: str, frame: Frame) -> None:
+        """Send one numbered frame (P2P if the transport can, else WebSocket)."""
+
+    async def outbound_accepted(self, session: OutboundSession) -> None: ...
+
+    async def inbound_accepted(self, session: InboundSession) -> None: ...
+
+    async def session_ended(self, session: OutboundSession | InboundSession) -> None:
+        """Remove the session from the manager's maps (called once, by its owner)."""
+
+    def transport_kind(self, sid: str) -> str: ...
+
+
+class AppWriter(Protocol):
+    """One local app connection, as an inbound session writes into it."""
+
+    @property
+    def closed(self) -> bool:
+        """The connection is gone (the app left, or we aborted it)."""
+
+    async def write(self, data: bytes) -> None:
+        """Write and drain; raises ConnectionError/OSError when the app is gone."""
+
+    def finish(self) -> None:
+        """End of stream: half-close our sending side (the app reads EOF)."""
+
+    def fail(self, reason: str) -> None:
+        """Abort the connection (the app sees a reset, not a clean EOF)."""
+
+
+class Sink(Protocol):
+    """Where an inbound session's bytes go: a TCP-proxy channel or an IPC endpoint."""
+
+    async def wait_writer(self, within: float) -> AppWriter | None:
+        """The newest app connection able to take data, waiting up to ``within`` s."""
+
+
+def log_state(direction: str, sid: str, src: str, dst: str, state: str, detail: str = "") -> None:
+    log.info(
+        "hotlink session %s %s %s→%s %s%s",
+        short_sid(sid),
+        direction,
+        who(src),
+        who(dst),
+        state,
+        f" {detail}" if detail else "",
+    )

@@ -1,0 +1,413 @@
+"""The TCP proxy (tunnel mode, PROTOCOL.md §4.7 with DECISIONS.md #5, #7-#10, #13).
+
+Every 250 ms we look for ``stream.tcp`` markers under ``/_mpc/N_to_M/`` folders of the local
+datasites tree and keep one listener per canonical key. Each app connection that writes
+opens its own outbound session on the canonical key and sends 60 KiB chunks; a failed send
+closes the connection (never a hole in the stream), and the app's EOF becomes Close ``eof``.
+Inbound tunnel sessions write into the newest app connection, waiting up to 30 s for one.
+A newer app connection supersedes older ones (they are closed), so a tunnel carries exactly
+one stream per direction at a time and bytes of two connections never mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..protocol.errors import ProtocolError
+from ..protocol.markers import (
+    MPC_DIR,
+    TCP_MARKER,
+    TCP_REQUEST_NAME,
+    ProxyChannel,
+    parse_channel_dir,
+    parse_tcp_marker,
+    proxy_channel,
+)
+from .outbound import OutboundSession
+from .sessions import EOF, SessionClosed
+
+log = logging.getLogger("hotlink.tcp_proxy")
+
+SCAN_INTERVAL = 0.25
+BIND_RETRY = 2.0
+_SKIP_DIRS = frozenset({".syftbox"})
+
+
+class StreamOpener(Protocol):
+    async def open_stream(self, path: str, to: str = "") -> OutboundSession: ...
+
+
+# ---------------------------------------------------------------- discovery
+
+
+@dataclass
+class _MarkerCache:
+    stat: tuple[int, int]
+    channel: ProxyChannel | None
+
+
+class MarkerScanner:
+    """Finds tunnel markers; caches parsed files by (mtime, size) and warns once per version."""
+
+    def __init__(self, datasites: Path, local_email: str) -> None:
+        self.datasites = datasites
+        self.local_email = local_email
+        self._cache: dict[str, _MarkerCache] = {}
+
+    def scan(self) -> dict[str, ProxyChannel]:
+        """``canonical key -> channel``; with several markers per key the first path wins."""
+        found: dict[str, ProxyChannel] = {}
+        seen: set[str] = set()
+        for dirpath, dirnames, filenames in os.walk(self.datasites):
+            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
+            if TCP_MARKER not in filenames:
+                continue
+            full = os.path.join(dirpath, TCP_MARKER)
+            rel = os.path.relpath(full, self.datasites).replace(os.sep, "/")
+            segments = rel.split("/")
+            # Cheap path checks first: IPC's TCP-mode marker has the same name (§11.12).
+            if MPC_DIR not in segments[1:-2] or parse_channel_dir(segments[-2]) is None:
+                continue
+            seen.add(rel)
+            channel = self._load(full, rel)
+            if channel is not None and channel.canonical_key not in found:
+                found[channel.canonical_key] = channel
+        for gone in set(self._cache) - seen:
+            del self._cache[gone]
+        return found
+
+    def _load(self, full: str, rel: str) -> ProxyChannel | None:
+        try:
+            st = os.stat(full)
+        except OSError:
+            return None
+        stat = (st.st_mtime_ns, st.st_size)
+        cached = self._cache.get(rel)
+        if cached is not None and cached.stat == stat:
+            return cached.channel
+        channel: ProxyChannel | None = None
+        try:
+            text = Path(full).read_text(encoding="utf-8")
+            if text.strip():
+                channel = proxy_channel(rel, parse_tcp_marker(text, rel), self.local_email)
+        except (OSError, UnicodeDecodeError) as exc:
+            log.warning("tcp proxy: cannot read marker %s: %s", rel, exc)
+        except ProtocolError as exc:
+            log.warning("tcp proxy: ignoring marker: %s", exc)
+        if stat[1] > 0:
+            # An empty file is probably still being written: read it again next scan.
+            self._cache[rel] = _MarkerCache(stat, channel)
+        return channel
+
+
+def tunnel_path_matches(path: str, info: ProxyChannel) -> bool:
+    """Whether a session path names this tunnel.
+
+    Besides the canonical and local keys, accept the variants reference clients send on
+    (PROTOCOL.md §4.7): either party's datasite as owner and the folder as ``N_to_M`` or
+    ``M_to_N``; all of them mean the same pair of parties and the same channel folder.
+    """
+    if path in (info.canonical_key, info.local_key):
+        return True
+    segments = path.split("/")
+    canon = info.canonical_key.split("/")
+    if len(segments) != len(canon) or segments[-1] != TCP_REQUEST_NAME:
+        return False
+    if segments[0] not in (info.local_email, info.peer_email):
+        return False
+    ids = parse_channel_dir(segments[-2])
+    if ids is None or sorted(ids) != sorted((info.from_id, info.to_id)):
+        return False
+    return segments[1:-2] == canon[1:-2]
+
+
+# ---------------------------------------------------------------- app connections
+
+
+class AppConnection:
+    """One accepted app socket: read side feeds an outbound session, write side is a sink."""
+
+    _ids = itertools.count(1)
+
+    def __init__(
+        self,
+        channel: TunnelChannel,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.channel = channel
+        self.id = next(self._ids)
+        self.reader = reader
+        self.writer = writer
+        self.write_open = True
+        self.read_done = False
+        self.closed = False
+        # An inbound session writes into this connection (set by the channel on handing it out).
+        self.bound = False
+        self.session: OutboundSession | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.bytes_read = 0
+
+    # ------------------------------------------------------------ AppWriter
+
+    async def write(self, data: bytes) -> None:
+        if self.closed or not self.write_open:
+            raise ConnectionResetError("app connection is closed")
+        self.writer.write(data)
+        await self.writer.drain()
+
+    def finish(self) -> None:
+        self.bound = False
+        if self.closed or not self.write_open:
+            return
+        self.write_open = False
+        with contextlib.suppress(OSError, RuntimeError):
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+        self._maybe_close()
+
+    def fail(self, reason: str) -> None:
+        if self.closed:
+            return
+        log.info(
+            "tcp proxy: closing app connection #%d on port %d: %s",
+            self.id,
+            self.channel.info.listen_port,
+            reason,
+        )
+        self.closed = True
+        self.write_open = False
+        self.writer.transport.abort()
+        task = self.task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        self.channel.connection_gone(self)
+
+    def _maybe_close(self) -> None:
+        # Close normally once both directions are done. After the app's EOF we keep writing
+        # only for a stream already bound here: we cannot tell a half-close from a full
+        # close, and a fully closed app must not be handed a new stream.
+        if self.read_done and (not self.write_open or not self.bound) and not self.closed:
+            self.write_open = False
+            self.closed = True
+            self.writer.close()
+            self.channel.connection_gone(self)
+
+    # ------------------------------------------------------------ read side
+
+    async def run(self, chunk_size: int, opener: StreamOpener) -> None:
+        info = self.channel.info
+        ended_cleanly = False
+        try:
+            while True:
+                data = await self.reader.read(chunk_size)
+                if not data:
+                    break
+                self.bytes_read += len(data)
+                if self.session is None:
+                    self.session = await opener.open_stream(info.canonical_key, info.peer_email)
+                    self.session.add_done_callback(self._on_session_done)
+                await self.session.send(info.canonical_key, data)
+            if self.session is not None:
+                self.session.finish()
+            ended_cleanly = True
+            self.read_done = True
+            log.debug(
+                "tcp proxy: app connection #%d sent EOF after %d bytes", self.id, self.bytes_read
+            )
+            self._maybe_close()
+        except SessionClosed as exc:
+            self.fail(f"session ended: {exc.reason}")
+        except (ConnectionError, OSError) as exc:
+            self.fail(f"read failed: {exc or type(exc).__name__}")
+        finally:
+            session = self.session
+            if session is not None and not ended_cleanly and not session.ended:
+                await session.close("app connection closed", notify=True)
+
+    def _on_session_done(self, reason: str) -> None:
+        if reason != EOF:
+            self.fail(f"session ended: {reason}")
+
+
+# ---------------------------------------------------------------- one tunnel
+
+
+class TunnelChannel:
+    """The listener of one canonical key and its app connections (newest is the writer)."""
+
+    def __init__(
+        self, info: ProxyChannel, bind_host: str, chunk_size: int, opener: StreamOpener
+    ) -> None:
+        self.info = info
+        self.bind_host = bind_host
+        self.chunk_size = chunk_size
+        self.opener = opener
+        self.server: asyncio.Server | None = None
+        self.connections: list[AppConnection] = []
+        # Connection tasks outlive their place in `connections` until they finish.
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._arrived = asyncio.Event()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(
+            self._on_client, self.bind_host, self.info.listen_port
+        )
+
+    def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = AppConnection(self, reader, writer)
+        for old in list(self.connections):
+            old.fail(f"superseded by app connection #{conn.id}")
+        self.connections.append(conn)
+        log.info("tcp proxy: app connection #%d on port %d", conn.id, self.info.listen_port)
+        conn.task = asyncio.get_running_loop().create_task(
+            conn.run(self.chunk_size, self.opener), name=f"tcp-proxy-conn-{conn.id}"
+        )
+        self._tasks.add(conn.task)
+        conn.task.add_done_callback(self._tasks.discard)
+        self._arrived.set()
+
+    def connection_gone(self, conn: AppConnection) -> None:
+        if conn in self.connections:
+            self.connections.remove(conn)
+
+    @property
+    def writer(self) -> AppConnection | None:
+        for conn in reversed(self.connections):
+            if not conn.closed and conn.write_open and not conn.bound:
+                return conn
+        return None
+
+    async def wait_writer(self, within: float) -> AppConnection | None:
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    conn = self.writer
+                    if conn is not None:
+                        conn.bound = True
+                        return conn
+                    self._arrived.clear()
+                    await self._arrived.wait()
+        except TimeoutError:
+            return None
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.fail("tcp proxy stopped")
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2.0):
+                    await self.server.wait_closed()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "port": self.info.listen_port,
+            "from": self.info.local_email
+            if self.info.from_id < self.info.to_id
+            else self.info.peer_email,
+            "to": self.info.peer_email
+            if self.info.from_id < self.info.to_id
+            else self.info.local_email,
+            "connected": any(not c.closed for c in self.connections),
+        }
+
+
+# ---------------------------------------------------------------- the proxy
+
+
+class TcpProxy:
+    """Discovery loop plus the running tunnels; also the manager's ``TunnelRegistry``."""
+
+    def __init__(
+        self,
+        *,
+        datasites: Path,
+        local_email: str,
+        bind_host: str,
+        chunk_size: int,
+        opener: StreamOpener,
+        scan_interval: float = SCAN_INTERVAL,
+    ) -> None:
+        self.scanner = MarkerScanner(datasites, local_email)
+        self.bind_host = bind_host
+        self.chunk_size = chunk_size
+        self.opener = opener
+        self.scan_interval = scan_interval
+        self.channels: dict[str, TunnelChannel] = {}
+        self._bind_failed: dict[str, float] = {}
+
+    async def run(self) -> None:
+        """The discovery loop; the daemon owns this task."""
+        try:
+            while True:
+                await self.scan_once()
+                await asyncio.sleep(self.scan_interval)
+        finally:
+            await self.close()
+
+    async def scan_once(self) -> None:
+        found = self.scanner.scan()
+        for key in list(self.channels):
+            running = self.channels[key]
+            info = found.get(key)
+            if info is None or info.listen_port != running.info.listen_port:
+                del self.channels[key]
+                log.info("tcp proxy: stopping %s (port %d)", key, running.info.listen_port)
+                await running.close()
+        now = asyncio.get_running_loop().time()
+        for key, info in found.items():
+            if key in self.channels:
+                continue
+            failed_at = self._bind_failed.get(key)
+            if failed_at is not None and now - failed_at < BIND_RETRY:
+                continue
+            channel = TunnelChannel(info, self.bind_host, self.chunk_size, self.opener)
+            try:
+                await channel.start()
+            except OSError as exc:
+                if failed_at is None:
+                    log.error(
+                        "tcp proxy: cannot listen on %s:%d for %s: %s (retrying)",
+                        self.bind_host,
+                        info.listen_port,
+                        key,
+                        exc,
+                    )
+                self._bind_failed[key] = now
+                continue
+            self._bind_failed.pop(key, None)
+            self.channels[key] = channel
+            log.info(
+                "tcp proxy: starting %s:%d channel=%s peer=%s",
+                self.bind_host,
+                info.listen_port,
+                key,
+                info.peer_email,
+            )
+
+    def sink_for(self, path: str, peer: str) -> TunnelChannel | None:
+        for channel in self.channels.values():
+            if channel.info.peer_email == peer and tunnel_path_matches(path, channel.info):
+                return channel
+        return None
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [c.snapshot() for c in self.channels.values()]
+
+    async def close(self) -> None:
+        channels = list(self.channels.values())
+        self.channels.clear()
+        await asyncio.gather(*(c.close() for c in channels), return_exceptions=True)

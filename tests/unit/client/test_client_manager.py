@@ -1,0 +1,254 @@
+"""The hotlink manager: message dispatch, session maps, and the peer-transport seam."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from hotlink.client.manager import HotlinkManager, local_path
+from hotlink.client.outbound import OutboundSession
+from hotlink.client.telemetry import Telemetry
+from hotlink.protocol.frames import Frame
+from hotlink.protocol.messages import (
+    HotlinkAccept,
+    HotlinkClose,
+    HotlinkData,
+    HotlinkOpen,
+    HotlinkReject,
+    HotlinkSignal,
+    Message,
+)
+from unit.client.client_fakes import (
+    ALICE,
+    BOB,
+    FakeSink,
+    FakeTransport,
+    FakeWire,
+    FakeWriter,
+    until,
+)
+
+TUNNEL = f"{ALICE}/shared/flows/x/_mpc/0_to_1/stream.tcp.request"
+SID = "00112233445566778899"
+
+
+class Tunnels:
+    def __init__(self, sink: FakeSink, path: str = TUNNEL, peer: str = ALICE) -> None:
+        self.sink, self.path, self.peer = sink, path, peer
+
+    def sink_for(self, path: str, peer: str) -> FakeSink | None:
+        return self.sink if (path, peer) == (self.path, self.peer) else None
+
+
+class Ipc:
+    def __init__(self, sink: FakeSink) -> None:
+        self.sink = sink
+        self.folders: list[Path] = []
+
+    async def endpoint_for(self, folder: Path) -> FakeSink:
+        self.folders.append(folder)
+        return self.sink
+
+
+def _manager(
+    tmp_path: Path, transport: FakeTransport | None = None, email: str = BOB
+) -> tuple[HotlinkManager, FakeWire]:
+    wire = FakeWire()
+    manager = HotlinkManager(
+        local_email=email,
+        datasites=tmp_path / "datasites",
+        wire=wire,
+        telemetry=Telemetry(None),
+        transport=transport or FakeTransport(),
+    )
+    return manager, wire
+
+
+def msg(payload: object) -> Message:
+    return Message.new(payload)  # type: ignore[arg-type]
+
+
+def test_local_path_refuses_escapes(tmp_path: Path) -> None:
+    assert local_path(tmp_path, "a@x.com/b/c") == tmp_path / "a@x.com" / "b" / "c"
+    for bad in ("", "/etc/passwd", "a/../../etc", "a//b", "a/./b", "a\\b", "a\x00b"):
+        assert local_path(tmp_path, bad) is None
+
+
+async def test_tunnel_open_is_accepted_and_ws_and_p2p_frames_merge_in_order(
+    tmp_path: Path,
+) -> None:
+    transport = FakeTransport()
+    manager, wire = _manager(tmp_path, transport)
+    writer = FakeWriter()
+    manager.tunnels = Tunnels(FakeSink(writer))
+    await manager.handle_message(msg(HotlinkOpen(SID, TUNNEL, frm=ALICE)))
+    await until(lambda: wire.payloads(HotlinkAccept))
+    assert wire.payloads(HotlinkAccept) == [HotlinkAccept(SID)]
+    await until(lambda: any(e[0] == "inbound_accepted" for e in transport.events))
+    # seq 2 over P2P, 3 and 1 over the WebSocket, 2 again over the WebSocket (duplicate).
+    await manager.deliver_frame(SID, Frame(TUNNEL, "", 2, b"-two-"))
+    await manager.handle_message(msg(HotlinkData(SID, 3, TUNNEL, "", b"-three")))
+    await manager.handle_message(msg(HotlinkData(SID, 1, TUNNEL, "", b"one")))
+    await manager.handle_message(msg(HotlinkData(SID, 2, TUNNEL, "", b"-two-")))
+    await manager.handle_message(msg(HotlinkClose(SID, "eof:3")))
+    await until(lambda: SID not in manager.inbound)
+    assert bytes(writer.data) == b"one-two--three"
+    assert writer.finished
+    assert ("closed", SID) in transport.events
+
+
+async def test_open_for_a_tunnel_we_do_not_have_is_ignored_silently(tmp_path: Path) -> None:
+    manager, wire = _manager(tmp_path)
+    manager.tunnels = Tunnels(FakeSink(), peer="carol@example.com")  # not alice's tunnel
+    await manager.handle_message(msg(HotlinkOpen(SID, TUNNEL, frm=ALICE)))
+    assert manager.inbound == {}
+    assert wire.control == []  # no Reject: it would fail the opener's session for others
+
+
+async def test_open_with_an_unsafe_path_is_ignored(tmp_path: Path) -> None:
+    manager, wire = _manager(tmp_path)
+    manager.ipc = Ipc(FakeSink())
+    await manager.handle_message(msg(HotlinkOpen(SID, f"{ALICE}/../../etc/x.request", frm=ALICE)))
+    assert manager.inbound == {}
+    assert wire.control == []
+
+
+async def test_ipc_open_creates_the_folder_and_waits_for_stream_accept(tmp_path: Path) -> None:
+    manager, wire = _manager(tmp_path)
+    ipc = Ipc(FakeSink(FakeWriter()))
+    manager.ipc = ipc
+    folder = f"{ALICE}/app_data/app/rpc/ep"
+    accept = tmp_path / "datasites" / folder / "stream.accept"
+    await manager.handle_message(msg(HotlinkOpen(SID, f"{folder}/x.request", frm=ALICE)))
+    assert ipc.folders == [tmp_path / "datasites" / folder]
+    assert SID in manager.inbound and wire.payloads(HotlinkAccept) == []
+    accept.write_text("1")
+    await until(lambda: wire.payloads(HotlinkAccept), timeout=5)
+    await manager.close()
+
+
+async def test_ipc_open_without_ipc_is_rejected(tmp_path: Path) -> None:
+    manager, wire = _manager(tmp_path)
+    await manager.handle_message(msg(HotlinkOpen(SID, f"{ALICE}/app_data/a/x.request", frm=ALICE)))
+    assert wire.payloads(HotlinkReject) == [HotlinkReject(SID, "ipc unavailable")]
+
+
+async def test_sending_uses_the_peer_transport_first_with_the_same_seq(tmp_path: Path) -> None:
+    transport = FakeTransport(carry=lambda seq: seq % 2 == 0)
+    manager, wire = _manager(tmp_path, transport, email=ALICE)
+    stream = await manager.open_stream(TUNNEL, BOB)
+    await until(lambda: wire.payloads(HotlinkOpen))
+    opened = wire.payloads(HotlinkOpen)[0]
+    assert opened == HotlinkOpen(stream.sid, TUNNEL, to=BOB)
+    await manager.handle_message(msg(HotlinkAccept(stream.sid)))
+    for i in range(1, 5):
+        await stream.send(TUNNEL, f"chunk{i}".encode())
+    stream.finish()
+    await stream.wait_closed()
+    ws = wire.payloads(HotlinkData)
+    assert [d.seq for d in ws] == [1, 3]
+    assert [f.seq for _, f in transport.sent] == [2, 4]
+    assert wire.payloads(HotlinkClose) == [HotlinkClose(stream.sid, "eof:4")]
+    t = manager.telemetry
+    assert (t.tx_packets, t.tx_ws_packets, t.tx_p2p_packets) == (4, 2, 2)
+    assert t.tx_bytes == 4 * len(b"chunk1")
+    kinds = [e[0] for e in transport.events]
+    assert kinds.index("outbound_accepted") < kinds.index("closed")
+
+
+async def test_signals_go_to_the_transport_and_back_out(tmp_path: Path) -> None:
+    transport = FakeTransport()
+    manager, wire = _manager(tmp_path, transport)
+    signal = HotlinkSignal(SID, "sdp_offer", tok='{"type":"offer","sdp":"v=0"}')
+    await manager.handle_message(msg(signal))
+    assert ("signal", signal) in transport.events
+    assert transport.host is manager
+    await manager.send_signal(HotlinkSignal(SID, "sdp_answer", tok="x"))
+    assert wire.payloads(HotlinkSignal) == [HotlinkSignal(SID, "sdp_answer", tok="x")]
+
+
+async def test_ipc_send_shares_one_session_per_folder_and_fills_the_etag(tmp_path: Path) -> None:
+    manager, wire = _manager(tmp_path, email=ALICE)
+    folder = f"{ALICE}/app_data/app/rpc/ep"
+    await manager.send(f"{folder}/a.request", b"first")
+    await until(lambda: wire.payloads(HotlinkOpen))
+    (session,) = manager.outbound.values()
+    await manager.handle_message(msg(HotlinkAccept(session.sid)))
+    await manager.send(f"{folder}/b.request", b"second")
+    await until(lambda: len(wire.payloads(HotlinkData)) == 2)
+    data = wire.payloads(HotlinkData)
+    assert [(d.seq, d.pth.rsplit("/", 1)[1]) for d in data] == [(1, "a.request"), (2, "b.request")]
+    assert data[0].etg == hashlib.md5(b"first").hexdigest()
+    assert len(wire.payloads(HotlinkOpen)) == 1
+    await manager.close()
+
+
+async def test_new_stream_on_a_folder_supersedes_the_old_one(tmp_path: Path) -> None:
+    manager, wire = _manager(tmp_path, email=ALICE)
+    first = await manager.open_stream(TUNNEL, BOB)
+    second = await manager.open_stream(TUNNEL, BOB)
+    assert first.ended and first.close_reason == "superseded"
+    assert HotlinkClose(first.sid, "superseded") in wire.payloads(HotlinkClose)
+    assert manager.outbound[second.key] is second
+    await manager.close()
+
+
+async def test_peer_close_and_reject_end_outbound_sessions(tmp_path: Path) -> None:
+    manager, _wire = _manager(tmp_path, email=ALICE)
+    s: OutboundSession = await manager.open_stream(TUNNEL, BOB)
+    await manager.handle_message(msg(HotlinkAccept(s.sid)))
+    await manager.handle_message(msg(HotlinkClose(s.sid, "local app connection lost")))
+    assert s.ended and s.close_reason == "closed by peer: local app connection lost"
+    assert manager.outbound == {} and manager.outbound_by_sid == {}
+    r = await manager.open_stream(TUNNEL, BOB)
+    await manager.handle_message(msg(HotlinkReject(r.sid, "permission denied")))
+    assert await r.wait_closed() == "rejected: permission denied"
+
+
+async def test_disconnect_ends_every_session_without_sending(tmp_path: Path) -> None:
+    manager, wire = _manager(tmp_path)
+    writer = FakeWriter()
+    manager.tunnels = Tunnels(FakeSink(writer))
+    await manager.handle_message(msg(HotlinkOpen(SID, TUNNEL, frm=ALICE)))
+    out = await manager.open_stream(TUNNEL, ALICE)
+    await until(lambda: wire.payloads(HotlinkOpen))
+    sent_before = len(wire.control)
+    wire.connected = False
+    await manager.on_disconnected()
+    assert manager.inbound == {} and manager.outbound == {}
+    assert out.close_reason == "disconnected"
+    assert len(wire.control) == sent_before
+
+
+async def test_telemetry_lists_live_sessions_with_their_transport(tmp_path: Path) -> None:
+    manager, _wire = _manager(tmp_path)
+    manager.tunnels = Tunnels(FakeSink(FakeWriter()))
+    await manager.handle_message(msg(HotlinkOpen(SID, TUNNEL, frm=ALICE)))
+    await until(lambda: manager.inbound[SID].accepted)
+    doc = manager.telemetry.snapshot()
+    (entry,) = doc["live"]["sessions_in"]
+    assert entry == {
+        "sid": SID[:8],
+        "peer": ALICE,
+        "channel": "0_to_1",
+        "webrtc": "none",
+        "transport": "ws",
+    }
+    await manager.close()
+
+
+async def test_peer_send_error_fails_the_session_without_ws_fallback(tmp_path: Path) -> None:
+    from hotlink.client.transport import PeerSendError
+
+    class P2POnly(FakeTransport):
+        async def try_send(self, sid: str, frame: Frame) -> bool:
+            raise PeerSendError("webrtc not ready after wait")
+
+    manager, wire = _manager(tmp_path, P2POnly(), email=ALICE)
+    s = await manager.open_stream(TUNNEL, BOB)
+    await manager.handle_message(msg(HotlinkAccept(s.sid)))
+    await s.send(TUNNEL, b"x")
+    reason = await s.wait_closed()
+    assert reason.startswith("error: webrtc not ready")
+    assert wire.payloads(HotlinkData) == []
+    assert HotlinkClose(s.sid, "error") in wire.payloads(HotlinkClose)

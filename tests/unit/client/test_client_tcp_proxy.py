@@ -1,0 +1,186 @@
+"""TCP proxy: marker discovery, tunnel path matching, and a channel with real loopback sockets
+feeding real sessions on a fake host."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from hotlink.client.outbound import OutboundSession
+from hotlink.client.tcp_proxy import MarkerScanner, TcpProxy, tunnel_path_matches
+from hotlink.protocol.markers import TcpMarker, proxy_channel
+from hotlink.protocol.messages import HotlinkClose
+from unit.client.client_fakes import ALICE, BOB, FakeHost, until
+
+CHANNEL = "shared/flows/t/run1/_mpc/0_to_1"
+CANONICAL = f"{ALICE}/{CHANNEL}/stream.tcp.request"
+
+
+def _marker(datasites: Path, owner: str, port_alice: int = 9100, port_bob: int = 9200) -> Path:
+    folder = datasites / owner / CHANNEL
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "stream.tcp"
+    ports = {ALICE: port_alice, BOB: port_bob}
+    path.write_text(json.dumps({"from": ALICE, "to": BOB, "port": 0, "ports": ports}))
+    return path
+
+
+def test_scanner_finds_tunnels_once_per_canonical_key(tmp_path: Path) -> None:
+    _marker(tmp_path, ALICE)
+    _marker(tmp_path, BOB)  # the same tunnel, seen in bob's datasite folder
+    found = MarkerScanner(tmp_path, BOB).scan()
+    assert list(found) == [CANONICAL]
+    assert found[CANONICAL].listen_port == 9200
+    assert found[CANONICAL].peer_email == ALICE
+
+
+def test_scanner_skips_ipc_markers_and_warns_once_about_bad_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ipc = tmp_path / ALICE / "app_data" / "app" / "rpc" / "ep"
+    ipc.mkdir(parents=True)
+    (ipc / "stream.tcp").write_text("127.0.0.1:5555")  # TCP-mode IPC marker, same name
+    bad = tmp_path / ALICE / "shared/flows/t/run2/_mpc/0_to_1"
+    bad.mkdir(parents=True)
+    (bad / "stream.tcp").write_text("{not json")
+    not_mpc = tmp_path / ALICE / "shared/flows/t/run3/0_to_1"
+    not_mpc.mkdir(parents=True)
+    (not_mpc / "stream.tcp").write_text(json.dumps({"from": ALICE, "to": BOB, "port": 1}))
+    scanner = MarkerScanner(tmp_path, ALICE)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert scanner.scan() == {}
+    assert sum("not valid JSON" in r.message for r in caplog.records) == 1
+
+
+def test_tunnel_path_matches_the_variants_reference_peers_send_on() -> None:
+    info = proxy_channel(f"{BOB}/{CHANNEL}/stream.tcp", TcpMarker(ALICE, BOB, 0, {BOB: 1}), BOB)
+    assert info.canonical_key == CANONICAL
+    assert tunnel_path_matches(CANONICAL, info)
+    assert tunnel_path_matches(f"{BOB}/{CHANNEL}/stream.tcp.request", info)  # local key
+    assert tunnel_path_matches(f"{BOB}/shared/flows/t/run1/_mpc/1_to_0/stream.tcp.request", info)
+    assert not tunnel_path_matches(
+        f"{ALICE}/shared/flows/t/run9/_mpc/0_to_1/stream.tcp.request", info
+    )
+    assert not tunnel_path_matches(f"{ALICE}/{CHANNEL}/other.request", info)
+    assert not tunnel_path_matches(f"carol@x.com/{CHANNEL}/stream.tcp.request", info)
+    assert not tunnel_path_matches(
+        f"{ALICE}/shared/flows/t/run1/_mpc/0_to_2/stream.tcp.request", info
+    )
+
+
+# ---------------------------------------------------------------- a live channel
+
+
+class Opener:
+    """Opens real OutboundSessions on a fake host; accepts them unless told to reject."""
+
+    def __init__(self, reject: bool = False) -> None:
+        self.host = FakeHost()
+        self.sessions: list[OutboundSession] = []
+        self.reject = reject
+
+    async def open_stream(self, path: str, to: str = "") -> OutboundSession:
+        s = OutboundSession(self.host, sid=f"{len(self.sessions):016x}", key="k", path=path, to=to)
+        self.sessions.append(s)
+        s.start()
+        if self.reject:
+            s.on_reject("permission denied")
+        else:
+            s.on_accept()
+        return s
+
+    def sent(self) -> bytes:
+        return b"".join(f.payload for f in self.host.frames)
+
+
+@contextlib.asynccontextmanager
+async def _proxy(tmp_path: Path, opener: Opener, port: int):  # type: ignore[no-untyped-def]
+    _marker(tmp_path, ALICE, port_alice=port)
+    proxy = TcpProxy(
+        datasites=tmp_path, local_email=ALICE, bind_host="127.0.0.1", chunk_size=4096,
+        opener=opener,
+    )  # fmt: skip
+    await proxy.scan_once()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_app_bytes_go_out_in_order_and_eof_closes_the_session(tmp_path: Path) -> None:
+    opener, port = Opener(), _free_port()
+    async with _proxy(tmp_path, opener, port) as proxy:
+        assert list(proxy.channels) == [CANONICAL]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        payload = bytes(range(256)) * 100
+        writer.write(payload)
+        await writer.drain()
+        writer.write_eof()
+        await until(lambda: opener.sessions and opener.sessions[0].ended)
+        assert opener.sent() == payload
+        assert all(len(f.payload) <= 4096 for f in opener.host.frames)
+        assert opener.host.ordered[-1] == HotlinkClose("0" * 16, f"eof:{len(opener.host.frames)}")
+        assert opener.sessions[0].path == CANONICAL and opener.sessions[0].to == BOB
+        # Nothing is bound to this connection, so the proxy closes it after the app's EOF.
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""
+        writer.close()
+
+
+async def test_failed_session_closes_the_app_connection(tmp_path: Path) -> None:
+    opener, port = Opener(reject=True), _free_port()
+    async with _proxy(tmp_path, opener, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"hello")
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            async with asyncio.timeout(5):
+                assert await reader.read() == b""
+        assert opener.sessions[0].close_reason == "rejected: permission denied"
+        writer.close()
+
+
+async def test_inbound_streams_go_to_the_newest_app_connection(tmp_path: Path) -> None:
+    opener, port = Opener(), _free_port()
+    async with _proxy(tmp_path, opener, port) as proxy:
+        channel = proxy.sink_for(CANONICAL, BOB)
+        assert channel is not None
+        assert proxy.sink_for(CANONICAL, "carol@example.com") is None
+        assert await channel.wait_writer(0.01) is None
+        old_r, old_w = await asyncio.open_connection("127.0.0.1", port)
+        new_r, new_w = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(5):
+            assert await old_r.read() == b""  # superseded by the newer connection
+        conn = await channel.wait_writer(5)
+        assert conn is not None and conn is channel.connections[-1]
+        assert proxy.snapshot() == [{"port": port, "from": ALICE, "to": BOB, "connected": True}]
+        await conn.write(b"to the app")
+        conn.finish()
+        async with asyncio.timeout(5):
+            assert await new_r.read() == b"to the app"
+        new_w.close()
+        old_w.close()
+
+
+async def test_marker_removal_stops_the_listener(tmp_path: Path) -> None:
+    opener, port = Opener(), _free_port()
+    async with _proxy(tmp_path, opener, port) as proxy:
+        (tmp_path / ALICE / CHANNEL / "stream.tcp").unlink()
+        await proxy.scan_once()
+        assert proxy.channels == {}
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port)
