@@ -14,8 +14,6 @@ reference clients do, unless ``send(..., encoding=...)`` says otherwise. ``recv`
 text frames as JSON and binary frames as the SB envelope whatever was negotiated.
 """
 
-# ruff: noqa: ASYNC109  (timeout= parameters are the natural API of a test client)
-
 from __future__ import annotations
 
 import asyncio
