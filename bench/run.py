@@ -1,0 +1,214 @@
+"""The hotlink benchmark (``make bench`` / ``python -m bench.run [--quick]``).
+
+Side by side, on loopback and with the same payloads: a raw TCP connection (the floor),
+hotlink's WebSocket relay path, hotlink P2P with libdatachannel and with aiortc, and each
+backend's raw data channel. Then, as root, a WAN shape in network namespaces: P2P against
+the WebSocket relay. Writes ``bench/results/<timestamp>.json``, ``<timestamp>.png`` and
+``latest.md`` (the table for the README), and prints the table.
+
+Never run from tests: these are measurements, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from datetime import datetime
+from pathlib import Path
+
+from hotlink.devstack import stop_on_signals
+
+from .chart import PALETTE, Bar, Panel, draw
+from .goals import evaluate
+from .paths import (
+    BenchConfig,
+    PathResult,
+    hotlink_path,
+    raw_datachannel,
+    tcp_floor,
+)
+from .report import machine_info, markdown
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+ALL_PATHS = ("tcp", "ws", "p2p-libdatachannel", "p2p-aiortc", "raw-libdatachannel", "raw-aiortc")
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _summary(r: PathResult) -> str:
+    if r.error:
+        return f"FAILED ({r.error})"
+    parts = []
+    if r.throughput_mb_s is not None:
+        parts.append(f"{r.throughput_mb_s:.1f} MB/s")
+    for size, s in r.rtt.items():
+        parts.append(f"rtt{size} p50 {s['p50_ms']:.3f} ms")
+    if r.transport and r.kind in ("ws", "p2p"):
+        parts.append("path " + ",".join(sorted(set(r.transport.values()))))
+    return ", ".join(parts) + f" [{r.seconds:.0f} s]"
+
+
+async def run_loopback(cfg: BenchConfig, only: Sequence[str]) -> list[PathResult]:
+    steps = {
+        "tcp": lambda: tcp_floor(cfg),
+        "ws": lambda: hotlink_path(cfg, "hotlink WS relay", ws_only=True),
+        "p2p-libdatachannel": lambda: hotlink_path(
+            cfg, "hotlink P2P libdatachannel", backend="libdatachannel"
+        ),
+        "p2p-aiortc": lambda: hotlink_path(cfg, "hotlink P2P aiortc", backend="aiortc"),
+        "raw-libdatachannel": lambda: raw_datachannel(cfg, "libdatachannel"),
+        "raw-aiortc": lambda: raw_datachannel(cfg, "aiortc"),
+    }
+    results = []
+    for key in ALL_PATHS:
+        if key not in only:
+            continue
+        _say(f"bench: {key} ...")
+        result = await steps[key]()
+        _say(f"bench: {key}: {_summary(result)}")
+        results.append(result)
+    return results
+
+
+async def run_wan(cfg: BenchConfig) -> tuple[list[PathResult], str | None]:
+    from .wan import IPS, WanShape, unsupported_reason
+
+    reason = unsupported_reason()
+    if reason is not None:
+        return [], f"WAN shape skipped: {reason}."
+    from hotlink.demo.tunnel import ALICE, BOB
+
+    results = []
+    _say("bench: building the WAN shape (namespaces)...")
+    with WanShape() as wan:
+        pairs = (("alice", "server"), ("bob", "server"), ("alice", "bob"))
+        shown = ", ".join(f"{a}-{b} {wan.tcp_rtt_ms(a, b):.1f} ms" for a, b in pairs)
+        note = f"WAN links: {wan.method}; TCP handshake RTT {shown}."
+        _say(f"bench: {note}")
+        netns = {"server": wan.ns("server"), ALICE: wan.ns("alice"), BOB: wan.ns("bob")}
+        connect = {ALICE: wan.connector("alice"), BOB: wan.connector("bob")}
+        wan_cfg = replace(cfg, rtt_sizes=(64,))
+        for name, ws_only in (("WAN hotlink P2P (auto)", False), ("WAN hotlink WS relay", True)):
+            _say(f"bench: {name} ...")
+            result = await hotlink_path(
+                wan_cfg,
+                name,
+                ws_only=ws_only,
+                group="wan",
+                size=cfg.wan_size,
+                rounds=cfg.wan_rounds,
+                server_host=IPS["server"],
+                netns=netns,
+                connect=connect,
+            )
+            _say(f"bench: {name}: {_summary(result)}")
+            results.append(result)
+    return results, note
+
+
+def _chart(results: Sequence[PathResult], path: Path, title: str) -> Path:
+    def bars(rows: Sequence[PathResult], value: str) -> list[Bar]:
+        out = []
+        for r in rows:
+            if value == "tp":
+                v = r.throughput_mb_s
+                text = f"{v:.1f} MB/s" if v is not None else "failed"
+            else:
+                v = r.rtt_p50(64)
+                text = f"{v:.3f} ms" if v is not None else "failed"
+            label, kind = r.name, r.kind
+            if r.kind == "p2p" and not r.error and not r.is_p2p:
+                label, kind = f"{r.name} (ran over ws)", "ws"
+            out.append(Bar(label, None if r.error else v, text, PALETTE.get(kind, (90, 90, 90))))
+        return out
+
+    loop = [r for r in results if r.group == "loopback"]
+    wan = [r for r in results if r.group == "wan"]
+    panels = [
+        Panel("Loopback throughput, one way (MB/s, longer is better)", bars(loop, "tp")),
+        Panel("Loopback round trip, 64 B, p50 (ms, shorter is better)", bars(loop, "rtt")),
+    ]
+    if wan:
+        panels += [
+            Panel("WAN shape throughput (MB/s)", bars(wan, "tp")),
+            Panel("WAN shape round trip, 64 B, p50 (ms)", bars(wan, "rtt")),
+        ]
+    return draw(panels, title, path)
+
+
+async def collect(
+    args: argparse.Namespace, cfg: BenchConfig
+) -> tuple[list[PathResult], str | None]:
+    only = args.only.split(",") if args.only else list(ALL_PATHS)
+    results = await run_loopback(cfg, only)
+    if args.no_wan:
+        return results, "WAN shape skipped (--no-wan)."
+    wan_results, wan_note = await run_wan(cfg)
+    return results + wan_results, wan_note
+
+
+def write_outputs(
+    args: argparse.Namespace,
+    cfg: BenchConfig,
+    results: list[PathResult],
+    wan_note: str | None,
+    seconds: float,
+) -> None:
+    goals = evaluate(results)
+    machine = machine_info()
+    out_dir: Path = args.out
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    png = _chart(results, out_dir / f"{stamp}.png", "hotlink benchmark")
+    table = markdown(
+        results, goals, machine, cfg, quick=args.quick, wan_note=wan_note, chart=png.name
+    )
+    doc = {
+        "machine": machine,
+        "config": asdict(cfg),
+        "quick": args.quick,
+        "seconds": seconds,
+        "results": [r.to_json() for r in results],
+        "goals": [g.to_json() for g in goals],
+        "wan_note": wan_note,
+        "chart": png.name,
+    }
+    (out_dir / f"{stamp}.json").write_text(json.dumps(doc, indent=2))
+    (out_dir / "latest.md").write_text(table)
+    print(table)
+    _say(f"bench: wrote {out_dir / (stamp + '.json')}, {png}, {out_dir / 'latest.md'}")
+    _say(f"bench: finished in {seconds:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, 200 rounds (~2 min)")
+    parser.add_argument("--size", help="payload one way, e.g. 64MiB (default 64MiB, quick 8MiB)")
+    parser.add_argument("--rounds", type=int, help="ping-pong rounds per size (default 2000)")
+    parser.add_argument("--no-wan", action="store_true", help="skip the namespace WAN shape")
+    parser.add_argument("--only", help=f"comma-separated subset of: {','.join(ALL_PATHS)}")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
+    args = parser.parse_args(argv)
+    stop_on_signals()
+    cfg = BenchConfig.quick() if args.quick else BenchConfig()
+    if args.size:
+        from hotlink.demo.payload import parse_size
+
+        cfg = replace(cfg, size=parse_size(args.size))
+    if args.rounds:
+        cfg = replace(cfg, rounds=args.rounds)
+    started = time.monotonic()
+    results, wan_note = asyncio.run(collect(args, cfg))
+    write_outputs(args, cfg, results, wan_note, time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The devstack writes a tunnel exactly as PROTOCOL.md §9.1 lays it out, in both trees."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hotlink.devstack import Channel, DevStack, write_channel_tree
+from hotlink.protocol.acl import parse_acl
+
+ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
+
+
+def test_channel_keys_follow_the_smaller_party_id() -> None:
+    ch = Channel(BOB, CAROL, 1, 2, {BOB: 1001, CAROL: 1002}, flow="shared/flows/mpc")
+    assert ch.channel_dir == "shared/flows/mpc/run1/_mpc/1_to_2"
+    assert ch.canonical_key == f"{BOB}/shared/flows/mpc/run1/_mpc/1_to_2/stream.tcp.request"
+    assert ch.owner == BOB
+    reverse = Channel(CAROL, BOB, 2, 1, {BOB: 1001, CAROL: 1002}, flow="shared/flows/mpc")
+    assert reverse.canonical_key == f"{BOB}/shared/flows/mpc/run1/_mpc/1_to_2/stream.tcp.request"
+
+
+def test_channel_tree_has_markers_and_acls_under_both_datasites(tmp_path: Path) -> None:
+    ch = Channel(ALICE, BOB, 0, 1, {ALICE: 2001, BOB: 2002})
+    write_channel_tree(tmp_path, ch)
+    for owner in (ALICE, BOB):
+        folder = tmp_path / owner / ch.channel_dir
+        marker = json.loads((folder / "stream.tcp").read_text())
+        assert marker == {"from": ALICE, "to": BOB, "port": 0, "ports": {ALICE: 2001, BOB: 2002}}
+        for acl in (folder / "syft.pub.yaml", tmp_path / owner / ch.flow / "syft.pub.yaml"):
+            rules = parse_acl(acl.read_text(), str(acl)).rules
+            assert [r.pattern for r in rules] == ["**"]
+            assert set(rules[0].read) == {ALICE, BOB} and set(rules[0].write) == {ALICE, BOB}
+    assert not list(tmp_path.rglob(".stream.tcp.tmp"))
+
+
+def test_stack_environment_is_clean_and_never_uses_public_ice(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SYFTBOX_HOTLINK_WEBRTC", "0")
+    stack = DevStack(tmp_path, env={"SYFTBOX_HOTLINK_DEBUG": "1"})
+    try:
+        env = stack.base_env({"X": "1"})
+        assert env["SYFTBOX_HOTLINK_ICE_SERVERS"] == "none"
+        assert "SYFTBOX_HOTLINK_WEBRTC" not in env  # the caller's shell does not leak in
+        assert env["SYFTBOX_HOTLINK_DEBUG"] == "1" and env["X"] == "1"
+    finally:
+        stack.stop()
+    assert tmp_path.exists()  # a root we were given is never removed
