@@ -162,6 +162,15 @@ class ClientSettings:
     webrtc_buffered_high: int = MIB  # SYFTBOX_HOTLINK_WEBRTC_BUFFERED_HIGH, max 16 MiB
     webrtc_backpressure_wait_ms: int = 1500  # SYFTBOX_HOTLINK_WEBRTC_BACKPRESSURE_WAIT_MS
     ws_fallback_grace_ms: int = 1500  # SYFTBOX_HOTLINK_WS_FALLBACK_GRACE_MS, max 10 s
+    # Ours, not the reference's: TURN relay candidates only (like a browser's
+    # iceTransportPolicy "relay"; hides local addresses from the peer).
+    relay_only: bool = False  # SYFTBOX_HOTLINK_RELAY_ONLY
+    # How long a session's data channel may take to open before P2P is given up for it
+    # (aiortc never reports an ICE failure by itself). 1-120 s.
+    webrtc_open_timeout_ms: int = 15_000  # SYFTBOX_HOTLINK_WEBRTC_OPEN_TIMEOUT_MS
+    # Test hook: close a session's peer connection after it carried this many frames, to
+    # exercise the mid-stream move to the WebSocket. 0 = off.
+    debug_p2p_kill_after: int = 0  # SYFTBOX_HOTLINK_DEBUG_P2P_KILL_AFTER
 
     # Local IPC.
     ipc_mode: IpcMode = "unix"  # SYFTBOX_HOTLINK_IPC
@@ -215,6 +224,11 @@ class ClientSettings:
                 env, "SYFTBOX_HOTLINK_WEBRTC_BACKPRESSURE_WAIT_MS", 1500, 0, 10_000
             ),
             ws_fallback_grace_ms=_int(env, "SYFTBOX_HOTLINK_WS_FALLBACK_GRACE_MS", 1500, 0, 10_000),
+            relay_only=_bool(env, "SYFTBOX_HOTLINK_RELAY_ONLY", False),
+            webrtc_open_timeout_ms=_int(
+                env, "SYFTBOX_HOTLINK_WEBRTC_OPEN_TIMEOUT_MS", 15_000, 1_000, 120_000
+            ),
+            debug_p2p_kill_after=_int(env, "SYFTBOX_HOTLINK_DEBUG_P2P_KILL_AFTER", 0, 0, 1 << 62),
             ipc_mode=cast(IpcMode, _choice(env, "SYFTBOX_HOTLINK_IPC", "unix", ("unix", "tcp"))),
             tcp_addr=tcp_addr,
             priority_debounce_ms=_int(env, "SYFTBOX_PRIORITY_DEBOUNCE_MS", 50, 0, 3_600_000),

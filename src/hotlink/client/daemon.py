@@ -44,8 +44,13 @@ def setup_logging(debug: bool) -> None:
 
 
 def build_peer_transport(settings: ClientSettings) -> PeerTransport:
-    """The P2P transport for this process. WebRTC (issue 5) plugs in here."""
-    return NullPeerTransport()
+    """The P2P transport for this process: WebRTC unless SYFTBOX_HOTLINK_WEBRTC=0 (issue 5)."""
+    if not settings.webrtc:
+        return NullPeerTransport()
+    # Imported here: the WebRTC stack is only loaded by clients that use it.
+    from .webrtc_transport import WebRTCPeerTransport
+
+    return WebRTCPeerTransport(settings)
 
 
 def telemetry_path(settings: ClientSettings) -> Path:

@@ -212,6 +212,18 @@ class AiortcPeer(PeerBase):
         except AttributeError:
             return None
 
+    def selected_candidate_types(self) -> tuple[str | None, str | None]:
+        if self._closed or not self._open_emitted or self._pc.sctp is None:
+            return None, None
+        try:
+            conn: Any = self._pc.sctp.transport.transport._connection
+            pair = conn._nominated.get(1)
+            if pair is None:
+                return None, None
+            return str(pair.local_candidate.type), str(pair.remote_candidate.type)
+        except AttributeError:
+            return self.selected_candidate_type(), None
+
     # ------------------------------------------------------------ teardown
 
     async def close(self) -> None:

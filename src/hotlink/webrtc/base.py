@@ -167,6 +167,15 @@ class Peer(ABC):
         to ``p2p-host``/``p2p-srflx``/``p2p-relay``.
         """
 
+    def selected_candidate_types(self) -> tuple[str | None, str | None]:
+        """``(local, remote)`` candidate types of the selected pair; each None when unknown.
+
+        The remote end matters for telemetry: a pair whose local end is ``prflx`` may still
+        run through the remote's TURN relay. Backends that can read the remote end override
+        this; the default knows only the local one.
+        """
+        return self.selected_candidate_type(), None
+
     @abstractmethod
     async def close(self) -> None:
         """Close the channel and the peer connection and release ICE/DTLS/SCTP, threads, fds.

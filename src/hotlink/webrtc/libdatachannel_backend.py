@@ -97,14 +97,22 @@ class _SelectedPair:
 
     @classmethod
     def local_candidate(cls, pc_handle: int) -> str | None:
+        return cls.candidates(pc_handle)[0]
+
+    @classmethod
+    def candidates(cls, pc_handle: int) -> tuple[str | None, str | None]:
+        """The selected pair's (local, remote) candidate lines, None where unknown."""
         fn = cls._function()
         if fn is None:
-            return None
+            return None, None
         local = ctypes.create_string_buffer(512)
         remote = ctypes.create_string_buffer(512)
         if fn(pc_handle, local, len(local), remote, len(remote)) < 0:
-            return None
-        return local.value.decode("utf-8", "replace") or None
+            return None, None
+        return (
+            local.value.decode("utf-8", "replace") or None,
+            remote.value.decode("utf-8", "replace") or None,
+        )
 
     @classmethod
     def _function(cls) -> Any:
@@ -343,6 +351,13 @@ class LibdatachannelPeer(PeerBase):
         if local is None:
             return "relay" if self._relay_only else None
         return candidate_type(local)
+
+    def selected_candidate_types(self) -> tuple[str | None, str | None]:
+        if self._closed or not self._open_emitted:
+            return None, None
+        local, remote = _SelectedPair.candidates(self._pc.handle)
+        local_type = candidate_type(local) if local else ("relay" if self._relay_only else None)
+        return local_type, (candidate_type(remote) if remote else None)
 
     # ------------------------------------------------------------ teardown
 

@@ -30,6 +30,16 @@ def fresh_tunnel(relay: ServerProcess, tmp_path: Path) -> Iterator[Tunnel]:
         tunnel.stop()
 
 
+@pytest.fixture
+def ws_tunnel(relay: ServerProcess, tmp_path: Path) -> Iterator[Tunnel]:
+    """Like ``fresh_tunnel`` with P2P off: every frame takes the WebSocket path."""
+    tunnel = start_tunnel(relay.url, tmp_path, env={**DEBUG_ENV, "SYFTBOX_HOTLINK_WEBRTC": "0"})
+    try:
+        yield tunnel
+    finally:
+        tunnel.stop()
+
+
 @pytest.fixture(scope="module")
 def shared_tunnel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tunnel]:
     """One relay and tunnel for a whole module (each test uses new app connections)."""

@@ -24,8 +24,8 @@ async def _send_chunks(writer: asyncio.StreamWriter) -> None:
         await writer.drain()
 
 
-async def test_tcp_proxy_both_directions_then_telemetry(fresh_tunnel: Tunnel) -> None:
-    t = fresh_tunnel
+async def test_tcp_proxy_both_directions_then_telemetry(ws_tunnel: Tunnel) -> None:
+    t = ws_tunnel
     bob_r, bob_w = await dial(t.bob_port)
     await asyncio.sleep(0.5)
     alice_r, alice_w = await dial(t.alice_port)

@@ -1,0 +1,627 @@
+"""One hotlink session's WebRTC peer connection: negotiate, carry frames, fail over to WS.
+
+Roles (DECISIONS.md #1): on an **inbound** session we accepted, we offer right away; on an
+**outbound** session we opened, we answer the peer's offer. Frames flow from the opener to the
+acceptor, so the outbound side sends on the channel and the inbound side receives.
+
+States::
+
+    new ──(offer made / offer received)──> negotiating ──(channel open)──> open
+      │                                        │                             │
+      └────────────(deadline, error, webrtc_error, channel closed)──────────┴──> failed
+    any ──(session ended)──> closed
+
+``failed`` is final for the session: the WebSocket carries the rest (no renegotiation).
+When the channel fails after frames went over it, those still in the replay window are sent
+again over the WebSocket (see :class:`~.signaling.ReplayWindow`): the receiver drops the
+seqs it has, and nothing the channel swallowed is lost.
+
+One task (``_run``) owns negotiation and applies signals in arrival order; a second
+(``_pump``) hands received frames to the host, so the library's callback never waits. Every
+task is created through the owner and cancelled by :meth:`P2PSession.close`; the owner (the
+transport) closes each session exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from ..protocol.errors import ProtocolError
+from ..protocol.frames import Frame, decode_frame, encode_frame
+from ..protocol.ice import (
+    IceCandidate,
+    candidate_token,
+    parse_candidate_token,
+    parse_sdp_token,
+    sdp_token,
+)
+from ..protocol.messages import HotlinkData, HotlinkSignal, Payload
+from ..webrtc import (
+    BackpressureTimeoutError,
+    MessageTooLargeError,
+    Peer,
+    WebRTCError,
+)
+from .signaling import (
+    ICE_CANDIDATE,
+    SDP_ANSWER,
+    SDP_OFFER,
+    WEBRTC_ERROR,
+    ReplayWindow,
+    transport_kind,
+)
+from .telemetry import Telemetry
+from .transport import PeerSendError, Role, SessionInfo
+
+log = logging.getLogger("hotlink.webrtc")
+
+KIB = 1024
+MIB = 1024 * 1024
+
+# PROTOCOL.md §6.6: the first frames wait for the channel (the rest never do).
+GRACE_SEQS = 3
+# PROTOCOL.md §6.7: in P2P-only mode every send waits this long for the channel.
+P2P_ONLY_READY_WAIT = 10.0
+# Signals queued for one session's negotiation task (a real peer sends a handful).
+SIGNAL_QUEUE = 256
+# Candidates an answerer holds before the offer that makes its peer connection arrives.
+EARLY_CANDIDATES = 64
+# Received frames waiting to enter the session's reorder buffer. The library has no receive
+# flow control; past these bounds the channel is given up (the sender resends over WS).
+RX_QUEUE_FRAMES = 4096
+RX_QUEUE_BYTES = 32 * MIB
+# Frames kept for a resend over WS after a channel failure, beyond the send buffer itself:
+# what is in flight plus what the remote library took but its owner had not yet read.
+REPLAY_EXTRA = 4 * MIB
+# After the session ends, the sender keeps its peer until the receiver closes its end (it has
+# everything) or the send buffer has been empty this long, at most LINGER_MAX.
+LINGER_DRAINED = 2.0
+LINGER_MAX = 30.0
+_LINGER_POLL = 0.1
+
+State = Literal["new", "negotiating", "open", "failed", "closed"]
+
+
+@dataclass(frozen=True)
+class WebRTCConfig:
+    """The transport's knobs (built from ClientSettings by the transport)."""
+
+    backend: str = "auto"
+    relay_only: bool = False
+    buffered_high: int = MIB
+    backpressure_wait: float = 1.5
+    grace: float = 1.5
+    open_timeout: float = 15.0
+    p2p_only: bool = False
+    p2p_only_wait: float = P2P_ONLY_READY_WAIT
+    strict: bool = False
+    kill_after: int = 0
+    max_peers: int = 64
+    replay_window: int = MIB + REPLAY_EXTRA
+    linger_drained: float = LINGER_DRAINED
+    linger_max: float = LINGER_MAX
+    rx_queue_frames: int = RX_QUEUE_FRAMES
+    rx_queue_bytes: int = RX_QUEUE_BYTES
+
+
+class SessionOwner(Protocol):
+    """What a session needs from the transport that owns it."""
+
+    config: WebRTCConfig
+
+    @property
+    def telemetry(self) -> Telemetry: ...
+
+    def new_peer(self, session: P2PSession) -> Peer:
+        """A peer connection whose events go to ``session``; raises WebRTCError."""
+
+    def peer_closed(self, session: P2PSession) -> None:
+        """``session`` closed the peer it got from :meth:`new_peer`."""
+
+    def queue_signal(self, signal: HotlinkSignal) -> None:
+        """Send a signal to the peer, after every signal queued before it."""
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A task the owner tracks (and cancels on shutdown)."""
+
+    async def deliver_frame(self, sid: str, frame: Frame) -> None:
+        """A frame received on the channel, into the session's receive path."""
+
+    @property
+    def ws_send(self) -> Callable[[Payload], Awaitable[None]] | None:
+        """Queue a message behind the WebSocket data already queued (for resends)."""
+
+
+def _short(sid: str) -> str:
+    return f"{sid[:8]}…" if len(sid) > 8 else sid
+
+
+class P2PSession:
+    """The peer connection of one hotlink session; also its :class:`~hotlink.webrtc.PeerEvents`."""
+
+    def __init__(self, owner: SessionOwner, info: SessionInfo) -> None:
+        self.owner = owner
+        self.config = owner.config
+        self.sid = info.sid
+        self.path = info.path
+        self.role: Role = info.role
+        self.peer_email = info.peer_email
+        self.state: State = "new"
+        self.fail_reason = ""
+        self.peer: Peer | None = None
+        self.kind = "ws"  # what transport_kind reports once the channel is open
+        self._kind_known = False
+        self._loop = asyncio.get_running_loop()
+        self.created = self._loop.time()
+        self.opened_at: float | None = None
+        self._signals: asyncio.Queue[HotlinkSignal] = asyncio.Queue(SIGNAL_QUEUE)
+        self._early: list[IceCandidate | None] = []
+        self._answered = False
+        self._settled = asyncio.Event()  # open, failed or closed: senders stop waiting
+        self._channel_gone = asyncio.Event()  # the channel closed (either side)
+        self._send_lock = asyncio.Lock()
+        self._grace_deadline: float | None = None
+        self.fallback_counted = False
+        self.window = ReplayWindow(self.config.replay_window)
+        self._replay_pending = False
+        self.tx_frames = 0
+        self.rx_frames = 0
+        self._rx: deque[Frame] = deque()
+        self._rx_bytes = 0
+        self._rx_ready = asyncio.Event()
+        self._bad_messages = 0
+        self._deadline: asyncio.TimerHandle | None = None
+        self._run_task: asyncio.Task[None] | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._peer_released = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Begin: the offerer makes its offer now; the answerer waits for the peer's offer."""
+        self._run_task = self._spawn(self._run(), "run")
+        self._deadline = self._loop.call_later(self.config.open_timeout, self._on_deadline)
+
+    def start_failed(self, reason: str) -> None:
+        """A session that never gets a peer (no backend, too many peers): WS from the start."""
+        self.state = "failed"
+        self.fail_reason = reason
+        self._settled.set()
+
+    async def close(self, *, linger: bool) -> None:
+        """The session ended: stop everything and close the peer.
+
+        With ``linger``, a sender whose channel is still open first gives the frames it queued
+        time to leave (the session's last frames are usually still in the send buffer).
+        """
+        previous = self.state
+        self.state = "closed"
+        self._settled.set()
+        self._cancel_deadline()
+        if linger and previous == "open" and self.role == "outbound" and self.tx_frames:
+            await self._linger()
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._release_peer()
+
+    async def _linger(self) -> None:
+        peer = self.peer
+        if peer is None:
+            return
+        deadline = self._loop.time() + self.config.linger_max
+        drained_since: float | None = None
+        while True:
+            now = self._loop.time()
+            if self._channel_gone.is_set() or not peer.is_open or now >= deadline:
+                return
+            if peer.buffered_amount == 0:
+                drained_since = now if drained_since is None else drained_since
+                if now - drained_since >= self.config.linger_drained:
+                    return
+            else:
+                drained_since = None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._channel_gone.wait(), _LINGER_POLL)
+
+    async def _release_peer(self) -> None:
+        peer = self.peer
+        if peer is None:
+            return
+        if not self._peer_released:
+            self._peer_released = True
+            self.owner.peer_closed(self)
+        # Idempotent: a second caller waits for the same teardown to finish.
+        await peer.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+        task = self.owner.spawn(coro, f"hotlink-p2p-{what}-{self.sid[:8]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _on_deadline(self) -> None:
+        self._deadline = None
+        if self.state in ("new", "negotiating"):
+            what = "no offer arrived" if self.peer is None else "the data channel did not open"
+            self._fail(f"{what} within {self.config.open_timeout:.0f} s", notify_peer=True)
+
+    @property
+    def is_open(self) -> bool:
+        return self.state == "open"
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("failed", "closed")
+
+    def transport_kind(self) -> str:
+        if self.state != "open":
+            return "ws"
+        if not self._kind_known:
+            self._update_kind()
+        return self.kind
+
+    def _update_kind(self) -> None:
+        peer = self.peer
+        if peer is None:
+            return
+        try:
+            local, remote = peer.selected_candidate_types()
+        except Exception:
+            local = remote = None
+        self.kind = transport_kind(local, remote)
+        self._kind_known = local is not None or remote is not None
+
+    # ------------------------------------------------------------ failure
+
+    def _fail(self, reason: str, *, notify_peer: bool = False) -> None:
+        """Give up P2P for this session (WS from now on); safe from any loop context."""
+        if self.finished:
+            return
+        previous = self.state
+        self.state = "failed"
+        self.fail_reason = reason
+        self._settled.set()
+        self._cancel_deadline()
+        telemetry = self.owner.telemetry
+        telemetry.incr("p2p_failed")
+        telemetry.changed()
+        level = logging.WARNING if previous == "open" else logging.INFO
+        log.log(
+            level,
+            "hotlink webrtc failed: session=%s %s: %s; using the websocket",
+            _short(self.sid),
+            "after the channel was open" if previous == "open" else "while negotiating",
+            reason,
+        )
+        if notify_peer:
+            self.owner.queue_signal(HotlinkSignal(sid=self.sid, knd=WEBRTC_ERROR, err=reason))
+        if previous == "open" and self.role == "outbound" and len(self.window):
+            self._replay_pending = True
+        self._spawn(self._after_fail(), "teardown")
+
+    async def _after_fail(self) -> None:
+        # Resend first: the sooner the frames are queued on the WebSocket, the less likely a
+        # Close eof queued by a sender that has already finished overtakes them.
+        if self._replay_pending:
+            async with self._send_lock:
+                await self._replay_if_pending()
+        run = self._run_task
+        if run is not None and run is not asyncio.current_task() and not run.done():
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+        await self._release_peer()
+
+    async def _replay_if_pending(self) -> None:
+        """Resend the replay window over WS (call with the send lock held)."""
+        if not self._replay_pending:
+            return
+        self._replay_pending = False
+        frames = self.window.take_all()
+        if not frames or self.config.p2p_only or self.config.strict:
+            return
+        send = self.owner.ws_send
+        if send is None:
+            log.error(
+                "hotlink session %s: cannot resend %d frames over the websocket (no in-order "
+                "send); the receiver may miss seqs %d-%d",
+                _short(self.sid),
+                len(frames),
+                frames[0].seq,
+                frames[-1].seq,
+            )
+            return
+        sent = 0
+        try:
+            for f in frames:
+                await send(HotlinkData(self.sid, f.seq, f.path, f.etag, f.payload))
+                sent += 1
+        except Exception as exc:
+            log.warning(
+                "hotlink session %s: resend over websocket stopped after %d of %d frames: %s",
+                _short(self.sid),
+                sent,
+                len(frames),
+                exc,
+            )
+        self.owner.telemetry.incr("p2p_resent_frames", sent)
+        log.info(
+            "hotlink session %s: resent the last %d p2p frames (seq %d-%d) over the websocket",
+            _short(self.sid),
+            sent,
+            frames[0].seq,
+            frames[-1].seq,
+        )
+
+    # ------------------------------------------------------------ signals
+
+    def push_signal(self, signal: HotlinkSignal) -> None:
+        """A signal for this session, applied in arrival order by the session's task."""
+        if signal.knd == WEBRTC_ERROR:
+            self._on_remote_error(signal.err)
+            return
+        if self.finished:
+            log.debug("signal %s for finished p2p session %s ignored", signal.knd, _short(self.sid))
+            return
+        try:
+            self._signals.put_nowait(signal)
+        except asyncio.QueueFull:
+            log.warning(
+                "hotlink session %s: more than %d webrtc signals waiting; dropping %s",
+                _short(self.sid),
+                SIGNAL_QUEUE,
+                signal.knd,
+            )
+
+    def _on_remote_error(self, err: str) -> None:
+        log.info("hotlink webrtc error: session=%s error=%s", _short(self.sid), err or "-")
+        if self.state in ("new", "negotiating"):
+            self._fail(f"peer reported: {err or 'webrtc error'}")
+        # An open channel carries on: errors about signaling (e.g. the server's "unknown
+        # session" for a late candidate after the session closed there) do not touch it, and
+        # a peer that really gave up closes its end, which we see.
+
+    async def _run(self) -> None:
+        try:
+            if self.role == "inbound":
+                await self._offer()
+            while True:
+                await self._apply(await self._signals.get())
+        except WebRTCError as exc:
+            self._fail(str(exc), notify_peer=True)
+        except Exception as exc:
+            log.exception("hotlink session %s: webrtc negotiation crashed", _short(self.sid))
+            self._fail(f"internal error: {exc}", notify_peer=True)
+
+    async def _offer(self) -> None:
+        self.peer = self.owner.new_peer(self)
+        self.state = "negotiating"
+        sdp = await self.peer.create_offer()
+        # Queued before any candidate: the backend reports none until we have the SDP.
+        self.owner.queue_signal(
+            HotlinkSignal(sid=self.sid, knd=SDP_OFFER, tok=sdp_token("offer", sdp))
+        )
+        self.owner.telemetry.incr("p2p_offers")
+        log.info("hotlink webrtc offer sent: session=%s", _short(self.sid))
+
+    async def _apply(self, signal: HotlinkSignal) -> None:
+        try:
+            if signal.knd == SDP_OFFER:
+                await self._on_offer(parse_sdp_token(signal.tok))
+            elif signal.knd == SDP_ANSWER:
+                await self._on_answer(parse_sdp_token(signal.tok))
+            elif signal.knd == ICE_CANDIDATE:
+                await self._on_candidate(parse_candidate_token(signal.tok))
+        except ProtocolError as exc:
+            # A malformed token costs that one signal (an SDP one fails the negotiation).
+            if signal.knd in (SDP_OFFER, SDP_ANSWER):
+                raise WebRTCError(f"bad {signal.knd}: {exc}") from exc
+            log.info("hotlink session %s: bad %s ignored: %s", _short(self.sid), signal.knd, exc)
+
+    async def _on_offer(self, sdp: str) -> None:
+        if self.role != "outbound":
+            log.info("hotlink session %s: ignoring an offer (we offer here)", _short(self.sid))
+            return
+        if self.peer is not None:
+            log.info("hotlink session %s: ignoring a repeated offer", _short(self.sid))
+            return
+        self.peer = self.owner.new_peer(self)
+        self.state = "negotiating"
+        answer = await self.peer.accept_offer(sdp)
+        self.owner.queue_signal(
+            HotlinkSignal(sid=self.sid, knd=SDP_ANSWER, tok=sdp_token("answer", answer))
+        )
+        self.owner.telemetry.incr("p2p_answers_ok")
+        log.info("hotlink webrtc answer sent: session=%s", _short(self.sid))
+        early, self._early = self._early, []
+        for cand in early:
+            await self.peer.add_remote_candidate(cand)
+
+    async def _on_answer(self, sdp: str) -> None:
+        if self.role != "inbound" or self.peer is None:
+            log.info("hotlink session %s: ignoring an unexpected answer", _short(self.sid))
+            return
+        if self._answered:
+            log.info("hotlink session %s: ignoring a repeated answer", _short(self.sid))
+            return
+        self._answered = True
+        await self.peer.set_answer(sdp)
+
+    async def _on_candidate(self, cand: IceCandidate | None) -> None:
+        if self.peer is not None:
+            # Before the remote description the backend holds it (DECISIONS.md #4).
+            await self.peer.add_remote_candidate(cand)
+            return
+        if len(self._early) >= EARLY_CANDIDATES:
+            log.warning(
+                "hotlink session %s: more than %d candidates before the offer; dropping one",
+                _short(self.sid),
+                EARLY_CANDIDATES,
+            )
+            return
+        self._early.append(cand)
+
+    # ------------------------------------------------------------ PeerEvents
+
+    def on_local_candidate(self, cand: IceCandidate | None) -> None:
+        # End-of-candidates is not signalled, as in the reference (§6.4).
+        if cand is None or self.finished:
+            return
+        self.owner.queue_signal(
+            HotlinkSignal(sid=self.sid, knd=ICE_CANDIDATE, tok=candidate_token(cand))
+        )
+
+    def on_channel_open(self) -> None:
+        if self.state != "negotiating":
+            return
+        self.state = "open"
+        self.opened_at = self._loop.time()
+        self._cancel_deadline()
+        self._settled.set()
+        self._update_kind()
+        telemetry = self.owner.telemetry
+        telemetry.incr("p2p_answers_ok")  # the reference counts channel opens here too (§7)
+        telemetry.changed()
+        log.info(
+            "hotlink webrtc data channel open (%s): session=%s transport=%s after %.0f ms",
+            "offerer" if self.role == "inbound" else "answerer",
+            _short(self.sid),
+            self.kind,
+            (self.opened_at - self.created) * 1000.0,
+        )
+
+    def on_message(self, data: bytes) -> None:
+        if self.state == "closed":
+            return
+        try:
+            frame = decode_frame(data)
+        except ProtocolError as exc:
+            self._bad_messages += 1
+            if self._bad_messages == 1 or self._bad_messages % 1000 == 0:
+                log.warning(
+                    "hotlink session %s: undecodable p2p message dropped (%d so far): %s",
+                    _short(self.sid),
+                    self._bad_messages,
+                    exc,
+                )
+            return
+        if (
+            len(self._rx) >= self.config.rx_queue_frames
+            or self._rx_bytes + len(frame.payload) > self.config.rx_queue_bytes
+        ):
+            # Dropping here is safe only because the channel goes with it: the sender sees it
+            # close and resends its recent frames over the WebSocket, which has flow control.
+            self._fail(
+                f"receive queue full ({len(self._rx)} frames, {self._rx_bytes} bytes): "
+                "the local app is not keeping up"
+            )
+            return
+        self._rx.append(frame)
+        self._rx_bytes += len(frame.payload)
+        self._rx_ready.set()
+        if self._pump_task is None:
+            self._pump_task = self._spawn(self._pump(), "rx")
+        self.rx_frames += 1
+        if self.config.kill_after and self.rx_frames == self.config.kill_after:
+            self._fail(f"debug: closing the peer after {self.rx_frames} received frames")
+
+    async def _pump(self) -> None:
+        while True:
+            while not self._rx:
+                self._rx_ready.clear()
+                await self._rx_ready.wait()
+            frame = self._rx.popleft()
+            self._rx_bytes -= len(frame.payload)
+            try:
+                await self.owner.deliver_frame(self.sid, frame)
+            except Exception:
+                log.exception("hotlink session %s: p2p frame delivery failed", _short(self.sid))
+
+    def on_channel_closed(self, reason: str) -> None:
+        self._channel_gone.set()
+        if self.state != "closed":
+            self._fail(f"channel closed: {reason}")
+
+    # ------------------------------------------------------------ sending
+
+    async def try_send(self, frame: Frame) -> bool:
+        """Send one frame over the channel; False: the WebSocket must carry it."""
+        async with self._send_lock:
+            await self._replay_if_pending()
+            if not self.finished and not self.is_open:
+                await self._wait_open(frame.seq)
+            peer = self.peer
+            if not self.is_open or peer is None:
+                return self._fallback("not ready" if not self.finished else self.fail_reason)
+            data = encode_frame(frame)
+            if len(data) > peer.max_message_size:
+                return self._fallback(
+                    f"a {len(data)}-byte frame exceeds the peer's max message size "
+                    f"{peer.max_message_size}"
+                )
+            try:
+                await peer.send(data)
+            except MessageTooLargeError as exc:
+                return self._fallback(str(exc))
+            except BackpressureTimeoutError as exc:
+                # The path is stalled (or its far end gone silent): waiting again for every
+                # frame would crawl, so the WebSocket takes over for good.
+                self._fail(f"send stalled: {exc}")
+                await self._replay_if_pending()
+                return self._fallback(self.fail_reason)
+            except WebRTCError as exc:
+                # Refused or closed: this frame may or may not have left, so it goes over WS
+                # too (a duplicate is dropped by the receiver; a loss would be final).
+                self._fail(f"send failed: {exc}")
+                await self._replay_if_pending()
+                return self._fallback(self.fail_reason)
+            self.window.add(frame)
+            self.tx_frames += 1
+            if self.config.kill_after and self.tx_frames == self.config.kill_after:
+                self._fail(f"debug: closing the peer after {self.tx_frames} sent frames")
+            return True
+
+    async def _wait_open(self, seq: int) -> None:
+        now = self._loop.time()
+        if self.config.p2p_only:
+            deadline = now + self.config.p2p_only_wait
+        elif seq <= GRACE_SEQS:
+            # One grace per session, from its first frame: not 1.5 s for each of the three.
+            if self._grace_deadline is None:
+                self._grace_deadline = now + self.config.grace
+            deadline = self._grace_deadline
+        else:
+            return
+        if deadline > now:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), deadline - now)
+
+    def _fallback(self, why: str) -> bool:
+        if self.config.p2p_only or self.config.strict:
+            if self.config.strict:
+                self.owner.telemetry.incr("strict_violations")
+            raise PeerSendError(f"hotlink p2p_only send failed: webrtc not ready ({why})")
+        if not self.fallback_counted:
+            self.fallback_counted = True
+            self.owner.telemetry.incr("ws_fallbacks")
+            log.info(
+                "hotlink p2p not ready, using ws fallback: session=%s path=%s (%s)",
+                _short(self.sid),
+                self.path,
+                why,
+            )
+        return False

@@ -1,0 +1,194 @@
+"""Bookkeeping for the WebRTC transport that needs no sockets and no clock of its own.
+
+* :class:`PendingSignals` holds signals for session ids we do not know yet (DECISIONS.md #4:
+  a candidate or offer may overtake the messages that create its session; buffer it, bounded,
+  for 30 s, never drop it silently).
+* :class:`RecentSids` remembers sessions that ended, so their late signals (and the server's
+  ``webrtc_error "unknown session"`` replies to ours) are ignored instead of buffered.
+* :class:`ReplayWindow` keeps the frames most recently handed to a data channel. A channel
+  that dies may have lost any of them (queued in the library, in flight, or not yet taken by
+  the remote), and there is no acknowledgement to tell which; resending them all over the
+  WebSocket is safe because the receiver's reorder buffer drops seqs it already has.
+* :func:`transport_kind` names the path of a session for telemetry.
+
+Time is always passed in (monotonic seconds).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+from ..protocol.frames import Frame
+from ..protocol.messages import HotlinkSignal
+
+log = logging.getLogger("hotlink.webrtc")
+
+# HotlinkSignal kinds (PROTOCOL.md §6.4).
+SDP_OFFER = "sdp_offer"
+SDP_ANSWER = "sdp_answer"
+ICE_CANDIDATE = "ice_candidate"
+WEBRTC_ERROR = "webrtc_error"
+WEBRTC_KINDS = frozenset({SDP_OFFER, SDP_ANSWER, ICE_CANDIDATE, WEBRTC_ERROR})
+
+# DECISIONS.md #4: how long a signal for an unknown session is kept.
+PENDING_EXPIRY = 30.0
+# A real peer sends one offer or answer and a handful of candidates per session.
+PENDING_PER_SID = 64
+# Sessions with buffered signals at once; beyond this the oldest session's are given up.
+PENDING_SIDS = 256
+
+
+def is_legacy_kind(kind: str) -> bool:
+    """The QUIC revision's kinds, which WebRTC clients ignore (PROTOCOL.md §6.10)."""
+    return kind.startswith("quic_")
+
+
+@dataclass(slots=True)
+class _Held:
+    since: float
+    signals: list[HotlinkSignal]
+
+
+class PendingSignals:
+    """Signals per unknown session id, in arrival order, bounded and expiring."""
+
+    def __init__(
+        self,
+        *,
+        expiry: float = PENDING_EXPIRY,
+        per_sid: int = PENDING_PER_SID,
+        max_sids: int = PENDING_SIDS,
+    ) -> None:
+        self.expiry = expiry
+        self.per_sid = per_sid
+        self.max_sids = max_sids
+        self._held: OrderedDict[str, _Held] = OrderedDict()
+        self.expired = 0  # signals given up because their session never appeared
+        self.overflowed = 0  # signals refused because a bound was reached
+
+    def __len__(self) -> int:
+        return sum(len(h.signals) for h in self._held.values())
+
+    def __contains__(self, sid: object) -> bool:
+        return sid in self._held
+
+    def add(self, signal: HotlinkSignal, now: float) -> bool:
+        """Hold ``signal`` until its session appears; False if a bound refused it."""
+        self.expire(now)
+        held = self._held.get(signal.sid)
+        if held is None:
+            if len(self._held) >= self.max_sids:
+                sid, oldest = self._held.popitem(last=False)
+                self.overflowed += len(oldest.signals)
+                log.warning(
+                    "too many sessions with early webrtc signals; giving up %d for %s",
+                    len(oldest.signals),
+                    sid[:8],
+                )
+            held = self._held[signal.sid] = _Held(now, [])
+        if len(held.signals) >= self.per_sid:
+            self.overflowed += 1
+            if self.overflowed == 1 or self.overflowed % 100 == 0:
+                log.warning(
+                    "more than %d early webrtc signals for session %s; refusing the excess",
+                    self.per_sid,
+                    signal.sid[:8],
+                )
+            return False
+        held.signals.append(signal)
+        return True
+
+    def take(self, sid: str, now: float) -> list[HotlinkSignal]:
+        """Everything held for ``sid`` (oldest first), now that its session exists."""
+        self.expire(now)
+        held = self._held.pop(sid, None)
+        return held.signals if held is not None else []
+
+    def discard(self, sid: str) -> None:
+        self._held.pop(sid, None)
+
+    def expire(self, now: float) -> None:
+        """Drop sessions whose first held signal is older than the expiry."""
+        while self._held:
+            sid, held = next(iter(self._held.items()))
+            if now - held.since < self.expiry:
+                return
+            del self._held[sid]
+            self.expired += len(held.signals)
+            log.info(
+                "webrtc signals for unknown session %s expired after %.0f s (%d signals)",
+                sid[:8],
+                self.expiry,
+                len(held.signals),
+            )
+
+
+class RecentSids:
+    """The last ``size`` session ids that ended (least recently added forgotten first)."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self._sids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, sid: str) -> None:
+        self._sids[sid] = None
+        self._sids.move_to_end(sid)
+        while len(self._sids) > self.size:
+            self._sids.popitem(last=False)
+
+    def __contains__(self, sid: object) -> bool:
+        return sid in self._sids
+
+
+class ReplayWindow:
+    """The most recent frames sent over P2P, at most ``max_bytes`` of payload (FIFO)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._frames: deque[Frame] = deque()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def add(self, frame: Frame) -> None:
+        self._frames.append(frame)
+        self._bytes += len(frame.payload)
+        # Keep at least the newest frame even if it alone exceeds the bound.
+        while self._bytes > self.max_bytes and len(self._frames) > 1:
+            old = self._frames.popleft()
+            self._bytes -= len(old.payload)
+
+    def take_all(self) -> list[Frame]:
+        """Every frame held, oldest first; the window is empty afterwards."""
+        frames = list(self._frames)
+        self._frames.clear()
+        self._bytes = 0
+        return frames
+
+    def clear(self) -> None:
+        self._frames.clear()
+        self._bytes = 0
+
+
+def transport_kind(local: str | None, remote: str | None) -> str:
+    """``p2p-host``/``p2p-srflx``/``p2p-relay`` for the selected pair's candidate types.
+
+    The path goes through a TURN server when *either* end is a relay candidate: libdatachannel
+    may call its own end ``prflx`` while the packets travel through the peer's allocation.
+    A ``srflx`` end means a NAT mapping found by STUN. A ``prflx`` end alone says only that a
+    connectivity check arrived before the candidate it came from was trickled (common on a
+    LAN or loopback), so it counts as host, like an unknown pair.
+    """
+    kinds = {local, remote}
+    if "relay" in kinds:
+        return "p2p-relay"
+    if "srflx" in kinds:
+        return "p2p-srflx"
+    return "p2p-host"

@@ -1,0 +1,90 @@
+"""The reference TCP-proxy test over WebRTC, and a bigger stream, with telemetry checks."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from support.client_proc import (
+    REFERENCE_CHUNK,
+    await_telemetry,
+    check_reference_chunks,
+    dial,
+    read_exactly,
+    reference_chunk,
+)
+from support.server_proc import ServerProcess
+
+from .conftest import channel_opens, close_writer, negotiation_ms, stream_through, tunnel_between
+
+CHUNKS = 20
+TOTAL = CHUNKS * REFERENCE_CHUNK
+
+
+async def _send_chunks(writer: asyncio.StreamWriter) -> None:
+    for i in range(CHUNKS):
+        writer.write(reference_chunk(i))
+        await writer.drain()
+
+
+async def test_tcp_proxy_both_directions_go_peer_to_peer(
+    relay: ServerProcess, tmp_path: Path
+) -> None:
+    async with tunnel_between(relay.url, tmp_path) as t:
+        bob_r, bob_w = await dial(t.bob_port)
+        await asyncio.sleep(0.5)
+        alice_r, alice_w = await dial(t.alice_port)
+        try:
+            _, _, at_bob, at_alice = await asyncio.gather(
+                _send_chunks(alice_w),
+                _send_chunks(bob_w),
+                read_exactly(bob_r, TOTAL),
+                read_exactly(alice_r, TOTAL),
+            )
+            check_reference_chunks(at_bob, CHUNKS)
+            check_reference_chunks(at_alice, CHUNKS)
+            # While both streams are live, each client has two open channels: the one it
+            # offered (inbound session) and the one it answered (outbound session).
+            for client in (t.alice, t.bob):
+                doc = await await_telemetry(
+                    client,
+                    lambda d: (
+                        d["tx_bytes"] == TOTAL
+                        and d["rx_bytes"] == TOTAL
+                        and d["webrtc_connected"] == 2
+                    ),
+                )
+                assert doc["tx_p2p_packets"] > 0
+                # Only frames sent before the channel opened may take the WebSocket.
+                assert doc["tx_ws_packets"] <= 3
+                assert doc["tx_packets"] == doc["tx_p2p_packets"] + doc["tx_ws_packets"]
+                assert doc["p2p_offers"] == 1
+                assert doc["p2p_answers_ok"] >= 1
+                live = doc["live"]["sessions_in"] + doc["live"]["sessions_out"]
+                assert {s["transport"] for s in live} == {"p2p-host"}
+                assert {role for role, _ in channel_opens(client)} == {"offerer", "answerer"}
+        finally:
+            await close_writer(alice_w)
+            await close_writer(bob_w)
+        print("negotiation ms alice", negotiation_ms(t.alice), "bob", negotiation_ms(t.bob))
+
+
+@pytest.mark.slow
+async def test_16_mib_stream_over_p2p_arrives_intact(relay: ServerProcess, tmp_path: Path) -> None:
+    size = 16 * 1024 * 1024
+    async with tunnel_between(relay.url, tmp_path) as t:
+        bob_r, bob_w = await dial(t.bob_port)
+        await asyncio.sleep(0.2)
+        _alice_r, alice_w = await dial(t.alice_port)
+        try:
+            result = await stream_through(alice_w, bob_r, size)
+        finally:
+            await close_writer(bob_w)
+        assert result.received == size
+        assert result.digest_got == result.digest_sent
+        doc = await await_telemetry(t.alice, lambda d: d["tx_bytes"] >= size)
+        assert doc["tx_p2p_packets"] > 0
+        assert doc["tx_ws_packets"] <= 3
+        print(f"16 MiB over p2p: {result.seconds:.2f} s, {result.mib_per_s:.1f} MiB/s")
