@@ -7,8 +7,8 @@
 Each host's link to the hub delays what the host sends (its egress) and limits it to
 100 Mbit/s. With egress delays of 35 ms (server) and 5 ms (alice, bob), every round trip
 crosses two egresses: alice-server and bob-server 40 ms, alice-bob 10 ms. The delay is
-``tc netem`` where the kernel has it, else a user-space link (``wan_link.py``) with a ``tbf``
-rate limit. Only documentation addresses; nothing is connected to the host's own network.
+``tc netem`` where the kernel has it, else a user-space link (:mod:`hotlink.wan_link`) with a
+``tbf`` rate limit. Only documentation addresses; nothing is connected to the host's own network.
 
 Namespaces are ``hlb<pid>-<host>``; :meth:`WanShape.close` (also at exit) stops the links
 and every process inside and deletes them.
@@ -16,23 +16,20 @@ and every process inside and deletes them.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from hotlink.demo.measure import Connector, Link
+from hotlink.devstack import open_connection_in_netns, socket_in_netns, stop_process
+from hotlink.wan_link import netem_available, start_link
 
-BENCH_DIR = Path(__file__).resolve().parent
 HOSTS = ("server", "alice", "bob")
 IPS = {"server": "203.0.113.10", "alice": "203.0.113.21", "bob": "203.0.113.22"}
 EGRESS_DELAY_MS = {"server": 35.0, "alice": 5.0, "bob": 5.0}
@@ -59,19 +56,6 @@ def unsupported_reason() -> str | None:
     if shutil.which("ip") is None or shutil.which("tc") is None:
         return "iproute2 (ip, tc) is not installed"
     return None
-
-
-def _netem_available(probe_ns: str) -> bool:
-    try:
-        _run(["ip", "netns", "add", probe_ns])
-        _run(["ip", "-n", probe_ns, "link", "add", "d0", "type", "veth", "peer", "name", "d1"])
-        ok = _run(["ip", "netns", "exec", probe_ns, "tc", "qdisc", "add", "dev", "d0", "root",
-                   "netem", "delay", "1ms"], check=False).returncode == 0  # fmt: skip
-    except WanError:
-        ok = False
-    finally:
-        _run(["ip", "netns", "delete", probe_ns], check=False)
-    return ok
 
 
 class WanShape:
@@ -106,7 +90,7 @@ class WanShape:
         _run(["ip", "netns", "exec", self.ns(host), *argv])
 
     def _build(self) -> None:
-        netem = _netem_available(self.ns("probe"))
+        netem = netem_available(self.ns("probe"))
         self.method = "tc netem" if netem else "user-space delay link + tbf"
         for host in ("hub", *HOSTS):
             _run(["ip", "netns", "add", self.ns(host)])
@@ -135,20 +119,10 @@ class WanShape:
                            "rate", RATE, "burst", "128kb", "latency", "100ms")  # fmt: skip
 
     def _start_link(self, host: str, port: str) -> None:
-        proc = subprocess.Popen(
-            [sys.executable, "-u", str(BENCH_DIR / "wan_link.py"),
-             "--inner-ns", self.ns(host), "--inner-dev", "eth0",
-             "--outer-ns", self.ns("hub"), "--outer-dev", port,
-             "--delay-ms", str(EGRESS_DELAY_MS[host])],
-            stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-        self.links.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode().strip()
-        if line != "ready":
-            raise WanError(f"WAN link for {host} did not start (said {line!r})")
+        link = start_link(
+            (self.ns(host), "eth0"), (self.ns("hub"), port), delay_ms=EGRESS_DELAY_MS[host]
+        )
+        self.links.append(link)
 
     def close(self) -> None:
         if self._closed:
@@ -162,13 +136,7 @@ class WanShape:
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
         for proc in self.links:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, 5)
         for host in (*HOSTS, "hub"):
             _run(["ip", "netns", "delete", self.ns(host)], check=False)
 
@@ -179,14 +147,7 @@ class WanShape:
         ns = self.ns(host)
 
         async def connect(port: int) -> Link:
-            sock = socket_in_netns(ns)
-            try:
-                sock.setblocking(False)
-                await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-            except BaseException:
-                sock.close()
-                raise
-            return await asyncio.open_connection(sock=sock, limit=1 << 20)
+            return await open_connection_in_netns(ns, "127.0.0.1", port, limit=1 << 20)
 
         return connect
 
@@ -209,26 +170,3 @@ class WanShape:
             return best
         finally:
             listener.close()
-
-
-def socket_in_netns(ns: str) -> socket.socket:
-    """A TCP socket created inside namespace ``ns`` (a socket keeps the namespace it was made
-    in; only the short-lived helper thread switches namespaces)."""
-    box: dict[str, object] = {}
-
-    def work() -> None:
-        try:
-            with open(f"/run/netns/{ns}", "rb") as f:
-                os.setns(f.fileno(), os.CLONE_NEWNET)
-            box["sock"] = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=work, name=f"setns-{ns}")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise WanError(f"cannot open a socket in {ns}: {box['error']}")
-    sock = box["sock"]
-    assert isinstance(sock, socket.socket)
-    return sock

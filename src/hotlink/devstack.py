@@ -1,7 +1,7 @@
 """A local stack of real hotlink processes: one relay server and clients, on loopback.
 
-The demo, the benchmarks and (later) the test harnesses all need the same thing: start a
-relay server and a few client daemons as real processes in a throw-away data dir, write the
+The demo, the benchmarks and the test harnesses (``tests/support``, ``tests/nat``) all need
+the same thing: start a relay server and a few client daemons as real processes, write the
 markers and ACLs of a tunnel into their trees, wait until everything is ready, read the
 clients' telemetry, and stop every process again, by pid, whatever happens::
 
@@ -14,8 +14,15 @@ clients' telemetry, and stop every process again, by pid, whatever happens::
         stack.wait_channel(channel)                     # both proxies listen, ACL published
         ... dial channel.port(alice.email) / channel.port(bob.email) ...
 
-Every start has an ``a``-prefixed coroutine twin (``astart_client``, ``await_channel``) that
-polls without blocking the event loop.
+Every wait has an ``a``-prefixed coroutine twin (``astart_client``, ``await_channel``) that
+polls without blocking the event loop; both run the same poll (see :func:`_polls`).
+
+The pieces also work without a :class:`DevStack`, for callers that own the lifetimes
+themselves (the test harnesses): :func:`launch_server` and :func:`launch_client` start one
+process, :func:`child_env` builds its environment, :func:`write_acl`,
+:func:`write_tcp_channel` and :func:`write_channel_tree` write trees, :func:`stop_process`
+stops any child by pid, and :func:`open_connection_in_netns` dials a child started in a
+network namespace.
 
 Children start in their own session (a Ctrl-C in the terminal reaches only us, and we stop
 them in order: clients first, then the server) and, unless the stack is ``detached``, with
@@ -24,9 +31,9 @@ That signal fires when the *thread* that spawned a child ends: spawn from a thre
 lives as long as the children (the main thread, or the event loop's thread).
 ``stop()`` runs on context exit, at interpreter exit and from :func:`stop_on_signals`.
 
-Children get a clean environment: our ``SYFTBOX_*`` variables only (inherited ones are
-dropped unless ``inherit_syftbox_env``), and always ``SYFTBOX_HOTLINK_ICE_SERVERS`` (``none``
-by default: host candidates only, never a public STUN server).
+Children of a stack get a clean environment: our ``SYFTBOX_*`` variables only (inherited
+ones are dropped unless ``inherit_syftbox_env``), and always ``SYFTBOX_HOTLINK_ICE_SERVERS``
+(``none`` by default: host candidates only, never a public STUN server).
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -66,10 +73,56 @@ STATE_FILE = "devstack.json"
 DEFAULT_FLOW = "shared/flows/hotlink-demo"
 _PR_SET_PDEATHSIG = 1
 _LOG_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) ", re.MULTILINE)
+_POLL_S = 0.05
 
 
 class StackError(RuntimeError):
     """A process exited early or a log line never appeared; the message has the log's tail."""
+
+
+# ---------------------------------------------------------------- waiting
+
+# A wait is written once, as a generator that looks, yields how long to sleep before the next
+# look, and returns what it waited for; :func:`_block` runs it in a thread that may sleep,
+# :func:`_await` inside an event loop.
+
+
+def _polls[T](
+    probe: Callable[[], T | None],
+    timeout: float,
+    failure: Callable[[], Exception],
+    *,
+    gone: Callable[[], bool] = lambda: False,
+    interval: float = _POLL_S,
+) -> Generator[float, None, T]:
+    """Until ``probe()`` returns something: raise ``failure()`` after ``timeout`` seconds or
+    as soon as ``gone()`` (the process we wait on has exited)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result is not None:
+            return result
+        if time.monotonic() > deadline or gone():
+            raise failure()
+        yield interval
+
+
+def _block[T](polls: Generator[float, None, T]) -> T:
+    while True:
+        try:
+            delay = next(polls)
+        except StopIteration as done:
+            return done.value
+        time.sleep(delay)
+
+
+async def _await[T](polls: Generator[float, None, T]) -> T:
+    while True:
+        try:
+            delay = next(polls)
+        except StopIteration as done:
+            return done.value
+        await asyncio.sleep(delay)
 
 
 # ---------------------------------------------------------------- processes
@@ -82,6 +135,25 @@ def _set_parent_death_signal() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def send_signal(proc: subprocess.Popen[bytes], signum: int) -> None:
+    """``kill(pid, signum)`` if the child still runs (never by name)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signum)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """SIGTERM by pid, SIGKILL after ``timeout``; returns the exit code."""
+    if proc.poll() is None:
+        send_signal(proc, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            send_signal(proc, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
 
 
 @dataclass
@@ -145,48 +217,39 @@ class Proc:
             f"log {self.log_path}, tail:\n{self.log_text()[-3000:]}"
         )
 
+    def _polls_while_alive[T](
+        self, probe: Callable[[], T | None], what: str, timeout: float
+    ) -> Generator[float, None, T]:
+        """A wait that gives up early when this process exits."""
+        return _polls(
+            probe, timeout, lambda: self._failure(what, timeout), gone=lambda: not self.alive()
+        )
+
+    def _log_polls(
+        self, pattern: str | re.Pattern[str], timeout: float, since: int
+    ) -> Generator[float, None, re.Match[str]]:
+        return self._polls_while_alive(
+            lambda: self.search_log(pattern, since), f"no log line matching {pattern!r}", timeout
+        )
+
     def wait_for_log(
         self, pattern: str | re.Pattern[str], timeout: float = 30.0, since: int = 0
     ) -> re.Match[str]:
         """Block until a log line after offset ``since`` matches ``pattern``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            match = self.search_log(pattern, since)
-            if match is not None:
-                return match
-            if time.monotonic() > deadline or not self.alive():
-                raise self._failure(f"no log line matching {pattern!r}", timeout)
-            time.sleep(0.05)
+        return _block(self._log_polls(pattern, timeout, since))
 
     async def await_log(
         self, pattern: str | re.Pattern[str], timeout: float = 30.0, since: int = 0
     ) -> re.Match[str]:
         """:meth:`wait_for_log` without blocking the event loop."""
-        deadline = time.monotonic() + timeout
-        while True:
-            match = self.search_log(pattern, since)
-            if match is not None:
-                return match
-            if time.monotonic() > deadline or not self.alive():
-                raise self._failure(f"no log line matching {pattern!r}", timeout)
-            await asyncio.sleep(0.05)
+        return await _await(self._log_polls(pattern, timeout, since))
 
     def signal(self, signum: int) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signum)
+        send_signal(self.proc, signum)
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM by pid, SIGKILL after ``timeout``; returns the exit code."""
-        proc = self.proc
-        if proc.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-                proc.wait()
-        return proc.returncode
+        return stop_process(self.proc, timeout)
 
 
 @dataclass
@@ -205,31 +268,33 @@ class ServerProc(Proc):
         """The WebSocket endpoint (add ``?user=<email>`` in dev mode)."""
         return self.url.replace("http://", "ws://", 1) + "/api/v1/events"
 
-    def _poll_ready(self) -> bool:
+    def events_url(self, user: str) -> str:
+        """The WebSocket endpoint for ``user`` in dev mode."""
+        return f"{self.ws_url}?user={user}"
+
+    def rss_kib(self) -> int:
+        """Resident memory of the server process, from ``/proc/<pid>/status`` (VmRSS)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise StackError(f"no VmRSS for pid {self.pid}")
+
+    def _ready(self) -> ServerProc | None:
+        """Self once the ready file (written whole by the server) tells the address."""
         if self.port:
-            return True
+            return self
         try:
             info = json.loads(self.ready_file.read_text())
         except (OSError, ValueError):
-            return False
+            return None
         self.host, self.port = str(info["host"]), int(info["port"])
-        return True
+        return self
 
     def wait_ready(self, timeout: float = 30.0) -> ServerProc:
-        deadline = time.monotonic() + timeout
-        while not self._poll_ready():
-            if time.monotonic() > deadline or not self.alive():
-                raise self._failure("no ready file", timeout)
-            time.sleep(0.05)
-        return self
+        return _block(self._polls_while_alive(self._ready, "no ready file", timeout))
 
     async def await_ready(self, timeout: float = 30.0) -> ServerProc:
-        deadline = time.monotonic() + timeout
-        while not self._poll_ready():
-            if time.monotonic() > deadline or not self.alive():
-                raise self._failure("no ready file", timeout)
-            await asyncio.sleep(0.05)
-        return self
+        return await _await(self._polls_while_alive(self._ready, "no ready file", timeout))
 
 
 @dataclass
@@ -264,25 +329,178 @@ class ClientProc(Proc):
     ) -> dict[str, Any]:
         """The first telemetry document for which ``ok(doc)`` holds (written at least every
         3 s by the client); raises :class:`StackError` with the last document otherwise."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def matching() -> dict[str, Any] | None:
             doc = self.telemetry()
-            if doc is not None and ok(doc):
-                return doc
-            if time.monotonic() > deadline:
-                raise StackError(f"{self.email}: telemetry never matched; last: {doc}")
-            await asyncio.sleep(0.1)
+            return doc if doc is not None and ok(doc) else None
+
+        def failure() -> StackError:
+            return StackError(f"{self.email}: telemetry never matched; last: {self.telemetry()}")
+
+        return await _await(_polls(matching, timeout, failure, interval=0.1))
+
+    def _ready_polls(self, timeout: float, since: int) -> Generator[float, None, ClientProc]:
+        yield from self._log_polls(CONNECTED, timeout, since)
+        yield from self._log_polls(ACLS_PUBLISHED, timeout, since)
+        return self
 
     def wait_ready(self, timeout: float = 30.0, since: int = 0) -> ClientProc:
         """Connected to the server, and the first ACL publish round done."""
-        self.wait_for_log(CONNECTED, timeout, since)
-        self.wait_for_log(ACLS_PUBLISHED, timeout, since)
-        return self
+        return _block(self._ready_polls(timeout, since))
 
     async def await_ready(self, timeout: float = 30.0, since: int = 0) -> ClientProc:
-        await self.await_log(CONNECTED, timeout, since)
-        await self.await_log(ACLS_PUBLISHED, timeout, since)
-        return self
+        return await _await(self._ready_polls(timeout, since))
+
+
+# ---------------------------------------------------------------- starting processes
+
+
+def child_env(
+    *layers: Mapping[str, str | None] | None, inherit_syftbox: bool = True
+) -> dict[str, str]:
+    """This process's environment (without its ``SYFTBOX_*`` variables unless
+    ``inherit_syftbox``) with ``layers`` on top, in order; a None value unsets a variable."""
+    env = {k: v for k, v in os.environ.items() if inherit_syftbox or not k.startswith("SYFTBOX_")}
+    for layer in layers:
+        for name, value in (layer or {}).items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+    return env
+
+
+def client_settings(hotlink: bool = True) -> dict[str, str | None]:
+    """What a local client runs with: hotlink on (``SYFTBOX_HOTLINK`` unset when ``hotlink``
+    is False) and no debounce or ACL staging delay, so nobody waits on those timers."""
+    return {
+        "SYFTBOX_HOTLINK": "1" if hotlink else None,
+        "SYFTBOX_PRIORITY_DEBOUNCE_MS": "0",
+        "SYFTBOX_ACL_STAGING_GRACE_MS": "0",
+    }
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    log_path: Path,
+    netns: str | None = None,
+    parent_death: bool = True,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in its own session, stdout and stderr appended to ``log_path``.
+
+    ``netns``: inside that network namespace (``ip netns exec`` execs, so the pid is still
+    the program's own). ``parent_death``: the kernel SIGTERMs the child when the spawning
+    thread ends; leave it off when spawning from a pool thread that may end first.
+    """
+    full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            full,
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_set_parent_death_signal if parent_death else None,
+        )
+
+
+def launch_server(
+    ready_file: Path,
+    log_path: Path,
+    *,
+    env: Mapping[str, str],
+    host: str | None = "127.0.0.1",
+    port: int | None = 0,
+    args: Sequence[str] = (),
+    netns: str | None = None,
+    parent_death: bool = True,
+    python: str = sys.executable,
+) -> ServerProc:
+    """Start ``hotlink server``, which writes its address to ``ready_file`` once it listens
+    (wait with ``wait_ready``/``await_ready``). A None ``host``/``port`` leaves that option
+    out: to ``args``, or to ``SYFTBOX_HTTP_ADDR`` in ``env``."""
+    ready_file.unlink(missing_ok=True)
+    argv = [python, "-m", "hotlink", "server", "--ready-file", str(ready_file)]
+    if host is not None:
+        argv += ["--host", host]
+    if port is not None:
+        argv += ["--port", str(port)]
+    argv += args
+    proc = spawn(argv, env=env, log_path=log_path, netns=netns, parent_death=parent_death)
+    return ServerProc("server", argv, log_path, proc, ready_file=ready_file)
+
+
+def launch_client(
+    email: str,
+    server_url: str,
+    data_dir: Path,
+    *,
+    env: Mapping[str, str],
+    args: Sequence[str] = (),
+    netns: str | None = None,
+    parent_death: bool = True,
+    python: str = sys.executable,
+) -> ClientProc:
+    """Start ``hotlink client`` for ``email`` with its tree in ``data_dir`` (its own datasite
+    folder is created; log in ``<data_dir>/client.log``); wait with ``wait_ready``."""
+    (data_dir / "datasites" / email).mkdir(parents=True, exist_ok=True)
+    argv = [
+        python, "-m", "hotlink", "client",
+        "--server", server_url, "--email", email, "--data-dir", str(data_dir), *args,
+    ]  # fmt: skip
+    log_path = data_dir / "client.log"
+    proc = spawn(argv, env=env, log_path=log_path, netns=netns, parent_death=parent_death)
+    return ClientProc(
+        email, argv, log_path, proc, email=email, data_dir=data_dir, server_url=server_url
+    )
+
+
+# ---------------------------------------------------------------- network namespaces
+
+
+def socket_in_netns(ns: str) -> socket.socket:
+    """A TCP socket created inside network namespace ``ns`` (``/run/netns/<ns>``).
+
+    setns() changes only the calling thread's namespace, so a short-lived thread enters
+    ``ns`` and makes the socket; the socket keeps that namespace wherever it is used.
+    """
+    box: dict[str, socket.socket | BaseException] = {}
+
+    def work() -> None:
+        try:
+            with open(f"/run/netns/{ns}", "rb") as nsfile:
+                os.setns(nsfile.fileno(), os.CLONE_NEWNET)
+            box["sock"] = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=work, name=f"setns-{ns}", daemon=True)
+    thread.start()
+    thread.join()
+    result = box.get("sock", box.get("error"))
+    if not isinstance(result, socket.socket):
+        raise result if isinstance(result, BaseException) else OSError(f"no socket in {ns}")
+    return result
+
+
+async def open_connection_in_netns(
+    ns: str, host: str, port: int, *, limit: int = 2**16
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """``asyncio.open_connection`` from inside network namespace ``ns``: how an app there
+    dials a client started with ``netns=ns`` (its proxy listens on that namespace's
+    loopback)."""
+    sock = socket_in_netns(ns)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock, limit=limit)
 
 
 # ---------------------------------------------------------------- trees: ACLs and markers
@@ -299,23 +517,37 @@ def _yaml_list(items: Iterable[str]) -> str:
     return "[" + ", ".join(f"'{i}'" for i in items) + "]"
 
 
-def acl_text(read: Sequence[str] = (), write: Sequence[str] = (), pattern: str = "**") -> str:
-    """``syft.pub.yaml`` with one rule: ``pattern`` readable/writable by the given users."""
-    return (
-        "terminal: false\n"
-        "rules:\n"
-        f"  - pattern: '{pattern}'\n"
-        "    access:\n"
-        "      admin: []\n"
-        f"      write: {_yaml_list(write)}\n"
-        f"      read: {_yaml_list(read)}\n"
-    )
+def acl_text(
+    rules: Sequence[tuple[str, Sequence[str], Sequence[str]]],
+    *,
+    admin: Sequence[str] = (),
+    terminal: bool = False,
+) -> str:
+    """``syft.pub.yaml`` text; ``rules`` are (pattern, read, write)."""
+    lines = [f"terminal: {'true' if terminal else 'false'}", "rules:"]
+    for pattern, read, write in rules:
+        lines += [
+            f"  - pattern: '{pattern}'",
+            "    access:",
+            f"      admin: {_yaml_list(admin)}",
+            f"      write: {_yaml_list(write)}",
+            f"      read: {_yaml_list(read)}",
+        ]
+    return "\n".join(lines) + "\n"
 
 
-def write_acl(folder: Path, read: Sequence[str] = (), write: Sequence[str] = ()) -> Path:
+def write_acl(
+    folder: Path,
+    *,
+    read: Sequence[str] = (),
+    write: Sequence[str] = (),
+    pattern: str = "**",
+    terminal: bool = False,
+) -> Path:
+    """Write ``folder/syft.pub.yaml`` with one rule (``pattern``: read/write lists)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "syft.pub.yaml"
-    path.write_text(acl_text(read, write))
+    path.write_text(acl_text([(pattern, read, write)], terminal=terminal))
     return path
 
 
@@ -323,6 +555,61 @@ def write_default_acls(datasite: Path) -> None:
     """The reference devstack's defaults: a private root and a public ``public/`` folder."""
     write_acl(datasite)
     write_acl(datasite / "public", read=["*"], write=["*"])
+
+
+def tcp_marker_text(from_email: str, to_email: str, ports: Mapping[str, int]) -> str:
+    """A ``stream.tcp`` marker (PROTOCOL.md §9.1): per-party proxy ports, ``port`` unused."""
+    return json.dumps({"from": from_email, "to": to_email, "port": 0, "ports": dict(ports)})
+
+
+def write_tcp_marker(folder: Path, text: str) -> Path:
+    """``folder/stream.tcp``, atomically: the proxy's 250 ms scan must never read half a
+    marker."""
+    marker = folder / TCP_MARKER
+    tmp = marker.with_name(f".{TCP_MARKER}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, marker)
+    return marker
+
+
+def write_channel_acls(
+    datasites: Path,
+    owner: str,
+    channel_dir: str,
+    parties: Sequence[str],
+    acl_roots: Sequence[str] = (),
+) -> Path:
+    """The ACL granting ``parties`` read and write, in ``<datasites>/<owner>/<channel_dir>``
+    and in each datasite-relative folder of ``acl_roots``; returns the channel folder."""
+    who = list(parties)
+    folder = datasites / owner / channel_dir
+    write_acl(folder, read=who, write=who)
+    for root in acl_roots:
+        write_acl(datasites / owner / root, read=who, write=who)
+    return folder
+
+
+def write_tcp_channel(
+    datasites: Path,
+    owner: str,
+    channel_dir: str,
+    *,
+    from_email: str,
+    to_email: str,
+    ports: Mapping[str, int],
+    parties: Sequence[str] | None = None,
+    acl_roots: Sequence[str] = (),
+) -> Path:
+    """A tunnel as in PROTOCOL.md §9.1, in one client's copy of ``owner``'s datasite.
+
+    Writes ``syft.pub.yaml`` (read/write for ``parties``, default from and to) into
+    ``<datasites>/<owner>/<channel_dir>`` and each folder of ``acl_roots`` (e.g.
+    ``shared/flows/tcp-test``), then ``stream.tcp`` there. Returns the folder.
+    """
+    who = parties if parties is not None else (from_email, to_email)
+    folder = write_channel_acls(datasites, owner, channel_dir, who, acl_roots)
+    write_tcp_marker(folder, tcp_marker_text(from_email, to_email, ports))
+    return folder
 
 
 @dataclass(frozen=True)
@@ -357,9 +644,7 @@ class Channel:
         return TcpMarker(self.from_email, self.to_email, 0, dict(self.ports))
 
     def marker_text(self) -> str:
-        return json.dumps(
-            {"from": self.from_email, "to": self.to_email, "port": 0, "ports": dict(self.ports)}
-        )
+        return tcp_marker_text(self.from_email, self.to_email, self.ports)
 
     @property
     def canonical_key(self) -> str:
@@ -378,19 +663,12 @@ class Channel:
 
 def write_channel_tree(datasites: Path, channel: Channel) -> None:
     """Write the channel into one client's tree: under BOTH parties' datasite folders, the
-    ACL (channel folder and flow root) first and the ``stream.tcp`` marker last, so that the
-    proxy never starts before the ACL exists."""
-    who = list(channel.parties)
+    ACLs (channel folder and flow root) of both first and the ``stream.tcp`` markers last, so
+    that no proxy starts before every ACL exists."""
     for owner in channel.parties:
-        folder = datasites / owner / channel.channel_dir
-        write_acl(folder, read=who, write=who)
-        write_acl(datasites / owner / channel.flow, read=who, write=who)
+        write_channel_acls(datasites, owner, channel.channel_dir, channel.parties, [channel.flow])
     for owner in channel.parties:
-        marker = datasites / owner / channel.channel_dir / TCP_MARKER
-        tmp = marker.with_name(f".{TCP_MARKER}.tmp")
-        tmp.write_text(channel.marker_text())
-        # Atomic: the proxy's 250 ms scan must never read half a marker.
-        os.replace(tmp, marker)
+        write_tcp_marker(datasites / owner / channel.channel_dir, channel.marker_text())
 
 
 # ---------------------------------------------------------------- the stack
@@ -434,7 +712,7 @@ class DevStack:
         self,
         root: Path | None = None,
         *,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
         ice_servers: str = "none",
         detached: bool = False,
         keep_root: bool = False,
@@ -482,47 +760,21 @@ class DevStack:
 
     # ------------------------------------------------------------ spawning
 
-    def base_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        full = {
-            k: v
-            for k, v in os.environ.items()
-            if self.inherit_syftbox_env or not k.startswith("SYFTBOX_")
-        }
-        full["SYFTBOX_HOTLINK_ICE_SERVERS"] = self.ice_servers
-        full["PYTHONUNBUFFERED"] = "1"
-        full.update(self.env)
-        full.update(extra or {})
-        return full
-
-    def spawn(
-        self,
-        name: str,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str],
-        log_path: Path,
-        netns: str | None = None,
-    ) -> subprocess.Popen[bytes]:
-        """Start ``argv`` (inside network namespace ``netns`` if given) logging to a file."""
-        full = ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            return subprocess.Popen(
-                full,
-                env=dict(env),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=None if self.detached else _set_parent_death_signal,
-            )
+    def base_env(self, *layers: Mapping[str, str | None] | None) -> dict[str, str]:
+        """The environment of this stack's children, with ``layers`` on top."""
+        return child_env(
+            {"SYFTBOX_HOTLINK_ICE_SERVERS": self.ice_servers, "PYTHONUNBUFFERED": "1"},
+            self.env,
+            *layers,
+            inherit_syftbox=self.inherit_syftbox_env,
+        )
 
     def spawn_server(
         self,
         host: str = "127.0.0.1",
         *,
         port: int = 0,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
         args: Sequence[str] = (),
         netns: str | None = None,
     ) -> ServerProc:
@@ -530,17 +782,19 @@ class DevStack:
         the clients expect it); wait with ``wait_ready``."""
         if self.server is not None and self.server.alive():
             raise StackError("this stack already runs a server (stop it first to restart)")
-        ready = self.root / "server.ready.json"
-        ready.unlink(missing_ok=True)
-        log_path = self.root / "server.log"
-        argv = [
-            self.python, "-m", "hotlink", "server",
-            "--host", host, "--port", str(port), "--ready-file", str(ready), *args,
-        ]  # fmt: skip
         full_env = self.base_env(env)
         full_env.pop("SYFTBOX_AUTH_ENABLED", None)
-        proc = self.spawn("server", argv, env=full_env, log_path=log_path, netns=netns)
-        self.server = ServerProc("server", argv, log_path, proc, ready_file=ready)
+        self.server = launch_server(
+            self.root / "server.ready.json",
+            self.root / "server.log",
+            env=full_env,
+            host=host,
+            port=port,
+            args=args,
+            netns=netns,
+            parent_death=not self.detached,
+            python=self.python,
+        )
         self._save_state()
         return self.server
 
@@ -560,7 +814,7 @@ class DevStack:
         email: str,
         *,
         server_url: str | None = None,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str | None] | None = None,
         args: Sequence[str] = (),
         netns: str | None = None,
         data_dir: Path | None = None,
@@ -575,25 +829,17 @@ class DevStack:
             server_url = self.server.url
         data_dir = data_dir or self.client_dir(email)
         own = data_dir / "datasites" / email
-        own.mkdir(parents=True, exist_ok=True)
         if default_acls and not (own / "syft.pub.yaml").exists():
             write_default_acls(own)
-        full_env = self.base_env(
-            {
-                "SYFTBOX_HOTLINK": "1" if hotlink else "0",
-                "SYFTBOX_PRIORITY_DEBOUNCE_MS": "0",
-                "SYFTBOX_ACL_STAGING_GRACE_MS": "0",
-                **(env or {}),
-            }
-        )
-        argv = [
-            self.python, "-m", "hotlink", "client",
-            "--server", server_url, "--email", email, "--data-dir", str(data_dir), *args,
-        ]  # fmt: skip
-        log_path = data_dir / "client.log"
-        proc = self.spawn(email, argv, env=full_env, log_path=log_path, netns=netns)
-        client = ClientProc(
-            email, argv, log_path, proc, email=email, data_dir=data_dir, server_url=server_url
+        client = launch_client(
+            email,
+            server_url,
+            data_dir,
+            env=self.base_env(client_settings(hotlink), env),
+            args=args,
+            netns=netns,
+            parent_death=not self.detached,
+            python=self.python,
         )
         old = self.clients.get(email)
         if old is not None and old.alive():

@@ -24,8 +24,10 @@ that has entered that namespace (a network namespace is per thread; the socket k
   reachable: the client's fallback would be a public STUN server;
 * ``"none"``: host candidates only.
 
-Every process is started with ``ip netns exec`` (which execs, so the pid is the program's own)
-and stopped by pid on close; the topology then deletes the namespaces, killing anything left.
+The server and the clients are a :class:`hotlink.devstack.DevStack` whose processes start
+with ``ip netns exec`` (which execs, so the pid is the program's own) and inherit the test's
+environment; the stack stops them by pid on close, then the topology deletes the namespaces,
+killing anything left.
 """
 
 from __future__ import annotations
@@ -33,41 +35,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
-import socket
 import subprocess
-import sys
-import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import TracebackType
-from typing import Any
 
-from nat.lab import TURN_PORT, TURN_USER
-from nat.topology import PUBLIC_IP, Impairment, NatTopology
+from hotlink.devstack import (
+    CHANNEL_OPEN,
+    ClientProc,
+    DevStack,
+    ServerProc,
+    open_connection_in_netns,
+)
+from nat.lab import TURN_USER, TurnLab
+from nat.topology import PUBLIC_IP, NatTopology
 from support.client_proc import (
-    ACLS_PUBLISHED,
     ALICE,
     BOB,
-    CONNECTED,
-    ClientProcess,
-    client_env,
+    TUNNEL_PROXY_STARTING,
+    Tunnel,
     write_reference_tunnel,
 )
-from support.coturn import CoturnServer, start_coturn
-from support.server_proc import ServerProcess, ServerStartError, stop_server
 
 EMAILS = {"alice": ALICE, "bob": BOB}
 # Inside the client namespaces, so fixed ports cannot clash with anything (as in §9.4).
 PROXY_PORTS = {ALICE: 9100, BOB: 9200}
 ECHO_PORT = 4000
 
-# Log lines of the client daemon and its WebRTC transport.
-PROXY_STARTING = r"tcp proxy: starting \S+ channel=" + re.escape(ALICE)
-CHANNEL_OPEN = "data channel open"
 _SESSION_LINE = re.compile(
     r"^(?P<time>\d\d:\d\d:\d\d\.\d{3}) .*hotlink session (?P<sid>[0-9a-zA-Z-]{1,8})…? "
     r"(?P<dir>in|out) (?P<src>\S+)→(?P<dst>\S+) (?P<state>\S+)",
@@ -92,18 +86,8 @@ def log_seconds(line: str) -> float | None:
     return h * 3600 + mi * 60 + s + ms / 1000
 
 
-@dataclass
-class NatTunnel:
-    """The §9.1 tunnel between the daemons in alice's and bob's LANs."""
-
-    alice: ClientProcess
-    bob: ClientProcess
-    alice_port: int
-    bob_port: int
-
-    @property
-    def clients(self) -> tuple[ClientProcess, ClientProcess]:
-        return (self.alice, self.bob)
+# The §9.1 tunnel between the daemons in alice's and bob's LANs.
+NatTunnel = Tunnel
 
 
 @dataclass
@@ -149,134 +133,46 @@ def _tail(text: str, lines: int) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _socket_in_namespace(ns: str, host: str, port: int, timeout: float) -> socket.socket:
-    """A TCP connection made from inside network namespace ``ns``.
-
-    setns() changes only the calling thread's namespace, so a throwaway thread enters ``ns``,
-    connects and exits; the socket stays in ``ns`` wherever it is used afterwards.
-    """
-    result: dict[str, Any] = {}
-
-    def connect() -> None:
-        try:
-            with open(f"/run/netns/{ns}", "rb") as nsfile:
-                os.setns(nsfile.fileno(), os.CLONE_NEWNET)
-            result["sock"] = socket.create_connection((host, port), timeout=timeout)
-        except BaseException as exc:  # handed to the caller's thread
-            result["error"] = exc
-
-    thread = threading.Thread(target=connect, name=f"dial-{ns}", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    sock: socket.socket = result["sock"]
-    sock.settimeout(None)
-    sock.setblocking(False)
-    return sock
-
-
 @dataclass
-class HotlinkNatLab:
-    workdir: Path
-    symmetric: bool = False
-    impair: Impairment | None = None
-    # coturn's TURN REST shared secret (the server hands out short-lived credentials); with
-    # it coturn has no static user, so "turn" (static credentials) cannot allocate.
-    turn_secret: str | None = None
-    topo: NatTopology = field(init=False)
-    turn: CoturnServer | None = field(init=False, default=None)
-    server: ServerProcess | None = field(init=False, default=None)
-    clients: list[ClientProcess] = field(init=False, default_factory=list)
-    _log_marks: dict[str, int] = field(init=False, default_factory=dict)
+class HotlinkNatLab(TurnLab):
+    stack: DevStack = field(init=False)
 
     def __post_init__(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.topo = NatTopology(symmetric=self.symmetric, impair=self.impair)
-
-    # ---- lifecycle ----------------------------------------------------------------------
-
-    def __enter__(self) -> HotlinkNatLab:
-        self.topo.build()
-        try:
-            self.turn = start_coturn(
-                netns=self.topo.ns("public"),
-                listening_ip=PUBLIC_IP,
-                port=TURN_PORT,
-                min_port=49152,
-                max_port=49300,
-                user=None if self.turn_secret else TURN_USER,
-                secret=self.turn_secret,
-                verbose=True,
-            )
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        super().__post_init__()
+        # The test's environment (its ICE "none" included) reaches the children, as the
+        # harness in tests/support does; each side's ICE choice goes on top.
+        self.stack = DevStack(self.workdir, ice_servers="none", inherit_syftbox_env=True)
 
     def close(self) -> None:
         """Stop the clients, the server and coturn by pid, then remove the namespaces."""
-        for client in self.clients:
-            with contextlib.suppress(Exception):
-                client.stop(timeout=5)
-        if self.server is not None:
-            with contextlib.suppress(Exception):
-                stop_server(self.server, stop_timeout=5)
-        if self.turn is not None:
-            self.turn.stop()
-        self.topo.close()
+        with contextlib.suppress(Exception):
+            self.stack.stop(timeout=5)
+        super().close()
+
+    @property
+    def server(self) -> ServerProc | None:
+        return self.stack.server
+
+    @property
+    def clients(self) -> list[ClientProc]:
+        return list(self.stack.clients.values())
 
     # ---- the relay server -------------------------------------------------------------------
 
-    def start_server(self, *, advertise: bool = False, timeout: float = 30.0) -> ServerProcess:
-        """``hotlink server`` in the public namespace on 203.0.113.10 (a free port).
+    def start_server(self, *, advertise: bool = False, timeout: float = 30.0) -> ServerProc:
+        """``hotlink server`` in the public namespace on 203.0.113.10 (a free port), in dev
+        mode as in the reference NAT test.
 
         ``advertise``: the server advertises coturn's TURN URL with short-lived credentials
         from the lab's ``turn_secret`` (DECISIONS.md #23).
         """
         assert self.turn is not None
-        ready = self.workdir / "server.ready.json"
-        log_path = self.workdir / "server.log"
-        ready.unlink(missing_ok=True)
-        argv = [
-            sys.executable, "-m", "hotlink", "server",
-            "--host", PUBLIC_IP, "--port", "0", "--ready-file", str(ready),
-        ]  # fmt: skip
+        args: list[str] = []
         if advertise:
             if not self.turn_secret:
                 raise ValueError("advertise=True needs the lab's turn_secret")
-            argv += ["--ice-servers", self.turn.turn_url(), "--turn-secret", self.turn_secret]
-        env = dict(os.environ)
-        env["SYFTBOX_HOTLINK_ICE_SERVERS"] = "none"  # overridden by --ice-servers
-        env.pop("SYFTBOX_AUTH_ENABLED", None)  # dev mode, as in the reference NAT test
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.topo.ns("public"), *argv],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        deadline = time.monotonic() + timeout
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                stop_server(proc)
-                raise ServerStartError(
-                    f"server did not start (exit {proc.returncode}):\n"
-                    + _tail(log_path.read_text(errors="replace"), 60)
-                )
-            time.sleep(0.05)
-        info = json.loads(ready.read_text())
-        self.server = ServerProcess(info["host"], int(info["port"]), proc.pid, log_path, proc)
-        return self.server
+            args += ["--ice-servers", self.turn.turn_url(), "--turn-secret", self.turn_secret]
+        return self.stack.start_server(PUBLIC_IP, timeout, netns=self.topo.ns("public"), args=args)
 
     @property
     def server_url(self) -> str:
@@ -315,33 +211,16 @@ class HotlinkNatLab:
 
     def spawn_client(
         self, side: str, *, ice: IceChoice, env: Mapping[str, str | None] | None = None
-    ) -> ClientProcess:
+    ) -> ClientProc:
         """``hotlink client`` in ``side``'s LAN namespace, without waiting for anything."""
-        email = EMAILS[side]
-        data_dir = self.workdir / side
-        (data_dir / "datasites" / email).mkdir(parents=True, exist_ok=True)
-        log_path = data_dir / "client.log"
-        full = client_env({"SYFTBOX_AUTH_ENABLED": "0"})
-        for name, value in {**self.ice_env(ice), **(env or {})}.items():
-            if value is None:
-                full.pop(name, None)
-            else:
-                full[name] = value
-        argv = [
-            sys.executable, "-m", "hotlink", "client",
-            "--server", self.server_url, "--email", email, "--data-dir", str(data_dir),
-        ]  # fmt: skip
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.topo.ns(side), *argv],
-                env=full,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        client = ClientProcess(email, data_dir, self.server_url, log_path, proc)
-        self.clients.append(client)
-        return client
+        return self.stack.spawn_client(
+            EMAILS[side],
+            server_url=self.server_url,
+            env={"SYFTBOX_AUTH_ENABLED": "0", **self.ice_env(ice), **(env or {})},
+            netns=self.topo.ns(side),
+            data_dir=self.workdir / side,
+            default_acls=False,
+        )
 
     def start_tunnel(
         self,
@@ -362,9 +241,8 @@ class HotlinkNatLab:
         alice = self.spawn_client("alice", ice=ice, env={**(env or {}), **extra.get("alice", {})})
         bob = self.spawn_client("bob", ice=ice, env={**(env or {}), **extra.get("bob", {})})
         for client in (alice, bob):
-            client.wait_for_log(CONNECTED, timeout)
-            client.wait_for_log(ACLS_PUBLISHED, timeout)
-            client.wait_for_log(PROXY_STARTING, timeout)
+            client.wait_ready(timeout)
+            client.wait_for_log(TUNNEL_PROXY_STARTING, timeout)
         return NatTunnel(alice, bob, PROXY_PORTS[ALICE], PROXY_PORTS[BOB])
 
     async def dial(
@@ -377,9 +255,9 @@ class HotlinkNatLab:
         ns = self.topo.ns(side)
         while True:
             try:
-                sock = await asyncio.to_thread(_socket_in_namespace, ns, "127.0.0.1", port, 1.0)
-                return await asyncio.open_connection(sock=sock)
-            except OSError:
+                async with asyncio.timeout(1.0):
+                    return await open_connection_in_netns(ns, "127.0.0.1", port)
+            except (OSError, TimeoutError):
                 if loop.time() > deadline:
                     raise
                 await asyncio.sleep(0.25)
@@ -471,7 +349,7 @@ class HotlinkNatLab:
         return "".join(parts)
 
 
-def telemetry_line(clients: Sequence[ClientProcess]) -> str:
+def telemetry_line(clients: Sequence[ClientProc]) -> str:
     """The P2P counters of each client, for the report."""
     parts = []
     for client in clients:

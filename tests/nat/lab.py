@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from nat.topology import PUBLIC_IP, Impairment, NatTopology
 from support.coturn import CoturnServer, start_coturn
@@ -112,22 +112,27 @@ def _addr(candidate: str) -> str:
 
 
 @dataclass
-class NatLab:
+class TurnLab:
+    """The topology with coturn on the public host: what :class:`NatLab` and the hotlink lab
+    (``hotlink_lab.py``) both stand on. ``turn_secret``: coturn checks TURN REST credentials
+    made with it instead of the static user."""
+
     workdir: Path
     symmetric: bool = False
     impair: Impairment | None = None
     internet_sink: bool = True
     coturn_args: Sequence[str] = ()
+    turn_secret: str | None = None
     topo: NatTopology = field(init=False)
     turn: CoturnServer | None = field(init=False, default=None)
-    _room: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.topo = NatTopology(
             symmetric=self.symmetric, impair=self.impair, internet_sink=self.internet_sink
         )
 
-    def __enter__(self) -> NatLab:
+    def __enter__(self) -> Self:
         self.topo.build()
         try:
             self.turn = start_coturn(
@@ -136,22 +141,19 @@ class NatLab:
                 port=TURN_PORT,
                 min_port=49152,
                 max_port=49300,
-                user=TURN_USER,
+                user=None if self.turn_secret else TURN_USER,
+                secret=self.turn_secret,
                 verbose=True,
                 extra_args=list(self.coturn_args),
             )
-            relay = self.topo.run(
-                "public",
-                NatTopology.script("signal_relay.py", PUBLIC_IP, str(SIGNAL_PORT)),
-                stdout=subprocess.PIPE,
-            )
-            assert relay.stdout is not None
-            if relay.stdout.readline().strip() != b"ready":
-                raise RuntimeError("signaling relay did not start")
+            self.start_services()
         except BaseException:
             self.close()
             raise
         return self
+
+    def start_services(self) -> None:
+        """What the lab runs besides coturn, once coturn is up."""
 
     def __exit__(
         self,
@@ -162,9 +164,25 @@ class NatLab:
         self.close()
 
     def close(self) -> None:
+        """Stop coturn by pid, then remove the namespaces (and whatever still runs there)."""
         if self.turn is not None:
             self.turn.stop()
         self.topo.close()
+
+
+@dataclass
+class NatLab(TurnLab):
+    _room: int = field(init=False, default=0)
+
+    def start_services(self) -> None:
+        relay = self.topo.run(
+            "public",
+            NatTopology.script("signal_relay.py", PUBLIC_IP, str(SIGNAL_PORT)),
+            stdout=subprocess.PIPE,
+        )
+        assert relay.stdout is not None
+        if relay.stdout.readline().strip() != b"ready":
+            raise RuntimeError("signaling relay did not start")
 
     def ice_args(self, ice: str) -> list[str]:
         assert self.turn is not None

@@ -41,6 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 
+from hotlink import wan_link
+from hotlink.devstack import stop_process
+
 NAT_DIR = Path(__file__).resolve().parent
 
 # Addresses (documentation ranges only, RFC 5737).
@@ -171,20 +174,7 @@ def netem_available() -> bool:
     """Whether the kernel has the netem qdisc (some minimal VM kernels lack sch_netem)."""
     global _netem_ok
     if _netem_ok is None:
-        ns = f"hl{os.getpid()}-0-netem"
-        try:
-            _run(["ip", "netns", "add", ns])
-            _run(["ip", "-n", ns, "link", "add", "d0", "type", "veth", "peer", "name", "d1"])
-            proc = subprocess.run(
-                ["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", "d0", "root", "netem"],
-                capture_output=True,
-                timeout=10,
-            )
-            _netem_ok = proc.returncode == 0
-        except (TopologyError, OSError, subprocess.TimeoutExpired):
-            _netem_ok = False
-        finally:
-            _run(["ip", "netns", "delete", ns], check=False)
+        _netem_ok = wan_link.netem_available(f"hl{os.getpid()}-0-netem")
     return _netem_ok
 
 
@@ -193,7 +183,7 @@ class NatTopology:
 
     ``symmetric`` makes both routers symmetric NATs; ``symmetric={"alice": True, "bob": False}``
     sets them one by one. ``impair`` adds delay and loss to both uplinks, with ``tc netem`` when
-    the kernel has it, else with a user-space link (``impair_shim.py``) that does the same.
+    the kernel has it, else with a user-space link (:mod:`hotlink.wan_link`) that does the same.
     """
 
     def __init__(
@@ -342,22 +332,13 @@ class NatTopology:
 
     def _start_shim(self, side: str, port: str) -> None:
         assert self.impair is not None
-        router = f"router-{side}"
-        proc = subprocess.Popen(
-            [
-                sys.executable, str(NAT_DIR / "impair_shim.py"),
-                "--inner-ns", self.ns(router), "--inner-dev", "wan",
-                "--outer-ns", self.ns("public"), "--outer-dev", port,
-                "--delay-ms", str(self.impair.delay_ms), "--loss-pct", str(self.impair.loss_pct),
-            ],
-            stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-        )  # fmt: skip
-        self._shims.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode().strip()
-        if line != "ready":
-            raise TopologyError(f"impairment shim for {side} did not start (said {line!r})")
+        link = wan_link.start_link(
+            (self.ns(f"router-{side}"), "wan"),
+            (self.ns("public"), port),
+            delay_ms=self.impair.delay_ms,
+            loss_pct=self.impair.loss_pct,
+        )
+        self._shims.append(link)
 
     def close(self) -> None:
         """Stop every process started here and delete the namespaces. Safe to call twice."""
@@ -365,7 +346,7 @@ class NatTopology:
             return
         self._closed = True
         for proc in [*self._procs, *self._shims]:
-            _stop(proc)
+            stop_process(proc, 3)
         for host in reversed(HOSTS):
             ns = self.ns(host)
             if ns in _list_namespaces():
@@ -465,20 +446,6 @@ class NatTopology:
                 "delay", f"{impair.delay_ms}ms", "loss", f"{impair.loss_pct}%",
             ]
         )  # fmt: skip
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.terminate()
-    try:
-        proc.wait(timeout=3)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=3)
 
 
 def close_all() -> None:

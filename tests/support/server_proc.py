@@ -5,12 +5,14 @@
     with running_server_sync(tmp_path, env={...}) as srv:  # sync tests / fixtures
         ...
 
-The server binds port 0 and reports the port it got through ``--ready-file``, so there is no
+A thin layer over :mod:`hotlink.devstack` (which starts, waits on and stops the process):
+the server binds port 0 and reports the port it got through ``--ready-file``, so there is no
 race for a "free" port (``use_env_addr=True`` leaves the address to ``SYFTBOX_HTTP_ADDR`` in
-``env``). It inherits the test's environment (``SYFTBOX_HOTLINK_ICE_SERVERS``
-is ``none`` unless the caller says otherwise) plus ``env``; ``args`` go on its command line.
-Its log goes to ``<tmp_path>/server-<n>.log``. Stopping sends SIGTERM to its pid and, if it
-has not exited after ``stop_timeout`` seconds, SIGKILL.
+``env``). It inherits the test's environment (``SYFTBOX_HOTLINK_ICE_SERVERS`` is ``none``
+unless the caller says otherwise, an inherited ``SYFTBOX_AUTH_ENABLED`` is dropped) plus
+``env``; ``args`` go on its command line. Its log goes to ``<tmp_path>/server-<n>.log``.
+Stopping sends SIGTERM to its pid and, if it has not exited after ``stop_timeout`` seconds,
+SIGKILL.
 """
 
 from __future__ import annotations
@@ -18,164 +20,79 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import os
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+
+from hotlink.devstack import ServerProc, child_env, launch_server, stop_process
+
+ServerProcess = ServerProc
 
 _counter = itertools.count(1)
 
 
-class ServerStartError(RuntimeError):
-    """The server exited or never became ready; the message carries the end of its log."""
+def server_env(env: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """The test's environment for a server: ICE ``none`` unless set, no inherited token mode
+    (a leftover setting in the caller's shell must not change the server's mode), ``env``."""
+    ice = os.environ.get("SYFTBOX_HOTLINK_ICE_SERVERS", "none")
+    return child_env({"SYFTBOX_HOTLINK_ICE_SERVERS": ice, "SYFTBOX_AUTH_ENABLED": None}, env)
 
 
-@dataclass
-class ServerProcess:
-    host: str
-    port: int
-    pid: int
-    log_path: Path
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:<port>``."""
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        """``ws://127.0.0.1:<port>/api/v1/events`` (add ``?user=`` yourself or use ws_client)."""
-        return f"ws://{self.host}:{self.port}/api/v1/events"
-
-    def events_url(self, user: str) -> str:
-        return f"{self.ws_url}?user={user}"
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def rss_kib(self) -> int:
-        """Resident memory of the server process, from ``/proc/<pid>/status`` (VmRSS)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise RuntimeError(f"no VmRSS for pid {self.pid}")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-
-def _command(ready_file: Path, args: Sequence[str], use_env_addr: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "hotlink", "server", "--ready-file", str(ready_file)]
-    if not use_env_addr and "--host" not in args:
-        cmd += ["--host", "127.0.0.1"]
-    if not use_env_addr and "--port" not in args:
-        cmd += ["--port", "0"]
-    return cmd + list(args)
-
-
-def _environment(env: Mapping[str, str] | None) -> dict[str, str]:
-    full = dict(os.environ)
-    full.setdefault("SYFTBOX_HOTLINK_ICE_SERVERS", "none")
-    # A leftover token-mode setting in the caller's shell must not change the server's mode.
-    full.pop("SYFTBOX_AUTH_ENABLED", None)
-    full.update(env or {})
-    return full
-
-
-def _spawn(
-    tmp_path: Path, env: Mapping[str, str] | None, args: Sequence[str], use_env_addr: bool
-) -> tuple[subprocess.Popen[bytes], Path, Path]:
-    """Spawn the server; returns (process, ready file, log file)."""
+def spawn_server(
+    tmp_path: Path,
+    *,
+    env: Mapping[str, str | None] | None = None,
+    args: Sequence[str] = (),
+    use_env_addr: bool = False,
+) -> ServerProcess:
+    """Start the server without waiting (``wait_ready``/``await_ready`` on the result)."""
     n = next(_counter)
-    ready_file = tmp_path / f"server-{n}.ready.json"
-    log_path = tmp_path / f"server-{n}.log"
-    ready_file.unlink(missing_ok=True)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            _command(ready_file, args, use_env_addr),
-            env=_environment(env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    return proc, ready_file, log_path
-
-
-def _poll_ready(
-    proc: subprocess.Popen[bytes], ready_file: Path, log_path: Path
-) -> ServerProcess | None:
-    if proc.poll() is not None:
-        tail = log_path.read_text(errors="replace")[-3000:]
-        raise ServerStartError(f"server exited with code {proc.returncode}:\n{tail}")
-    if not ready_file.exists():
-        return None
-    info = json.loads(ready_file.read_text())
-    return ServerProcess(info["host"], int(info["port"]), proc.pid, log_path, proc)
+    return launch_server(
+        tmp_path / f"server-{n}.ready.json",
+        tmp_path / f"server-{n}.log",
+        env=server_env(env),
+        host=None if use_env_addr or "--host" in args else "127.0.0.1",
+        port=None if use_env_addr or "--port" in args else 0,
+        args=args,
+        # Callers may start it from a thread that ends before the server does (a fixture in
+        # asyncio.to_thread); the harness stops it itself.
+        parent_death=False,
+    )
 
 
 def stop_server(srv: ServerProcess | subprocess.Popen[bytes], stop_timeout: float = 10.0) -> int:
     """SIGTERM by pid, then SIGKILL after ``stop_timeout``; returns the exit code."""
-    proc = srv.proc if isinstance(srv, ServerProcess) else srv
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(stop_timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode
+    return stop_process(srv.proc if isinstance(srv, ServerProc) else srv, stop_timeout)
 
 
 @contextlib.contextmanager
 def running_server_sync(
     tmp_path: Path,
     *,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     args: Sequence[str] = (),
     ready_timeout: float = 30.0,
     use_env_addr: bool = False,
 ) -> Iterator[ServerProcess]:
-    proc, ready_file, log_path = _spawn(tmp_path, env, args, use_env_addr)
+    srv = spawn_server(tmp_path, env=env, args=args, use_env_addr=use_env_addr)
     try:
-        deadline = time.monotonic() + ready_timeout
-        srv = _poll_ready(proc, ready_file, log_path)
-        while srv is None:
-            if time.monotonic() > deadline:
-                raise ServerStartError(f"server not ready after {ready_timeout}s")
-            time.sleep(0.05)
-            srv = _poll_ready(proc, ready_file, log_path)
-        yield srv
+        yield srv.wait_ready(ready_timeout)
     finally:
-        stop_server(proc)
+        srv.stop()
 
 
 @contextlib.asynccontextmanager
 async def running_server(
     tmp_path: Path,
     *,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | None] | None = None,
     args: Sequence[str] = (),
     ready_timeout: float = 30.0,
     use_env_addr: bool = False,
 ) -> AsyncIterator[ServerProcess]:
-    proc, ready_file, log_path = _spawn(tmp_path, env, args, use_env_addr)
+    srv = spawn_server(tmp_path, env=env, args=args, use_env_addr=use_env_addr)
     try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + ready_timeout
-        srv = _poll_ready(proc, ready_file, log_path)
-        while srv is None:
-            if loop.time() > deadline:
-                raise ServerStartError(f"server not ready after {ready_timeout}s")
-            await asyncio.sleep(0.05)
-            srv = _poll_ready(proc, ready_file, log_path)
-        yield srv
+        yield await srv.await_ready(ready_timeout)
     finally:
-        await asyncio.to_thread(stop_server, proc)
+        await asyncio.to_thread(srv.stop)
