@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..protocol.messages import Ack, Error, FileWrite, Message, Nack
+from .discovery import find_named
 
 log = logging.getLogger("hotlink.acl")
 
@@ -25,8 +26,6 @@ ACL_FILE = "syft.pub.yaml"
 MAX_ACL_BYTES = 4 * 1024 * 1024
 ACK_TIMEOUT = 5.0
 POLL_INTERVAL = 0.25
-# Directories that are ours but never hold shared ACLs.
-_SKIP_DIRS = frozenset({".syftbox"})
 
 
 @dataclass(frozen=True)
@@ -38,18 +37,12 @@ class AclFile:
 
 def scan_acl_files(datasites: Path, email: str) -> dict[str, tuple[int, int]]:
     """``rel_path -> (mtime_ns, size)`` of every ACL file in our datasite."""
-    root = datasites / email
     found: dict[str, tuple[int, int]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]
-        if ACL_FILE not in filenames:
-            continue
-        full = os.path.join(dirpath, ACL_FILE)
+    for full, rel in find_named(datasites, ACL_FILE, under=datasites / email):
         try:
             st = os.stat(full)
         except OSError:
             continue
-        rel = os.path.relpath(full, datasites).replace(os.sep, "/")
         found[rel] = (st.st_mtime_ns, st.st_size)
     return found
 

@@ -18,16 +18,15 @@ from pathlib import Path
 from typing import Literal
 
 from ..protocol.frames import Frame, encode_frame
-from ..protocol.messages import HotlinkAccept, HotlinkClose
+from ..protocol.messages import HotlinkAccept
 from ..protocol.reorder import GapTimeout, ReorderBuffer, ReorderOverflow
-from .connection import NotConnected
 from .queues import BoundedQueue, QueueClosed
 from .sessions import (
     EOF,
     AppWriter,
+    OwnedSession,
     SessionHost,
     Sink,
-    channel_name,
     log_state,
     parse_eof,
     short_sid,
@@ -71,8 +70,10 @@ def path_within(path: str, folder: str) -> bool:
 Kind = Literal["tcp", "ipc"]
 
 
-class InboundSession:
+class InboundSession(OwnedSession):
     """We receive: accept (at once for tunnels, on ``stream.accept`` for IPC), reorder, deliver."""
+
+    direction = "in"
 
     def __init__(
         self,
@@ -86,8 +87,7 @@ class InboundSession:
         sink: Sink,
         accept_marker: Path | None = None,
     ) -> None:
-        self.host = host
-        self.sid = sid
+        super().__init__(host, sid)
         self.path = path
         self.peer = peer
         self.folder = folder  # datasite-relative session folder; frames must stay inside
@@ -110,24 +110,7 @@ class InboundSession:
         self._eof_queued = False
         self.app_seen = False
         self.delivered_bytes = 0
-        self.close_reason = ""
-        self._requested_close: str | None = None
         self._writer: AppWriter | None = None
-        self._done = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"hotlink-in-{self.sid}"
-        )
-
-    @property
-    def ended(self) -> bool:
-        return self._done.is_set()
-
-    async def wait_closed(self) -> str:
-        await self._done.wait()
-        return self.close_reason
 
     # ------------------------------------------------------------ the receive path
 
@@ -205,48 +188,10 @@ class InboundSession:
             self.eof_deadline = time.monotonic() + EOF_WAIT
             self._maybe_eof()
 
-    async def close(self, reason: str, *, notify: bool) -> None:
-        """End the session from outside its owner; ``notify`` tells the opener."""
-        if self.ended:
-            return
-        if notify:
-            try:
-                self.host.send_control(HotlinkClose(self.sid, reason))
-            except NotConnected:
-                pass
-        self._requested_close = reason
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-        if not self.ended:
-            # Cancelled before its first step, the owner never ran its cleanup.
-            await self._end(reason)
-
     # ------------------------------------------------------------ the owner
 
-    async def _run(self) -> None:
-        reason = "closed"
-        try:
-            reason = await self._main()
-        except asyncio.CancelledError:
-            reason = self._requested_close or "cancelled"
-        except NotConnected:
-            reason = "disconnected"
-        except Exception as exc:
-            log.exception("hotlink session %s failed", short_sid(self.sid))
-            reason = f"error: {exc}"
-            self._tell_opener("error")
-        finally:
-            await self._end(reason)
-
-    def _tell_opener(self, reason: str) -> None:
-        try:
-            self.host.send_control(HotlinkClose(self.sid, reason))
-        except NotConnected:
-            pass
-
     def _fail(self, reason: str) -> str:
-        self._tell_opener(reason)
+        self._tell_peer(reason)
         return reason
 
     async def _main(self) -> str:
@@ -343,11 +288,4 @@ class InboundSession:
         await self.host.session_ended(self)
 
     def snapshot(self) -> dict[str, object]:
-        kind = self.host.transport_kind(self.sid)
-        return {
-            "sid": self.sid[:8],
-            "peer": self.peer or self.path.split("/", 1)[0],
-            "channel": channel_name(self.path),
-            "webrtc": "connected" if kind.startswith("p2p") else "none",
-            "transport": kind,
-        }
+        return self._snapshot(self.path, self.peer)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import itertools
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -33,6 +32,8 @@ from ..protocol.markers import (
     is_tcp_proxy_path,
     parse_channel_dir,
 )
+from .discovery import find_named
+from .listener import ListenerHub, LocalConnection, LocalListener
 from .sessions import SessionClosed
 
 log = logging.getLogger("hotlink.ipc")
@@ -64,18 +65,8 @@ def _safe_rel(path: str) -> bool:
     )
 
 
-class IpcConnection:
-    _ids = itertools.count(1)
-
-    def __init__(
-        self, endpoint: IpcEndpoint, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self.endpoint = endpoint
-        self.id = next(self._ids)
-        self.reader = reader
-        self.writer = writer
-        self.closed = False
-        self.task: asyncio.Task[None] | None = None
+class IpcConnection(LocalConnection):
+    """An app's IPC socket: the frames it writes go out; inbound frames are written to it."""
 
     async def write(self, data: bytes) -> None:
         if self.closed:
@@ -90,12 +81,8 @@ class IpcConnection:
     def fail(self, reason: str) -> None:
         if self.closed:
             return
-        self.closed = True
-        log.debug("ipc: closing connection #%d in %s: %s", self.id, self.endpoint.folder, reason)
-        self.writer.transport.abort()
-        if self.task is not None and self.task is not asyncio.current_task():
-            self.task.cancel()
-        self.endpoint.connection_gone(self)
+        log.debug("ipc: closing connection #%d in %s: %s", self.id, self.listener, reason)
+        self._abort()
 
     async def run(self, send: SendFn) -> None:
         decoder = FrameDecoder()
@@ -133,7 +120,7 @@ class IpcConnection:
             log.warning("hotlink send failed for %s: %s", path, exc.reason)
 
 
-class IpcEndpoint:
+class IpcEndpoint(LocalListener[IpcConnection]):
     """A listener for one folder plus its marker file."""
 
     def __init__(
@@ -146,6 +133,7 @@ class IpcEndpoint:
         send: SendFn,
         socket_dir: Path = SOCKET_DIR,
     ) -> None:
+        super().__init__()
         self.folder = folder
         self.mode = mode
         self.marker = folder / marker_name(mode)
@@ -153,12 +141,11 @@ class IpcEndpoint:
         self.tcp_port = tcp_port
         self.socket_dir = socket_dir
         self._send = send
-        self.server: asyncio.Server | None = None
         self.address = ""
         self.socket_path: Path | None = None
-        self.connections: list[IpcConnection] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._arrived = asyncio.Event()
+
+    def __str__(self) -> str:
+        return str(self.folder)
 
     async def start(self) -> None:
         if self.mode == "unix":
@@ -188,46 +175,17 @@ class IpcEndpoint:
 
     def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = IpcConnection(self, reader, writer)
-        self.connections.append(conn)
-        conn.task = asyncio.get_running_loop().create_task(
-            conn.run(self._send), name=f"ipc-conn-{conn.id}"
-        )
-        self._tasks.add(conn.task)
-        conn.task.add_done_callback(self._tasks.discard)
-        self._arrived.set()
+        self._adopt(conn, conn.run(self._send), f"ipc-conn-{conn.id}")
         log.debug("ipc: app connected to %s (#%d)", self.folder, conn.id)
 
-    def connection_gone(self, conn: IpcConnection) -> None:
-        if conn in self.connections:
-            self.connections.remove(conn)
-
-    async def wait_writer(self, within: float) -> IpcConnection | None:
-        try:
-            async with asyncio.timeout(within):
-                while True:
-                    for conn in reversed(self.connections):
-                        if not conn.closed:
-                            return conn
-                    self._arrived.clear()
-                    await self._arrived.wait()
-        except TimeoutError:
-            return None
-
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for conn in list(self.connections):
-            conn.fail("ipc stopped")
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._stop("ipc stopped")
         if self.socket_path is not None:
             with contextlib.suppress(OSError):
                 self.socket_path.unlink()
 
 
-class IpcHub:
+class IpcHub(ListenerHub):
     """All IPC endpoints of this client; also the manager's ``IpcRegistry``."""
 
     def __init__(
@@ -276,11 +234,7 @@ class IpcHub:
         tunnel marker)."""
         name = marker_name(self.mode)
         own = self.datasites / self.local_email
-        found: list[Path] = []
-        for dirpath, dirnames, filenames in os.walk(own / "app_data"):
-            dirnames.sort()
-            if name in filenames:
-                found.append(Path(dirpath) / name)
+        found = [Path(full) for full, _ in find_named(self.datasites, name, under=own / "app_data")]
         if self.mode == "unix":
             found.extend(sorted(own.glob(f"shared/flows/*/*/{MPC_DIR}/*/{name}")))
         if self.mode == "tcp":
@@ -303,15 +257,6 @@ class IpcHub:
                 if folder not in self._failed:
                     log.error("ipc: cannot listen for %s: %s", marker, exc)
                     self._failed.add(folder)
-
-    async def run(self) -> None:
-        """The sender-side discovery loop; the daemon owns this task."""
-        try:
-            while True:
-                await self.scan_once()
-                await asyncio.sleep(self.scan_interval)
-        finally:
-            await self.close()
 
     async def close(self) -> None:
         endpoints = list(self.endpoints.values())

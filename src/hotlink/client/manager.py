@@ -116,6 +116,8 @@ class HotlinkManager:
         self.outbound: dict[str, OutboundSession] = {}  # folder -> session
         self.outbound_by_sid: dict[str, OutboundSession] = {}
         self.inbound: dict[str, InboundSession] = {}  # sid -> session
+        # Live outbound sessions the peer sent P2P frames on (dropped, logged once each).
+        self._reverse_logged: set[str] = set()
         self._open_lock = asyncio.Lock()
         self._closing = False
         self.transport.bind(self)
@@ -157,6 +159,10 @@ class HotlinkManager:
                 frame.path,
             )
 
+    async def drain(self, sid: str) -> None:
+        # No fallback on failure here: an eof that promises lost seqs is worse than an error.
+        await self.transport.drain(sid)
+
     async def outbound_accepted(self, session: OutboundSession) -> None:
         self.telemetry.changed()
         await self._hook(
@@ -177,6 +183,7 @@ class HotlinkManager:
                 del self.outbound[session.key]
             if self.outbound_by_sid.get(session.sid) is session:
                 del self.outbound_by_sid[session.sid]
+            self._reverse_logged.discard(session.sid)
         elif self.inbound.get(session.sid) is session:
             del self.inbound[session.sid]
         self.telemetry.changed()
@@ -197,10 +204,28 @@ class HotlinkManager:
     async def deliver_frame(self, sid: str, frame: Frame) -> None:
         """The receive path for frames from a peer transport (same as WebSocket data)."""
         session = self.inbound.get(sid)
-        if session is None:
-            log.debug("frame for unknown inbound session %s dropped", short_sid(sid))
+        if session is not None:
+            await session.receive(frame)
             return
-        await session.receive(frame)
+        outbound = self.outbound_by_sid.get(sid)
+        if outbound is None:
+            log.debug("frame for unknown inbound session %s dropped", short_sid(sid))
+        elif sid not in self._reverse_logged:
+            # A reference Rust client in P2P-only mode may adopt the session we opened and send
+            # its own stream back over our channel, under our sid; PROTOCOL.md §6.8 routes such
+            # TCP-proxy frames by path. We do not: that stream has no Open, Accept or Close of
+            # its own (nothing would end it cleanly) and would die with our session. Outside
+            # P2P-only mode the Rust client opens a session per direction, which works. Said
+            # once per session, so the loss is never silent.
+            self._reverse_logged.add(sid)
+            log.warning(
+                "hotlink session %s: dropping p2p frames the peer sent on our outbound session "
+                "(path %s, seq %d): a peer in p2p-only mode reusing it for its own stream is "
+                "not supported; it must open its own session",
+                short_sid(sid),
+                frame.path,
+                frame.seq,
+            )
 
     def session_info(self, sid: str) -> SessionInfo | None:
         inbound = self.inbound.get(sid)

@@ -3,8 +3,9 @@
 The owner sends HotlinkOpen, waits up to 1.5 s for the Accept (DECISIONS.md #14; the wait is
 level-triggered, so an Accept that arrives before the wait starts is not lost), then numbers
 the queued frames from seq 1 and hands each to the host, which tries the peer transport and
-falls back to the WebSocket with the same seq. When the producer finishes, the owner queues
-Close ``eof:<last seq>`` behind the data. On accept timeout or reject it sends Close
+falls back to the WebSocket with the same seq. When the producer finishes, the owner lets the
+host drain the peer transport (frames a dying channel may have lost are resent first), then
+queues Close ``eof:<last seq>`` behind the data. On accept timeout or reject it sends Close
 ``fallback`` and the producer's next send fails.
 """
 
@@ -19,16 +20,14 @@ from typing import Literal
 
 from ..protocol.frames import Frame
 from ..protocol.messages import HotlinkClose, HotlinkOpen
-from .connection import NotConnected
 from .queues import BoundedQueue, QueueClosed
 from .sessions import (
     EOF,
+    OwnedSession,
     SessionClosed,
     SessionHost,
-    channel_name,
     eof_reason,
     log_state,
-    short_sid,
 )
 from .transport import PeerSendError
 
@@ -54,8 +53,10 @@ def _item_size(item: SendItem | None) -> int:
 OutState = Literal["pending", "accepted", "rejected", "closed"]
 
 
-class OutboundSession:
+class OutboundSession(OwnedSession):
     """We send: Open, wait for Accept, then seq 1, 2, ... and Close ``eof:N`` at the end."""
+
+    direction = "out"
 
     def __init__(
         self,
@@ -67,8 +68,7 @@ class OutboundSession:
         to: str = "",
         accept_timeout: float = ACCEPT_TIMEOUT,
     ) -> None:
-        self.host = host
-        self.sid = sid
+        super().__init__(host, sid)
         self.key = key  # the session folder (outbound sessions are keyed by it)
         self.path = path  # the Open path
         self.to = to
@@ -76,25 +76,12 @@ class OutboundSession:
         self.state: OutState = "pending"
         self.seq = 0
         self.reject_reason = ""
-        self.close_reason = ""
         self.created = time.monotonic()
         self.queue: BoundedQueue[SendItem | None] = BoundedQueue(
             OUT_QUEUE_ITEMS, OUT_QUEUE_BYTES, _item_size
         )
         self._decided = asyncio.Event()  # accepted or rejected; level-triggered, never lost
-        self._done = asyncio.Event()
         self._callbacks: list[Callable[[str], None]] = []
-        self._requested_close: str | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"hotlink-out-{self.sid}"
-        )
-
-    @property
-    def ended(self) -> bool:
-        return self._done.is_set()
 
     # ------------------------------------------------------------ producer side
 
@@ -119,10 +106,6 @@ class OutboundSession:
         else:
             self._callbacks.append(callback)
 
-    async def wait_closed(self) -> str:
-        await self._done.wait()
-        return self.close_reason
-
     # ------------------------------------------------------------ messages from the peer
 
     def on_accept(self) -> None:
@@ -140,48 +123,12 @@ class OutboundSession:
             self._requested_close = f"rejected: {self.reject_reason}"
             self.task.cancel()
 
-    async def close(self, reason: str, *, notify: bool) -> None:
-        """End the session from outside its owner (peer Close, disconnect, shutdown)."""
-        if self.ended:
-            return
-        if notify:
-            try:
-                self.host.send_control(HotlinkClose(self.sid, reason))
-            except NotConnected:
-                pass
-        self._requested_close = reason
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-        if not self.ended:
-            # Cancelled before its first step, the owner never ran its cleanup.
-            await self._end(reason)
-
     # ------------------------------------------------------------ the owner
 
-    async def _run(self) -> None:
-        reason = "closed"
-        try:
-            reason = await self._main()
-        except asyncio.CancelledError:
-            reason = self._requested_close or "cancelled"
-        except NotConnected:
-            reason = "disconnected"
-        except PeerSendError as exc:
-            reason = f"error: {exc}"
-            self._notify_close("error")
-        except Exception as exc:
-            log.exception("hotlink session %s failed", short_sid(self.sid))
-            reason = f"error: {exc}"
-            self._notify_close("error")
-        finally:
-            await self._end(reason)
-
-    def _notify_close(self, reason: str) -> None:
-        try:
-            self.host.send_control(HotlinkClose(self.sid, reason))
-        except NotConnected:
-            pass
+    def _failure_reason(self, exc: Exception) -> str:
+        if isinstance(exc, PeerSendError):
+            return f"error: {exc}"  # P2P-only or strict mode refused the WebSocket: expected
+        return super()._failure_reason(exc)
 
     async def _main(self) -> str:
         if not await self.host.wait_connected(CONNECT_WAIT):
@@ -192,10 +139,10 @@ class OutboundSession:
             async with asyncio.timeout(self.accept_timeout):
                 await self._decided.wait()
         except TimeoutError:
-            self._notify_close("fallback")
+            self._tell_peer("fallback")
             return "accept timeout"
         if self.state != "accepted":
-            self._notify_close("fallback")
+            self._tell_peer("fallback")
             return f"rejected: {self.reject_reason}"
         log_state("out", self.sid, self.host.local_email, self.to, "accepted")
         await self.host.outbound_accepted(self)
@@ -205,6 +152,9 @@ class OutboundSession:
             except QueueClosed as exc:
                 return exc.reason
             if item is None:
+                # The Close must not leave before frames the peer transport may have lost are
+                # resent: the server forgets the session at the Close.
+                await self.host.drain(self.sid)
                 await self.host.send_in_order(HotlinkClose(self.sid, eof_reason(self.seq)))
                 return EOF
             self.seq += 1
@@ -227,17 +177,5 @@ class OutboundSession:
         await self.host.session_ended(self)
 
     def snapshot(self) -> dict[str, object]:
-        kind = self.host.transport_kind(self.sid)
-        return {
-            "sid": self.sid[:8],
-            "peer": self.to or self.path.split("/", 1)[0],
-            "channel": channel_name(self.path),
-            "status": "accepted"
-            if self.state == "accepted"
-            else "rejected"
-            if self.state == "rejected"
-            else "pending",
-            "seq": self.seq,
-            "webrtc": "connected" if kind.startswith("p2p") else "none",
-            "transport": kind,
-        }
+        status = self.state if self.state in ("accepted", "rejected") else "pending"
+        return self._snapshot(self.path, self.to, status=status, seq=self.seq)

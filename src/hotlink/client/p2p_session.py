@@ -14,7 +14,9 @@ States::
 ``failed`` is final for the session: the WebSocket carries the rest (no renegotiation).
 When the channel fails after frames went over it, those still in the replay window are sent
 again over the WebSocket (see :class:`~.signaling.ReplayWindow`): the receiver drops the
-seqs it has, and nothing the channel swallowed is lost.
+seqs it has, and nothing the channel swallowed is lost. At the stream's end that resend must
+come before the Close ``eof`` (the server forgets the session at it), so the sender calls
+:meth:`P2PSession.drain` first.
 
 One task (``_run``) owns negotiation and applies signals in arrival order; a second
 (``_pump``) hands received frames to the host, so the library's callback never waits. Every
@@ -28,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -84,6 +86,10 @@ REPLAY_EXTRA = 4 * MIB
 LINGER_DRAINED = 2.0
 LINGER_MAX = 30.0
 _LINGER_POLL = 0.1
+# Before the Close eof the sender waits this long at most for its send buffer to empty; a
+# channel that cannot drain in time is given up and its replay window resent over WS.
+DRAIN_WAIT = 10.0
+_DRAIN_POLL = 0.005
 
 State = Literal["new", "negotiating", "open", "failed", "closed"]
 
@@ -106,6 +112,7 @@ class WebRTCConfig:
     replay_window: int = MIB + REPLAY_EXTRA
     linger_drained: float = LINGER_DRAINED
     linger_max: float = LINGER_MAX
+    drain_wait: float = DRAIN_WAIT
     rx_queue_frames: int = RX_QUEUE_FRAMES
     rx_queue_bytes: int = RX_QUEUE_BYTES
 
@@ -133,8 +140,7 @@ class SessionOwner(Protocol):
     async def deliver_frame(self, sid: str, frame: Frame) -> None:
         """A frame received on the channel, into the session's receive path."""
 
-    @property
-    def ws_send(self) -> Callable[[Payload], Awaitable[None]] | None:
+    async def send_in_order(self, payload: Payload) -> None:
         """Queue a message behind the WebSocket data already queued (for resends)."""
 
 
@@ -170,6 +176,8 @@ class P2PSession:
         self.fallback_counted = False
         self.window = ReplayWindow(self.config.replay_window)
         self._replay_pending = False
+        # Frames the channel may have lost could not be resent (P2P-only, or WS send failed).
+        self._resend_incomplete = False
         self.tx_frames = 0
         self.rx_frames = 0
         self._rx: deque[Frame] = deque()
@@ -215,23 +223,66 @@ class P2PSession:
         await self._release_peer()
 
     async def _linger(self) -> None:
-        peer = self.peer
-        if peer is None:
-            return
-        deadline = self._loop.time() + self.config.linger_max
-        drained_since: float | None = None
-        while True:
+        if self.peer is not None:
+            await self._buffer_empty(
+                self.peer,
+                self.config.linger_max,
+                quiet=self.config.linger_drained,
+                poll=_LINGER_POLL,
+            )
+
+    async def _buffer_empty(self, peer: Peer, within: float, *, quiet: float, poll: float) -> bool:
+        """Wait until the send buffer has stayed empty for ``quiet`` s (True); False when the
+        channel closes or P2P fails first, or after ``within`` s."""
+        deadline = self._loop.time() + within
+        empty_since: float | None = None
+        while not self._channel_gone.is_set() and peer.is_open and self.state != "failed":
             now = self._loop.time()
-            if self._channel_gone.is_set() or not peer.is_open or now >= deadline:
-                return
             if peer.buffered_amount == 0:
-                drained_since = now if drained_since is None else drained_since
-                if now - drained_since >= self.config.linger_drained:
-                    return
+                empty_since = now if empty_since is None else empty_since
+                if now - empty_since >= quiet:
+                    return True
             else:
-                drained_since = None
+                empty_since = None
+            if now >= deadline:
+                return False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._channel_gone.wait(), _LINGER_POLL)
+                await asyncio.wait_for(self._channel_gone.wait(), poll)
+        return False
+
+    async def drain(self) -> None:
+        """Before the sender's Close eof: every frame that went over the channel is either
+        with SCTP on a channel that is still open, or queued again on the WebSocket.
+
+        The server forgets the session at that Close, so a resend after it is refused. An
+        empty send buffer on an open channel means SCTP has every frame, and an association
+        that stays up delivers what it took (reliable, ordered). A channel that closed, or
+        whose buffer did not empty in time, may have lost anything in the replay window:
+        that goes over the WebSocket now, ahead of the Close. What this cannot see is a
+        channel that dies after its buffer emptied, before the peer read the frames: the
+        receiver then misses seqs before the eof and closes the stream loudly.
+
+        Raises PeerSendError when frames the channel may have lost cannot be resent.
+        """
+        async with self._send_lock:
+            peer = self.peer
+            if self.state == "open" and peer is not None and self.tx_frames:
+                drained = await self._buffer_empty(
+                    peer, self.config.drain_wait, quiet=0.0, poll=_DRAIN_POLL
+                )
+                if not drained and self.state == "open":
+                    # Closed before the library told us, or stalled: either way, resend.
+                    self._fail(
+                        "the channel closed at the end of the stream"
+                        if not peer.is_open
+                        else f"the send buffer did not empty within {self.config.drain_wait:g} s"
+                    )
+            await self._replay_if_pending()
+            if self._resend_incomplete:
+                raise PeerSendError(
+                    "hotlink p2p channel failed before the end of the stream and its last "
+                    "frames could not be resent over the websocket"
+                )
 
     async def _release_peer(self) -> None:
         peer = self.peer
@@ -315,8 +366,7 @@ class P2PSession:
         self._spawn(self._after_fail(), "teardown")
 
     async def _after_fail(self) -> None:
-        # Resend first: the sooner the frames are queued on the WebSocket, the less likely a
-        # Close eof queued by a sender that has already finished overtakes them.
+        # Resend first, while the session may still be sending (drain() waits for this).
         if self._replay_pending:
             async with self._send_lock:
                 await self._replay_if_pending()
@@ -332,25 +382,20 @@ class P2PSession:
             return
         self._replay_pending = False
         frames = self.window.take_all()
-        if not frames or self.config.p2p_only or self.config.strict:
+        if not frames:
             return
-        send = self.owner.ws_send
-        if send is None:
-            log.error(
-                "hotlink session %s: cannot resend %d frames over the websocket (no in-order "
-                "send); the receiver may miss seqs %d-%d",
-                _short(self.sid),
-                len(frames),
-                frames[0].seq,
-                frames[-1].seq,
-            )
+        if self.config.p2p_only or self.config.strict:
+            self._resend_incomplete = True  # no WebSocket in these modes
             return
         sent = 0
         try:
             for f in frames:
-                await send(HotlinkData(self.sid, f.seq, f.path, f.etag, f.payload))
+                await self.owner.send_in_order(
+                    HotlinkData(self.sid, f.seq, f.path, f.etag, f.payload)
+                )
                 sent += 1
         except Exception as exc:
+            self._resend_incomplete = True
             log.warning(
                 "hotlink session %s: resend over websocket stopped after %d of %d frames: %s",
                 _short(self.sid),

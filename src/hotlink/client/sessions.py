@@ -10,11 +10,13 @@ on the receiving side, a :class:`Sink` of :class:`AppWriter` connections (the TC
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from ..protocol.frames import Frame
-from ..protocol.messages import Payload
+from ..protocol.messages import HotlinkClose, Payload
+from .connection import NotConnected
 from .telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -88,6 +90,10 @@ class SessionHost(Protocol):
     async def transmit(self, sid: str, frame: Frame) -> None:
         """Send one numbered frame (P2P if the transport can, else WebSocket)."""
 
+    async def drain(self, sid: str) -> None:
+        """Before Close eof: every frame sent P2P is delivered or queued again on the WebSocket
+        (after the Close the server refuses resends); raises PeerSendError if it cannot be."""
+
     async def outbound_accepted(self, session: OutboundSession) -> None: ...
 
     async def inbound_accepted(self, session: InboundSession) -> None: ...
@@ -132,3 +138,92 @@ def log_state(direction: str, sid: str, src: str, dst: str, state: str, detail: 
         state,
         f" {detail}" if detail else "",
     )
+
+
+class OwnedSession:
+    """The lifecycle both kinds of session share: one owner task runs :meth:`_main` and,
+    however it ends, :meth:`_end`; anything else ends the session through :meth:`close`."""
+
+    direction: ClassVar[str]  # "in" or "out", for task names
+
+    def __init__(self, host: SessionHost, sid: str) -> None:
+        self.host = host
+        self.sid = sid
+        self.close_reason = ""
+        self._requested_close: str | None = None
+        self._done = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"hotlink-{self.direction}-{self.sid}"
+        )
+
+    @property
+    def ended(self) -> bool:
+        return self._done.is_set()
+
+    async def wait_closed(self) -> str:
+        await self._done.wait()
+        return self.close_reason
+
+    async def close(self, reason: str, *, notify: bool) -> None:
+        """End the session from outside its owner; ``notify`` tells the peer."""
+        if self.ended:
+            return
+        if notify:
+            self._tell_peer(reason)
+        self._requested_close = reason
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        if not self.ended:
+            # Cancelled before its first step, the owner never ran its cleanup.
+            await self._end(reason)
+
+    def _tell_peer(self, reason: str) -> None:
+        try:
+            self.host.send_control(HotlinkClose(self.sid, reason))
+        except NotConnected:
+            pass
+
+    async def _run(self) -> None:
+        reason = "closed"
+        try:
+            reason = await self._main()
+        except asyncio.CancelledError:
+            reason = self._requested_close or "cancelled"
+        except NotConnected:
+            reason = "disconnected"
+        except Exception as exc:
+            reason = self._failure_reason(exc)
+            self._tell_peer("error")
+        finally:
+            await self._end(reason)
+
+    def _failure_reason(self, exc: Exception) -> str:
+        """The close reason for an exception out of :meth:`_main` (the peer gets ``error``).
+
+        Unexpected here; a subclass passes the failures it expects without a traceback."""
+        log.exception("hotlink session %s failed", short_sid(self.sid))
+        return f"error: {exc}"
+
+    def _snapshot(self, path: str, peer: str, **extra: object) -> dict[str, object]:
+        """The session's entry in telemetry (``peer`` defaults to the path's owner)."""
+        kind = self.host.transport_kind(self.sid)
+        return {
+            "sid": self.sid[:8],
+            "peer": peer or path.split("/", 1)[0],
+            "channel": channel_name(path),
+            **extra,
+            "webrtc": "connected" if kind.startswith("p2p") else "none",
+            "transport": kind,
+        }
+
+    async def _main(self) -> str:
+        """The session's work; returns the close reason."""
+        raise NotImplementedError
+
+    async def _end(self, reason: str) -> None:
+        """Cleanup, run exactly once: set ``close_reason`` and ``_done``, tell the host."""
+        raise NotImplementedError

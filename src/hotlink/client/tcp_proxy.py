@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ from ..protocol.markers import (
     parse_tcp_marker,
     proxy_channel,
 )
+from .discovery import find_named
+from .listener import ListenerHub, LocalConnection, LocalListener
 from .outbound import OutboundSession
 from .sessions import EOF, SessionClosed
 
@@ -37,7 +38,6 @@ log = logging.getLogger("hotlink.tcp_proxy")
 
 SCAN_INTERVAL = 0.25
 BIND_RETRY = 2.0
-_SKIP_DIRS = frozenset({".syftbox"})
 
 
 class StreamOpener(Protocol):
@@ -65,12 +65,7 @@ class MarkerScanner:
         """``canonical key -> channel``; with several markers per key the first path wins."""
         found: dict[str, ProxyChannel] = {}
         seen: set[str] = set()
-        for dirpath, dirnames, filenames in os.walk(self.datasites):
-            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
-            if TCP_MARKER not in filenames:
-                continue
-            full = os.path.join(dirpath, TCP_MARKER)
-            rel = os.path.relpath(full, self.datasites).replace(os.sep, "/")
+        for full, rel in find_named(self.datasites, TCP_MARKER):
             segments = rel.split("/")
             # Cheap path checks first: IPC's TCP-mode marker has the same name (§11.12).
             if MPC_DIR not in segments[1:-2] or parse_channel_dir(segments[-2]) is None:
@@ -131,10 +126,8 @@ def tunnel_path_matches(path: str, info: ProxyChannel) -> bool:
 # ---------------------------------------------------------------- app connections
 
 
-class AppConnection:
+class AppConnection(LocalConnection):
     """One accepted app socket: read side feeds an outbound session, write side is a sink."""
-
-    _ids = itertools.count(1)
 
     def __init__(
         self,
@@ -142,17 +135,13 @@ class AppConnection:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
+        super().__init__(channel, reader, writer)
         self.channel = channel
-        self.id = next(self._ids)
-        self.reader = reader
-        self.writer = writer
         self.write_open = True
         self.read_done = False
-        self.closed = False
         # An inbound session writes into this connection (set by the channel on handing it out).
         self.bound = False
         self.session: OutboundSession | None = None
-        self.task: asyncio.Task[None] | None = None
         self.bytes_read = 0
 
     # ------------------------------------------------------------ AppWriter
@@ -182,13 +171,8 @@ class AppConnection:
             self.channel.info.listen_port,
             reason,
         )
-        self.closed = True
         self.write_open = False
-        self.writer.transport.abort()
-        task = self.task
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-        self.channel.connection_gone(self)
+        self._abort()
 
     def _maybe_close(self) -> None:
         # Close normally once both directions are done. After the app's EOF we keep writing
@@ -240,21 +224,17 @@ class AppConnection:
 # ---------------------------------------------------------------- one tunnel
 
 
-class TunnelChannel:
+class TunnelChannel(LocalListener[AppConnection]):
     """The listener of one canonical key and its app connections (newest is the writer)."""
 
     def __init__(
         self, info: ProxyChannel, bind_host: str, chunk_size: int, opener: StreamOpener
     ) -> None:
+        super().__init__()
         self.info = info
         self.bind_host = bind_host
         self.chunk_size = chunk_size
         self.opener = opener
-        self.server: asyncio.Server | None = None
-        self.connections: list[AppConnection] = []
-        # Connection tasks outlive their place in `connections` until they finish.
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._arrived = asyncio.Event()
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(
@@ -267,46 +247,19 @@ class TunnelChannel:
             old.fail(f"superseded by app connection #{conn.id}")
         self.connections.append(conn)
         log.info("tcp proxy: app connection #%d on port %d", conn.id, self.info.listen_port)
-        conn.task = asyncio.get_running_loop().create_task(
-            conn.run(self.chunk_size, self.opener), name=f"tcp-proxy-conn-{conn.id}"
-        )
-        self._tasks.add(conn.task)
-        conn.task.add_done_callback(self._tasks.discard)
-        self._arrived.set()
+        self._adopt(conn, conn.run(self.chunk_size, self.opener), f"tcp-proxy-conn-{conn.id}")
 
-    def connection_gone(self, conn: AppConnection) -> None:
-        if conn in self.connections:
-            self.connections.remove(conn)
-
-    @property
-    def writer(self) -> AppConnection | None:
-        for conn in reversed(self.connections):
-            if not conn.closed and conn.write_open and not conn.bound:
-                return conn
-        return None
+    def _usable(self, conn: AppConnection) -> bool:
+        return not conn.closed and conn.write_open and not conn.bound
 
     async def wait_writer(self, within: float) -> AppConnection | None:
-        try:
-            async with asyncio.timeout(within):
-                while True:
-                    conn = self.writer
-                    if conn is not None:
-                        conn.bound = True
-                        return conn
-                    self._arrived.clear()
-                    await self._arrived.wait()
-        except TimeoutError:
-            return None
+        conn = await super().wait_writer(within)
+        if conn is not None:
+            conn.bound = True  # one stream per connection at a time, until finish()
+        return conn
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        for conn in list(self.connections):
-            conn.fail("tcp proxy stopped")
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._stop("tcp proxy stopped")
         if self.server is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2.0):
@@ -328,7 +281,7 @@ class TunnelChannel:
 # ---------------------------------------------------------------- the proxy
 
 
-class TcpProxy:
+class TcpProxy(ListenerHub):
     """Discovery loop plus the running tunnels; also the manager's ``TunnelRegistry``."""
 
     def __init__(
@@ -348,15 +301,6 @@ class TcpProxy:
         self.scan_interval = scan_interval
         self.channels: dict[str, TunnelChannel] = {}
         self._bind_failed: dict[str, float] = {}
-
-    async def run(self) -> None:
-        """The discovery loop; the daemon owns this task."""
-        try:
-            while True:
-                await self.scan_once()
-                await asyncio.sleep(self.scan_interval)
-        finally:
-            await self.close()
 
     async def scan_once(self) -> None:
         found = self.scanner.scan()

@@ -22,6 +22,12 @@ Rules for implementations:
 - In P2P-only or strict modes, where the WebSocket must not carry data, ``try_send`` raises
   :class:`PeerSendError` instead of returning ``False``: the manager then closes the session
   loudly (Close ``error``) rather than falling back.
+- ``drain`` is awaited before an outbound session's Close ``eof``. The server forgets the
+  session at that Close, so a frame the transport carried but may have lost can only be
+  resent (``TransportHost.send_in_order``) before it: ``drain`` returns once every such
+  frame is either in the hands of a path that still works or queued on the WebSocket, and
+  raises :class:`PeerSendError` if neither can be had (the session then ends with ``error``,
+  never with an ``eof`` that promises seqs the receiver will not get).
 - ``transport_kind`` names the path a session currently uses, for telemetry and logs:
   ``"ws"``, ``"p2p-host"``, ``"p2p-srflx"`` or ``"p2p-relay"``.
 """
@@ -33,7 +39,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ..protocol.frames import Frame
-from ..protocol.messages import HotlinkSignal
+from ..protocol.messages import HotlinkSignal, Payload
 from .telemetry import Telemetry
 
 Role = Literal["inbound", "outbound"]
@@ -68,6 +74,10 @@ class TransportHost(Protocol):
     async def deliver_frame(self, sid: str, frame: Frame) -> None:
         """Hand a frame received over P2P to the receive path (reorder, then the app)."""
 
+    async def send_in_order(self, payload: Payload) -> None:
+        """Queue a message on the WebSocket behind the data already queued there (resends of
+        frames a failed channel may have lost); waits for room; raises NotConnected."""
+
     def session_info(self, sid: str) -> SessionInfo | None:
         """The live session with this id, inbound or outbound, or None."""
 
@@ -83,6 +93,9 @@ class PeerTransport(Protocol):
 
     async def try_send(self, sid: str, frame: Frame) -> bool:
         """Send ``frame`` for outbound session ``sid`` over P2P; False: use the WebSocket."""
+
+    async def drain(self, sid: str) -> None:
+        """Outbound ``sid`` is about to send Close eof: settle every frame sent P2P (see above)."""
 
     async def on_inbound_accepted(self, session: SessionInfo) -> None:
         """We sent HotlinkAccept for an inbound session (the acceptor offers here)."""
@@ -114,6 +127,9 @@ class NullPeerTransport:
 
     async def try_send(self, sid: str, frame: Frame) -> bool:
         return False
+
+    async def drain(self, sid: str) -> None:
+        pass
 
     async def on_inbound_accepted(self, session: SessionInfo) -> None:
         pass

@@ -14,8 +14,7 @@ connection, one ordered ``syftbox-data`` channel); here live the parts shared by
   ``p2p_tasks`` in telemetry).
 
 Resends after a mid-stream channel failure go through the host's ``send_in_order`` (the
-manager's in-order WebSocket send, part of its SessionHost side). A host without it gets no
-resends, which is logged loudly.
+manager's in-order WebSocket send).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from ..protocol.errors import ProtocolError
@@ -96,7 +95,6 @@ class WebRTCPeerTransport:
         self._backend = backend
         self._backend_error = ""
         self.host: TransportHost | None = None
-        self._ws_send: Callable[[Payload], Awaitable[None]] | None = None
         self._sessions: dict[str, P2PSession] = {}
         # Sessions that ended and are closing (a sender lingers until its frames are out).
         self._ending: dict[asyncio.Task[None], P2PSession] = {}
@@ -119,9 +117,9 @@ class WebRTCPeerTransport:
         assert self.host is not None, "bind() first"
         return self.host.telemetry
 
-    @property
-    def ws_send(self) -> Callable[[Payload], Awaitable[None]] | None:
-        return self._ws_send
+    async def send_in_order(self, payload: Payload) -> None:
+        assert self.host is not None, "bind() first"
+        await self.host.send_in_order(payload)
 
     def new_peer(self, session: P2PSession) -> Peer:
         if self._backend is None:
@@ -185,8 +183,6 @@ class WebRTCPeerTransport:
 
     def bind(self, host: TransportHost) -> None:
         self.host = host
-        sender = getattr(host, "send_in_order", None)
-        self._ws_send = sender if callable(sender) else None
         if self._backend is None and not self._backend_error:
             try:
                 self._backend = load_backend(self.config.backend)
@@ -226,6 +222,11 @@ class WebRTCPeerTransport:
             # Data flows opener -> acceptor; the acceptor's channel is only for receiving.
             return False
         return await session.try_send(frame)
+
+    async def drain(self, sid: str) -> None:
+        session = self._sessions.get(sid)
+        if session is not None and session.role == "outbound":
+            await session.drain()
 
     async def on_inbound_accepted(self, session: SessionInfo) -> None:
         if session.sid not in self._sessions and not self._closed:

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 from pathlib import Path
 
 import pytest
 
-from support.client_proc import ClientProcess, await_telemetry, dial, free_port, read_exactly
+from support.client_proc import (
+    ClientProcess,
+    await_telemetry,
+    dial,
+    free_port,
+    read_exactly,
+    read_to_eof,
+)
 from support.server_proc import ServerProcess
 
 from .conftest import (
@@ -141,6 +149,47 @@ async def test_channel_killed_mid_stream_moves_to_ws_without_loss(
             f"kill on {side}: p2p {doc['tx_p2p_packets']} ws {doc['tx_ws_packets']} "
             f"resent {doc.get('p2p_resent_frames', 0)}"
         )
+
+
+@pytest.mark.parametrize("backend", ["libdatachannel", "aiortc"], ids=["ldc", "aiortc"])
+async def test_channel_killed_at_the_last_frame_loses_nothing(
+    relay: ServerProcess, tmp_path: Path, backend: str
+) -> None:
+    # The channel dies right after the stream's last P2P frame, with the app's EOF already
+    # queued behind it: the frames the channel may have swallowed must be resent over the
+    # WebSocket before the Close eof, after which the server refuses them (the receiver
+    # would wait 30 s for the missing tail and then close loudly).
+    require_backend(backend)
+    frames, chunk = 3, 4096
+    alice_env = {
+        "SYFTBOX_HOTLINK_DEBUG_P2P_KILL_AFTER": str(frames),
+        # 4 KiB reads of 4 KiB writes: one frame per write, however the reads fall.
+        "SYFTBOX_HOTLINK_TCP_PROXY_CHUNK_SIZE": str(chunk),
+        # The first frames wait for the channel (up to this grace): by the time it opens,
+        # all of them and the EOF are queued, so the Close is next in line after the kill.
+        "SYFTBOX_HOTLINK_WS_FALLBACK_GRACE_MS": "10000",
+    }
+    async with tunnel_between(
+        relay.url, tmp_path, env=backend_env(backend), alice_env=alice_env
+    ) as t:
+        bob_r, bob_w = await dial(t.bob_port)
+        await asyncio.sleep(0.2)
+        _alice_r, alice_w = await dial(t.alice_port)
+        data = os.urandom(frames * chunk)
+        try:
+            alice_w.write(data)
+            alice_w.write_eof()
+            # Well inside the receiver's 30 s wait for the seqs before an eof.
+            assert await read_to_eof(bob_r, timeout=20) == data
+        finally:
+            await close_writer(alice_w)
+            await close_writer(bob_w)
+        log = t.alice.log_text()
+        assert f"debug: closing the peer after {frames} sent frames" in log
+        assert re.search(rf"out alice→bob closed\(eof\) after seq {frames}\b", log)
+        doc = await await_telemetry(t.alice, lambda d: d["tx_bytes"] >= len(data))
+        assert doc["tx_p2p_packets"] == frames
+        assert doc["p2p_resent_frames"] == frames
 
 
 async def test_silent_stun_server_does_not_hold_up_the_session(

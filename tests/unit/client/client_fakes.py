@@ -28,6 +28,7 @@ class FakeHost:
         self.control: list[Payload] = []
         self.ordered: list[Payload] = []
         self.frames: list[Frame] = []
+        self.drained: list[str] = []
         self.connected = True
         self.ended: list[OutboundSession | InboundSession] = []
         self.accepted: list[Any] = []
@@ -49,6 +50,9 @@ class FakeHost:
         if not self.connected:
             raise NotConnected("down")
         self.frames.append(frame)
+
+    async def drain(self, sid: str) -> None:
+        self.drained.append(sid)
 
     async def outbound_accepted(self, session: OutboundSession) -> None:
         self.accepted.append(session)
@@ -155,6 +159,9 @@ class FakeTransport:
             self.sent.append((sid, frame))
             return True
         return False
+
+    async def drain(self, sid: str) -> None:
+        self.events.append(("drain", sid))
 
     async def on_inbound_accepted(self, session: SessionInfo) -> None:
         self.events.append(("inbound_accepted", session))

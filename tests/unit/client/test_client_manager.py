@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
+
+import pytest
 
 from hotlink.client.manager import HotlinkManager, local_path
 from hotlink.client.outbound import OutboundSession
@@ -154,6 +157,42 @@ async def test_sending_uses_the_peer_transport_first_with_the_same_seq(tmp_path:
     assert t.tx_bytes == 4 * len(b"chunk1")
     kinds = [e[0] for e in transport.events]
     assert kinds.index("outbound_accepted") < kinds.index("closed")
+
+
+async def test_the_eof_close_leaves_after_the_transport_drained(tmp_path: Path) -> None:
+    closes_seen_at_drain: list[int] = []
+
+    class Draining(FakeTransport):
+        async def drain(self, sid: str) -> None:
+            closes_seen_at_drain.append(len(wire.payloads(HotlinkClose)))
+
+    transport = Draining(carry=lambda seq: True)
+    manager, wire = _manager(tmp_path, transport, email=ALICE)
+    stream = await manager.open_stream(TUNNEL, BOB)
+    await until(lambda: wire.payloads(HotlinkOpen))
+    await manager.handle_message(msg(HotlinkAccept(stream.sid)))
+    await stream.send(TUNNEL, b"only p2p")
+    stream.finish()
+    assert await stream.wait_closed() == "eof"
+    assert closes_seen_at_drain == [0]
+    assert wire.payloads(HotlinkClose) == [HotlinkClose(stream.sid, "eof:1")]
+
+
+async def test_p2p_frames_on_our_outbound_session_are_dropped_loudly_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A Rust client in P2P-only mode may send its own stream back on our session's channel.
+    transport = FakeTransport(carry=lambda seq: True)
+    manager, wire = _manager(tmp_path, transport, email=ALICE)
+    stream = await manager.open_stream(TUNNEL, BOB)
+    await until(lambda: wire.payloads(HotlinkOpen))
+    with caplog.at_level(logging.WARNING, logger="hotlink.manager"):
+        for seq in (1, 2, 3):
+            await manager.deliver_frame(stream.sid, Frame(TUNNEL, "", seq, b"reverse"))
+    warnings = [r for r in caplog.records if "on our outbound session" in r.getMessage()]
+    assert len(warnings) == 1
+    assert not stream.ended  # our own direction carries on
+    await manager.close()
 
 
 async def test_signals_go_to_the_transport_and_back_out(tmp_path: Path) -> None:

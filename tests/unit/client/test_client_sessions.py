@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,9 @@ from hotlink.client import inbound
 from hotlink.client.inbound import InboundSession, path_within
 from hotlink.client.outbound import OutboundSession
 from hotlink.client.sessions import SessionClosed, eof_reason, parse_eof
+from hotlink.client.transport import PeerSendError
 from hotlink.protocol.frames import Frame, FrameDecoder
-from hotlink.protocol.messages import HotlinkAccept, HotlinkClose, HotlinkOpen
+from hotlink.protocol.messages import HotlinkAccept, HotlinkClose, HotlinkData, HotlinkOpen
 from unit.client.client_fakes import BOB, FakeHost, FakeSink, FakeWriter, until
 
 TUNNEL = "alice@example.com/shared/flows/x/_mpc/0_to_1/stream.tcp.request"
@@ -145,6 +147,50 @@ async def test_disconnect_while_sending_ends_the_session() -> None:
     host.connected = False
     await s.send(TUNNEL, b"x")
     assert await s.wait_closed() == "disconnected"
+
+
+async def test_the_eof_close_waits_for_the_transport_to_drain() -> None:
+    # The server forgets the session at the Close: frames a dying channel may have lost must
+    # be resent before it, so the Close waits for drain() and goes out after its resends.
+    host = FakeHost()
+    s = _outbound(host)
+    release = asyncio.Event()
+
+    async def drain(sid: str) -> None:
+        host.drained.append(sid)
+        await release.wait()
+        host.ordered.append(HotlinkData(sid, 1, TUNNEL, "", b"resent"))
+
+    host.drain = drain  # type: ignore[method-assign]
+    s.on_accept()
+    s.start()
+    await s.send(TUNNEL, b"one")
+    s.finish()
+    await until(lambda: host.drained)
+    assert host.ordered == []  # no Close while draining
+    release.set()
+    assert await s.wait_closed() == "eof"
+    assert host.ordered == [
+        HotlinkData("0123456789abcdef", 1, TUNNEL, "", b"resent"),
+        HotlinkClose("0123456789abcdef", "eof:1"),
+    ]
+
+
+async def test_a_drain_that_cannot_vouch_for_the_frames_ends_with_error_not_eof() -> None:
+    host = FakeHost()
+    s = _outbound(host)
+
+    async def drain(sid: str) -> None:
+        raise PeerSendError("channel lost, p2p only")
+
+    host.drain = drain  # type: ignore[method-assign]
+    s.on_accept()
+    s.start()
+    await s.send(TUNNEL, b"one")
+    s.finish()
+    assert await s.wait_closed() == "error: channel lost, p2p only"
+    assert host.ordered == []  # never an eof that promises seq 1
+    assert host.control[-1] == HotlinkClose("0123456789abcdef", "error")
 
 
 # ---------------------------------------------------------------- inbound

@@ -379,6 +379,95 @@ async def test_debug_kill_after_n_sent_frames() -> None:
     await transport.close()
 
 
+# ---------------------------------------------------------------- the end of a stream
+
+
+def resent(host) -> list[int]:  # type: ignore[no-untyped-def]
+    return [p.seq for p in host.ws if isinstance(p, HotlinkData)]
+
+
+async def send_p2p(transport, *seqs: int) -> None:  # type: ignore[no-untyped-def]
+    for seq in seqs:
+        assert await transport.try_send(SID, frame(seq))
+
+
+async def test_drain_waits_for_the_send_buffer_and_resends_nothing_if_the_channel_holds() -> None:
+    transport, _backend, host, peer = await open_sender()
+    await send_p2p(transport, 1, 2, 3)
+    peer.buffered = 4096  # the last frames are still queued in the library
+    drain = asyncio.create_task(transport.drain(SID))
+    await settle(20)
+    assert not drain.done()
+    peer.buffered = 0  # SCTP has them; an open channel delivers what it took
+    await drain
+    assert host.ws == []
+    assert not peer.closed
+    await transport.close()
+
+
+async def test_channel_closing_while_draining_resends_the_window_before_drain_returns() -> None:
+    transport, _backend, host, peer = await open_sender()
+    await send_p2p(transport, 1, 2, 3)
+    peer.buffered = 4096
+    drain = asyncio.create_task(transport.drain(SID))
+    await settle(20)
+    peer.fire_closed("ice failed")
+    await drain
+    # Queued on the WebSocket before the Close eof that follows drain(); each exactly once.
+    assert resent(host) == [1, 2, 3]
+    await until(lambda: peer.closed)
+    assert resent(host) == [1, 2, 3]
+    await transport.close()
+
+
+async def test_channel_killed_at_the_last_frame_is_resent_before_the_close() -> None:
+    # The reported race: the channel dies right after the stream's last P2P frame, and the
+    # sender's Close eof is next. The resend must be queued by the time drain() returns.
+    transport, _backend, host, peer = await open_sender(kill_after=3)
+    await send_p2p(transport, 1, 2, 3)
+    await transport.drain(SID)
+    assert resent(host) == [1, 2, 3]
+    await until(lambda: peer.closed)
+    assert resent(host) == [1, 2, 3]
+    await transport.close()
+
+
+async def test_a_channel_that_does_not_drain_in_time_is_given_up_and_resent() -> None:
+    transport, _backend, host, peer = await open_sender(drain_wait=0.1)
+    await send_p2p(transport, 1, 2)
+    peer.buffered = 4096  # stuck: the far end stopped reading
+    await transport.drain(SID)
+    assert resent(host) == [1, 2]
+    assert transport.transport_kind(SID) == "ws"
+    await until(lambda: peer.closed)
+    await transport.close()
+
+
+async def test_drain_in_p2p_only_mode_fails_when_the_channel_may_have_lost_frames() -> None:
+    transport, _backend, host, peer = await open_sender(p2p_only=True)
+    await send_p2p(transport, 1)
+    peer.buffered = 4096
+    drain = asyncio.create_task(transport.drain(SID))
+    await settle(20)
+    peer.fire_closed("ice failed")
+    with pytest.raises(PeerSendError):
+        await drain
+    assert host.ws == []  # no WebSocket in this mode
+    await transport.close()
+
+
+async def test_drain_without_p2p_frames_returns_at_once() -> None:
+    transport, _backend, host = make_transport(grace=0.05)
+    host.add(SID, "outbound")
+    await transport.on_outbound_accepted(host.sessions[SID])
+    assert not await transport.try_send(SID, frame(1))  # went over WS
+    async with asyncio.timeout(5):
+        await transport.drain(SID)
+        await transport.drain(SID2)  # a session the transport never saw
+    assert host.ws == []
+    await transport.close()
+
+
 async def test_no_backend_means_ws_for_everything() -> None:
     transport, _backend, host = make_transport()
     transport._backend = None
