@@ -111,6 +111,7 @@ class InboundSession(OwnedSession):
         self.app_seen = False
         self.delivered_bytes = 0
         self._writer: AppWriter | None = None
+        self._delivering = False
 
     # ------------------------------------------------------------ the receive path
 
@@ -126,14 +127,7 @@ class InboundSession(OwnedSession):
                 self.folder,
             )
             return
-        if log.isEnabledFor(logging.DEBUG) and (frame.seq <= 3 or frame.seq % 500 == 0):
-            log.debug(
-                "hotlink recv data: session=%s seq=%d bytes=%d path=%s",
-                short_sid(self.sid),
-                frame.seq,
-                len(frame.payload),
-                frame.path,
-            )
+        self._log_received(frame)
         item = frame.payload if self.kind == "tcp" else encode_frame(frame)
         failure = ""
         async with self.lock:
@@ -161,6 +155,54 @@ class InboundSession(OwnedSession):
                 self._maybe_eof()
         if failure:
             await self.close(failure, notify=True)
+
+    def _log_received(self, frame: Frame) -> None:
+        if log.isEnabledFor(logging.DEBUG) and (frame.seq <= 3 or frame.seq % 500 == 0):
+            log.debug(
+                "hotlink recv data: session=%s seq=%d bytes=%d path=%s",
+                short_sid(self.sid),
+                frame.seq,
+                len(frame.payload),
+                frame.path,
+            )
+
+    def receive_nowait(self, frame: Frame) -> bool:
+        """:meth:`receive` for the common case that needs no waiting: the next frame in
+        order, nothing held or queued. Returns False (and does nothing) otherwise."""
+        if (
+            not self.accepted
+            or self.ended
+            or self.lock.locked()
+            or frame.seq != self.reorder.next_seq
+            or self.reorder.pending
+            or len(self.queue)
+            or self.kind != "tcp"
+            or not path_within(frame.path, self.folder)
+        ):
+            return False
+        self._log_received(frame)
+        now = time.monotonic()
+        self.max_seq_seen = max(self.max_seq_seen, frame.seq)
+        ready = self.reorder.push(frame.seq, frame.payload, now)
+        for data in ready:
+            self._enqueue_or_write(Delivery(data, len(data), now))
+        self._maybe_eof()
+        return True
+
+    def _enqueue_or_write(self, item: Delivery) -> None:
+        """Queue is empty and may take one item: write it straight to the app when the
+        owner is idle and the app's socket takes it at once, else queue it."""
+        writer = self._writer
+        if (
+            writer is not None
+            and not self._delivering
+            and not len(self.queue)
+            and writer.write_nowait(item.data)
+        ):
+            self.delivered_bytes += item.payload_len
+            self.host.telemetry.record_rx(item.payload_len, 0.0)
+            return
+        self.queue.put_final(item)
 
     def _payload_len(self, data: bytes) -> int:
         if self.kind == "tcp":
@@ -216,7 +258,11 @@ class InboundSession(OwnedSession):
                 if self._writer is not None:
                     self._writer.finish()
                 return EOF
-            problem = await self._deliver(item)
+            self._delivering = True
+            try:
+                problem = await self._deliver(item)
+            finally:
+                self._delivering = False
             if problem:
                 return self._fail(problem)
 

@@ -68,6 +68,9 @@ def _safe_rel(path: str) -> bool:
 class IpcConnection(LocalConnection):
     """An app's IPC socket: the frames it writes go out; inbound frames are written to it."""
 
+    def write_nowait(self, data: bytes) -> bool:
+        return False  # IPC frames go through write(), which retries on the next connection
+
     async def write(self, data: bytes) -> None:
         if self.closed:
             raise ConnectionResetError("ipc connection is closed")

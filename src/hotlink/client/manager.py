@@ -227,6 +227,11 @@ class HotlinkManager:
                 frame.seq,
             )
 
+    def deliver_frame_nowait(self, sid: str, frame: Frame) -> bool:
+        """The receive path without waiting; False: nothing done, use deliver_frame."""
+        session = self.inbound.get(sid)
+        return session is not None and session.receive_nowait(frame)
+
     def session_info(self, sid: str) -> SessionInfo | None:
         inbound = self.inbound.get(sid)
         if inbound is not None and not inbound.ended:

@@ -47,10 +47,15 @@ class SendItem:
 
 
 def _item_size(item: SendItem | None) -> int:
-    return 0 if item is None else len(item.payload) + 64
+    return len(item.payload) + 64 if isinstance(item, SendItem) else 0
 
 
 OutState = Literal["pending", "accepted", "rejected", "closed"]
+
+
+@dataclass(frozen=True, slots=True)
+class _TransmitFailed:
+    error: Exception
 
 
 class OutboundSession(OwnedSession):
@@ -82,11 +87,28 @@ class OutboundSession(OwnedSession):
         )
         self._decided = asyncio.Event()  # accepted or rejected; level-triggered, never lost
         self._callbacks: list[Callable[[str], None]] = []
+        self._streaming = False
+        self._tx_lock = asyncio.Lock()
 
     # ------------------------------------------------------------ producer side
 
     async def send(self, path: str, payload: bytes, etag: str = "") -> None:
         """Queue one frame (waits while the queue is full). Raises SessionClosed."""
+        if (
+            self._streaming
+            and not len(self.queue)
+            and not self._tx_lock.locked()
+            and not self.queue.closed
+        ):
+            async with self._tx_lock:
+                self.seq += 1
+                frame = Frame(path, etag, self.seq, payload)
+                try:
+                    await self.host.transmit(self.sid, frame)
+                except Exception as exc:
+                    # The owner ends the session with it, as if its own transmit had raised.
+                    self.queue.put_final(_TransmitFailed(exc))  # type: ignore[arg-type]
+            return
         try:
             await self.queue.put(SendItem(path, etag, payload))
         except QueueClosed as exc:
@@ -146,19 +168,23 @@ class OutboundSession(OwnedSession):
             return f"rejected: {self.reject_reason}"
         log_state("out", self.sid, self.host.local_email, self.to, "accepted")
         await self.host.outbound_accepted(self)
+        self._streaming = True
         while True:
             try:
                 item = await self.queue.get()
             except QueueClosed as exc:
                 return exc.reason
-            if item is None:
-                # The Close must not leave before frames the peer transport may have lost are
-                # resent: the server forgets the session at the Close.
-                await self.host.drain(self.sid)
-                await self.host.send_in_order(HotlinkClose(self.sid, eof_reason(self.seq)))
-                return EOF
-            self.seq += 1
-            await self.host.transmit(self.sid, Frame(item.path, item.etag, self.seq, item.payload))
+            if isinstance(item, _TransmitFailed):
+                raise item.error
+            async with self._tx_lock:
+                if item is None:
+                    await self.host.drain(self.sid)
+                    await self.host.send_in_order(HotlinkClose(self.sid, eof_reason(self.seq)))
+                    return EOF
+                self.seq += 1
+                await self.host.transmit(
+                    self.sid, Frame(item.path, item.etag, self.seq, item.payload)
+                )
 
     async def _end(self, reason: str) -> None:
         self.close_reason = reason

@@ -183,6 +183,7 @@ class P2PSession:
         self._rx: deque[Frame] = deque()
         self._rx_bytes = 0
         self._rx_ready = asyncio.Event()
+        self._rx_busy = False  # the pump is inside deliver_frame
         self._bad_messages = 0
         self._deadline: asyncio.TimerHandle | None = None
         self._run_task: asyncio.Task[None] | None = None
@@ -575,6 +576,13 @@ class P2PSession:
                 "the local app is not keeping up"
             )
             return
+        if not self._rx and not self._rx_busy:
+            deliver_now = getattr(self.owner, "deliver_frame_nowait", None)
+            if deliver_now is not None and deliver_now(self.sid, frame):
+                self.rx_frames += 1
+                if self.config.kill_after and self.rx_frames == self.config.kill_after:
+                    self._fail(f"debug: closing the peer after {self.rx_frames} received frames")
+                return
         self._rx.append(frame)
         self._rx_bytes += len(frame.payload)
         self._rx_ready.set()
@@ -591,10 +599,13 @@ class P2PSession:
                 await self._rx_ready.wait()
             frame = self._rx.popleft()
             self._rx_bytes -= len(frame.payload)
+            self._rx_busy = True
             try:
                 await self.owner.deliver_frame(self.sid, frame)
             except Exception:
                 log.exception("hotlink session %s: p2p frame delivery failed", _short(self.sid))
+            finally:
+                self._rx_busy = False
 
     def on_channel_closed(self, reason: str) -> None:
         self._channel_gone.set()

@@ -114,6 +114,9 @@ class AppWriter(Protocol):
     async def write(self, data: bytes) -> None:
         """Write and drain; raises ConnectionError/OSError when the app is gone."""
 
+    def write_nowait(self, data: bytes) -> bool:
+        """Write now if that needs no waiting (nothing buffered); False: nothing written."""
+
     def finish(self) -> None:
         """End of stream: half-close our sending side (the app reads EOF)."""
 

@@ -152,6 +152,16 @@ class AppConnection(LocalConnection):
         self.writer.write(data)
         await self.writer.drain()
 
+    def write_nowait(self, data: bytes) -> bool:
+        """Write without waiting when the socket's buffer is empty (no backpressure)."""
+        if self.closed or not self.write_open:
+            return False
+        transport = self.writer.transport
+        if transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        transport.write(data)
+        return True
+
     def finish(self) -> None:
         self.bound = False
         if self.closed or not self.write_open:

@@ -179,6 +179,10 @@ class WebRTCPeerTransport:
         if self.host is not None:
             await self.host.deliver_frame(sid, frame)
 
+    def deliver_frame_nowait(self, sid: str, frame: Frame) -> bool:
+        fn = getattr(self.host, "deliver_frame_nowait", None)
+        return bool(fn is not None and fn(sid, frame))
+
     # ------------------------------------------------------------ PeerTransport
 
     def bind(self, host: TransportHost) -> None:

@@ -95,10 +95,15 @@ class PeerBase(Peer):
         self._closed_emitted = False
         self._remote_sdp: str | None = None
         self._remote_mids: list[str] = []
+        # Parsed once per remote description: send() checks it for every message.
+        self._max_message_size = remote_max_message_size("")
         self._pending: list[IceCandidate | None] = []
         self._pending_dropped = 0
         self._drained = asyncio.Event()
         self._send_lock = asyncio.Lock()
+        # Senders inside the slow path (waiting for the lock or for the buffer to drain). While
+        # there are none, a message that needs no waiting is handed to the library at once.
+        self._queued_senders = 0
 
     # ------------------------------------------------------------ hooks for backends
 
@@ -169,6 +174,7 @@ class PeerBase(Peer):
         """Record the remote SDP and apply the candidates that were waiting for it."""
         self._remote_sdp = sdp
         self._remote_mids = sdp_mids(sdp)
+        self._max_message_size = remote_max_message_size(sdp)
         pending, self._pending = self._pending, []
         for cand in pending:
             await self._apply_resolved(cand)
@@ -207,7 +213,7 @@ class PeerBase(Peer):
 
     @property
     def max_message_size(self) -> int:
-        return remote_max_message_size(self._remote_sdp or "")
+        return self._max_message_size
 
     @property
     def is_open(self) -> bool:
@@ -224,24 +230,39 @@ class PeerBase(Peer):
 
     async def send(self, data: bytes) -> None:
         size = len(data)
-        if size > self.max_message_size:
+        if size > self._max_message_size:
             raise MessageTooLargeError(
                 f"message of {size} bytes exceeds the remote's max message size "
-                f"{self.max_message_size}"
+                f"{self._max_message_size}"
             )
-        async with self._send_lock:
+        if self._queued_senders == 0:
+            # Fast path, the common case: nobody is queued before us, so if no wait is needed,
+            # sending now keeps call order without taking the lock (this runs once per frame).
             if not self.is_open:
                 raise ChannelNotOpenError("data channel is not open")
-            if self._buffered() > self._buffered_high:
-                await self._wait_drained()
-            try:
-                self._send_now(data)
-            except Exception as exc:
-                # If later messages got through after a refused one, the stream would have a
-                # hole: a refusal ends the channel for good (libdatachannel refuses while its
-                # SCTP association is going down, before it reports the channel closed).
-                self._emit_closed(f"send failed: {exc}")
-                raise ChannelNotOpenError(f"data channel unusable, send failed: {exc}") from exc
+            if self._buffered() <= self._buffered_high:
+                self._send_now_or_close(data)
+                return
+        self._queued_senders += 1
+        try:
+            async with self._send_lock:
+                if not self.is_open:
+                    raise ChannelNotOpenError("data channel is not open")
+                if self._buffered() > self._buffered_high:
+                    await self._wait_drained()
+                self._send_now_or_close(data)
+        finally:
+            self._queued_senders -= 1
+
+    def _send_now_or_close(self, data: bytes) -> None:
+        try:
+            self._send_now(data)
+        except Exception as exc:
+            # If later messages got through after a refused one, the stream would have a
+            # hole: a refusal ends the channel for good (libdatachannel refuses while its
+            # SCTP association is going down, before it reports the channel closed).
+            self._emit_closed(f"send failed: {exc}")
+            raise ChannelNotOpenError(f"data channel unusable, send failed: {exc}") from exc
 
     async def _wait_drained(self) -> None:
         deadline = self._loop.time() + self._backpressure_wait

@@ -15,32 +15,34 @@ log = logging.getLogger("hotlink.webrtc")
 BACKEND_NAMES = ("auto", "libdatachannel", "aiortc")
 
 
-def load_backend(name: str = "auto") -> Backend:
+def load_backend(name: str = "auto", *, mtu: int = 0) -> Backend:
     """The backend called ``name``.
 
     ``auto`` is libdatachannel where it imports, else aiortc. Raises :class:`ValueError` for an
-    unknown name and :class:`BackendUnavailableError` when the named library cannot load.
+    unknown name or a bad ``mtu`` and :class:`BackendUnavailableError` when the named library
+    cannot load. ``mtu`` (0: the library's default) applies to libdatachannel only: aiortc's
+    packet size is fixed (see ``hotlink.webrtc.libdatachannel_backend.MAX_MTU``).
     """
     key = (name or "auto").strip().lower()
     if key == "auto":
         try:
-            return _libdatachannel()
+            return _libdatachannel(mtu)
         except BackendUnavailableError as exc:
             log.info("libdatachannel unavailable, using aiortc: %s", exc)
             return _aiortc()
     if key == "libdatachannel":
-        return _libdatachannel()
+        return _libdatachannel(mtu)
     if key == "aiortc":
         return _aiortc()
     raise ValueError(f"unknown WebRTC backend {name!r}: expected one of {', '.join(BACKEND_NAMES)}")
 
 
-def _libdatachannel() -> Backend:
+def _libdatachannel(mtu: int = 0) -> Backend:
     try:
         from .libdatachannel_backend import LibdatachannelBackend
     except ImportError as exc:  # no wheel for this platform, or its native library fails
         raise BackendUnavailableError(f"libdatachannel backend cannot load: {exc}") from exc
-    return LibdatachannelBackend()
+    return LibdatachannelBackend(mtu=mtu)
 
 
 def _aiortc() -> Backend:

@@ -13,6 +13,15 @@ the event loop and is the only place that touches peer state or calls the owner.
 per peer keeps the library's event order (open, messages, close) exactly, and batching keeps
 the per-message cost low at high message rates.
 
+Thread states: the binding enters Python from a library thread with ``PyGILState_Ensure`` and
+leaves with ``PyGILState_Release``, which builds and frees a whole Python thread state (and
+its 16 KiB frame stack, an ``mmap``/``munmap`` pair) around every single callback, and lets
+the loop thread, woken by that callback, queue up behind the teardown for the GIL. The first
+callback on each library thread therefore takes one extra, never released ``Ensure``
+(:func:`_keep_thread_state`): that thread's state then lives as long as the thread, and each
+callback only takes and drops the GIL. Measured: about 25 us less per message each way
+(loopback round trip of two processes, p50, 350 -> 300 us).
+
 Blocking: the binding releases the GIL in every call that can block. The only slow one is the
 teardown (``rtcDelete*`` joins the transports), which runs in the default executor so the
 event loop never waits on it.
@@ -54,6 +63,14 @@ _GATHERING_COMPLETE = 2
 _POLICY_ALL = 0
 _POLICY_RELAY = 1
 
+# The largest MTU we let libdatachannel use. Its default (0: 1280) suits every path; larger
+# values cut the per-packet work (loopback, 2 cores: 4000 -> about 1.6x the throughput) but
+# are safe only where both ends are ours and the path carries such datagrams unfragmented (one
+# host, jumbo-frame LANs): libjuice reads datagrams into a 4096-byte buffer and drops larger
+# ones, so anything above this stalls the association.
+MAX_MTU = 4096
+MIN_MTU = 576
+
 # libdatachannel reports "disconnected" when consent checks start failing; it can still come
 # back. Only when it stays so this long do we call the channel dead (the WS path takes over).
 DISCONNECT_GRACE = 5.0
@@ -86,6 +103,24 @@ def ice_server_url(server: IceServer) -> str:
     user = quote(server.username, safe="")
     cred = quote(server.credential, safe="")
     return f"{scheme}:{user}:{cred}@{rest}"
+
+
+_thread_pins = threading.local()
+
+
+def _keep_thread_state() -> None:
+    """On a library thread: keep its Python thread state from now on (see module doc).
+
+    Safe because the library's threads live until ``rtcCleanup`` (at interpreter exit, from
+    the binding's atexit hook): a kept state is freed by the interpreter's own teardown.
+    """
+    if getattr(_thread_pins, "kept", False):
+        return
+    _thread_pins.kept = True
+    try:
+        ctypes.pythonapi.PyGILState_Ensure()
+    except (AttributeError, OSError) as exc:  # not CPython's C API: merely slower
+        log.debug("cannot keep the callback thread's state: %s", exc)
 
 
 class _SelectedPair:
@@ -146,9 +181,11 @@ class LibdatachannelPeer(PeerBase):
         relay_only: bool = False,
         buffered_high: int = DEFAULT_BUFFERED_HIGH,
         backpressure_wait: float = DEFAULT_BACKPRESSURE_WAIT,
+        mtu: int = 0,
     ) -> None:
         super().__init__(events, buffered_high=buffered_high, backpressure_wait=backpressure_wait)
         self._relay_only = relay_only
+        self._loop_thread = threading.get_ident()
         self._inbox: list[tuple[str, Any]] = []
         self._inbox_lock = threading.Lock()
         self._drain_scheduled = False
@@ -166,6 +203,7 @@ class LibdatachannelPeer(PeerBase):
                 ice_servers=[ice_server_url(s) for s in ice_servers],
                 disable_auto_negotiation=True,
                 ice_transport_policy=_POLICY_RELAY if relay_only else _POLICY_ALL,
+                mtu=mtu,
             )
         except Exception as exc:
             raise WebRTCError(f"libdatachannel: cannot create peer connection: {exc}") from exc
@@ -182,6 +220,8 @@ class LibdatachannelPeer(PeerBase):
 
     def _post(self, kind: str, payload: Any) -> None:
         """Any thread: queue one library event for the loop."""
+        if threading.get_ident() != self._loop_thread:
+            _keep_thread_state()
         with self._inbox_lock:
             self._inbox.append((kind, payload))
             if self._drain_scheduled:
@@ -397,7 +437,15 @@ class LibdatachannelPeer(PeerBase):
 
 
 class LibdatachannelBackend(Backend):
+    """``mtu``: 0 for libdatachannel's default (1280), else ``MIN_MTU``..``MAX_MTU`` bytes
+    (see :data:`MAX_MTU` for when more than the default is safe)."""
+
     name = "libdatachannel"
+
+    def __init__(self, *, mtu: int = 0) -> None:
+        if mtu and not MIN_MTU <= mtu <= MAX_MTU:
+            raise ValueError(f"libdatachannel MTU must be 0 or {MIN_MTU}..{MAX_MTU}, got {mtu}")
+        self.mtu = mtu
 
     def create_peer(
         self,
@@ -414,4 +462,5 @@ class LibdatachannelBackend(Backend):
             relay_only=relay_only,
             buffered_high=buffered_high,
             backpressure_wait=backpressure_wait,
+            mtu=self.mtu,
         )

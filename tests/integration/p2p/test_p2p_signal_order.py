@@ -46,7 +46,9 @@ async def test_delayed_offers_and_shuffled_candidates_still_open_both_ways(
             await client.await_log(r"data channel open \(offerer\)", timeout=20)
             await client.await_log(r"data channel open \(answerer\)", timeout=20)
             assert {role for role, _ in channel_opens(client)} == {"offerer", "answerer"}
-            doc = await await_telemetry(client, lambda d: d["tx_bytes"] >= SIZE)
+            doc = await await_telemetry(
+                client, lambda d: d["tx_bytes"] >= SIZE and d["rx_bytes"] >= SIZE
+            )
             assert doc["tx_bytes"] == doc["rx_bytes"] == SIZE
         stats = mitm.stats
         assert stats.offers_delayed >= 2
