@@ -8,7 +8,11 @@ from .client.commands import register as register_client
 from .demo_commands import register as register_demo
 from .server.commands import register as register_server
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="hotlink: fast, private byte streams between SyftBox datasites.",
+)
 
 
 @app.callback()
