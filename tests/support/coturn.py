@@ -6,7 +6,7 @@ Usage::
 
     require_turnserver()                       # pytest.skip with a clear message if missing
     with coturn() as turn:                     # static user syftbox/syftbox, loopback, free port
-        servers = turn.ice_servers("turn")     # [IceServer("turn:127.0.0.1:<port>?transport=udp",
+        servers = turn.ice_servers("turn")     # [IceServer("turn:127.0.3.1:<port>?transport=udp",
                                                #             "syftbox", "syftbox")]
 
     with coturn(secret="s3cret", user=None) as turn:       # TURN REST (use-auth-secret) only
@@ -30,12 +30,24 @@ API:
   ``("syftbox", "syftbox")``; None for none), ``secret`` (TURN REST shared secret, enables
   ``use-auth-secret``), ``allow_loopback_peers`` (default: True when relaying on a loopback
   address, which loopback tests need), ``netns`` (run inside ``ip netns exec NAME``),
-  ``verbose`` (coturn ``-v``), ``extra_args`` (more coturn flags), ``ready_timeout``.
-* ``CoturnServer``: ``pid``, ``host`` (the listening ip), ``port``, ``realm``, ``user``,
-  ``secret``, ``netns``, ``log_path``; ``stun_url``, ``turn_url(transport="udp")``,
+  ``verbose`` (coturn ``-v``), ``extra_args`` (more coturn flags), ``ready_timeout``,
+  ``aliases`` (how many extra loopback addresses to listen on, see below; default
+  ``LOOPBACK_ALIASES`` for a loopback listener outside a namespace, else 0).
+* ``CoturnServer``: ``pid``, ``host`` (the listening ip), ``aliases``, ``port``, ``realm``,
+  ``user``, ``secret``, ``netns``, ``log_path``; ``stun_url``, ``turn_url(transport="udp")``,
   ``credentials(name="hotlink", ttl=3600)`` (the static user's, or TURN REST ones from the
   secret), ``ice_servers("stun" | "turn" | "both", name=...)`` (``IceServer`` list for a
   peer), ``log_text()``, ``stop()`` (SIGTERM, then SIGKILL, by pid; idempotent).
+
+Stale allocations: libdatachannel (libjuice) never deletes its TURN allocation when a peer
+closes, so coturn keeps it, bound to the client's 5-tuple, for its whole lifetime (600 s).
+When the kernel later hands the same ephemeral port to a new TURN client socket, coturn
+answers that client's Allocate with 437 (Allocation Mismatch); libjuice does not retry, so a
+relay-only peer gets no candidate and its channel never opens. With dozens of pairs per coturn
+that happened in a few percent of runs. So a loopback coturn also listens on ``aliases``
+addresses (127.0.3.1, 127.0.3.2, ...), and every ``turn_url()`` / TURN ``ice_servers()`` call
+hands out the next one: each pair's allocations get a server address (so a 5-tuple) of their
+own, and a stale allocation can only collide after the rotation wraps around.
 
 TLS/DTLS listeners, the telnet CLI and RFC 5780 are off, and every file (pid, sqlite db, log)
 lives in a private temp directory, so several instances can run side by side.
@@ -44,6 +56,7 @@ lives in a private temp directory, so several instances can run side by side.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import secrets
 import shutil
@@ -64,6 +77,14 @@ from hotlink.protocol.ice import IceServer, turn_rest_credentials
 TURNSERVER = "turnserver"
 DEFAULT_REALM = "syftbox"
 DEFAULT_USER = ("syftbox", "syftbox")
+# Extra loopback listening addresses (see "Stale allocations" above): more than the TURN
+# ice_servers()/turn_url() calls one coturn serves in any test module, so none is reused.
+LOOPBACK_ALIASES = 64
+
+
+def loopback_aliases(count: int) -> list[str]:
+    """``count`` loopback addresses for coturn to listen on besides its main one."""
+    return [f"127.0.3.{i}" for i in range(1, count + 1)]
 
 
 def turnserver_path() -> str | None:
@@ -98,22 +119,29 @@ class CoturnServer:
     netns: str | None
     workdir: Path
     log_path: Path
+    aliases: tuple[str, ...] = ()
+    _turn_calls: Iterator[int] = field(default_factory=itertools.count, repr=False)
     _stopped: bool = field(default=False, repr=False)
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
-    def _hostport(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+    def _hostport(self, host: str | None = None) -> str:
+        host = host or self.host
+        host = f"[{host}]" if ":" in host else host
         return f"{host}:{self.port}"
 
     @property
     def stun_url(self) -> str:
+        # STUN Binding leaves no state in coturn: one address is enough.
         return f"stun:{self._hostport()}"
 
     def turn_url(self, transport: Literal["udp", "tcp"] = "udp") -> str:
-        return f"turn:{self._hostport()}?transport={transport}"
+        """The TURN URL, on the next listening address each call (see "Stale allocations")."""
+        hosts = self.aliases or (self.host,)
+        host = hosts[next(self._turn_calls) % len(hosts)]
+        return f"turn:{self._hostport(host)}?transport={transport}"
 
     def credentials(self, name: str = "hotlink", ttl: int = 3600) -> tuple[str, str]:
         """TURN username and password: TURN REST ones when a secret is set, else the user's."""
@@ -131,6 +159,7 @@ class CoturnServer:
             servers.append(IceServer(self.stun_url))
         if kind in ("turn", "both"):
             username, password = self.credentials(name)
+            # Both peers of a pair share this list, hence this one server address.
             servers.append(IceServer(self.turn_url(), username, password))
         return servers
 
@@ -236,6 +265,7 @@ def start_coturn(
     verbose: bool = False,
     extra_args: Sequence[str] = (),
     ready_timeout: float = 10.0,
+    aliases: int | None = None,
 ) -> CoturnServer:
     """Start turnserver and wait until it serves. See the module docstring for the options."""
     binary = turnserver_path()
@@ -246,12 +276,17 @@ def start_coturn(
         port = 3478 if netns else _free_port(listening_ip)
     if allow_loopback_peers is None:
         allow_loopback_peers = ip_address(relay_ip).is_loopback
+    if aliases is None:
+        loopback_v4 = ip_address(listening_ip).version == 4 and ip_address(listening_ip).is_loopback
+        aliases = LOOPBACK_ALIASES if loopback_v4 and netns is None else 0
+    alias_ips = loopback_aliases(aliases)
     workdir = Path(tempfile.mkdtemp(prefix="hotlink-coturn-"))
     log_path = workdir / "turnserver.log"
     args = [
         binary,
         "-n",  # no config file: everything is on the command line
         f"--listening-ip={listening_ip}",
+        *(f"--listening-ip={ip}" for ip in alias_ips),
         f"--relay-ip={relay_ip}",
         f"--listening-port={port}",
         f"--min-port={min_port}",
@@ -298,6 +333,7 @@ def start_coturn(
         netns=netns,
         workdir=workdir,
         log_path=log_path,
+        aliases=tuple(alias_ips),
     )
     try:
         _wait_ready(server, ready_timeout)
@@ -317,7 +353,8 @@ def _wait_ready(server: CoturnServer, ready_timeout: float) -> None:
         if server.process.poll() is not None:
             raise RuntimeError(f"turnserver exited with status {server.process.returncode}")
         if _udp_bound(server.pid, server.port) and (
-            server.netns is not None or stun_binding(server.host, server.port) is not None
+            server.netns is not None
+            or all(stun_binding(h, server.port) is not None for h in (server.host, *server.aliases))
         ):
             return
         if time.monotonic() > deadline:

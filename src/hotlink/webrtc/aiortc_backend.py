@@ -12,6 +12,8 @@ directly. What aiortc does differently, and how we bridge it:
 * It uses only the first ``stun:`` and the first ``turn:``/``turns:`` server of the list and
   ignores the rest; ``stuns:`` is not supported.
 * It knows the selected candidate pair only through aioice's private state, read defensively.
+* aioice gives up on a TURN server that answers Allocate with 437 (Allocation Mismatch); we
+  retry from a new socket, as RFC 8656 section 7.4 suggests (see :func:`_retry_on_mismatch`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aioice import stun as aioice_stun
+from aioice import turn as aioice_turn
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.rtcicetransport import parse_stun_turn_uri
@@ -40,6 +45,44 @@ from .base import (
 )
 
 log = logging.getLogger("hotlink.webrtc.aiortc")
+
+# Allocate attempts per TURN server when it answers 437 (each from a new client port).
+_ALLOCATE_ATTEMPTS = 3
+_ALLOCATION_MISMATCH = 437
+
+
+def _retry_on_mismatch(create: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Wrap aioice's ``create_turn_endpoint`` to retry an Allocate that got a 437.
+
+    A 437 means the server still holds an allocation for our 5-tuple: one that was never
+    deleted (libdatachannel never deletes its own) and whose client port the kernel has
+    handed out again. aioice gives up, which leaves a relay-only peer without any candidate,
+    so the channel never opens. A new socket gets a new port, hence a new 5-tuple. The
+    failed attempt's socket is closed by ``create_turn_endpoint`` itself.
+    """
+
+    @functools.wraps(create)
+    async def create_turn_endpoint(*args: Any, **kwargs: Any) -> Any:
+        attempt = 1
+        while True:
+            try:
+                return await create(*args, **kwargs)
+            except aioice_stun.TransactionFailed as exc:
+                mismatch = exc.response.error_code == _ALLOCATION_MISMATCH
+                if not mismatch or attempt >= _ALLOCATE_ATTEMPTS:
+                    raise
+            attempt += 1
+            log.info("aiortc: TURN allocation mismatch (437), retrying from a new port")
+
+    create_turn_endpoint._hotlink_retry = True  # type: ignore[attr-defined]
+    return create_turn_endpoint
+
+
+# aioice's gathering calls turn.create_turn_endpoint through the module, so wrapping the
+# module attribute covers every peer; the flag keeps a re-import from wrapping twice.
+_create = aioice_turn.create_turn_endpoint
+if not getattr(_create, "_hotlink_retry", False):
+    aioice_turn.create_turn_endpoint = _retry_on_mismatch(_create)  # type: ignore[assignment]
 
 
 def aiortc_ice_servers(servers: list[IceServer]) -> list[RTCIceServer]:

@@ -140,7 +140,14 @@ def _start_demo_in_background(data_dir: Path) -> subprocess.Popen[str]:
         text=True,
         env=_env(),
         stdin=subprocess.DEVNULL,
+        # A shell starts background jobs with SIGINT ignored and children inherit that; the
+        # demo must see Ctrl-C as a user's terminal would deliver it.
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for_clients(data_dir: Path, timeout: float = 60.0) -> list[int]:

@@ -1,8 +1,9 @@
 """STUN and TURN through a real coturn on loopback (skipped when turnserver is missing).
 
-coturn relays from 127.0.0.2 while listening on 127.0.0.1: with one address for both, a
-relay-only libdatachannel peer can reach the other side's relay straight from its TURN
-socket (every permission is for 127.0.0.1), so the pair would not be a pure relay path.
+coturn relays from 127.0.0.2 while listening on 127.0.0.1 (and on the 127.0.3.x aliases
+that ``support.coturn`` hands out in turn): with one address for both, a relay-only
+libdatachannel peer can reach the other side's relay straight from its TURN socket (every
+permission is for 127.0.0.1), so the pair would not be a pure relay path.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from aioice.stun import TransactionFailed
+from aioice.turn import TurnClientUdpProtocol
 
 from hotlink.protocol.ice import candidate_type
 from hotlink.webrtc import Backend
@@ -82,6 +85,72 @@ async def test_turn_rest_credentials_work(backend: Backend, turn_rest: CoturnSer
         assert pair.offerer.selected_candidate_type() == "relay"
         await pair.offerer.send(b"rest")
         assert await pair.answer_events.next_message() == b"rest"
+
+
+class _TurnClient(TurnClientUdpProtocol):
+    """aioice's TURN client protocol, telling when its socket is gone."""
+
+    def __init__(self, turn: CoturnServer) -> None:
+        user, password = turn.credentials()
+        super().__init__((turn.host, turn.port), user, password, 600, 500)
+        self.lost = asyncio.Event()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.lost.set()
+
+
+async def _allocate_from(
+    port: int, turn: CoturnServer
+) -> tuple[asyncio.BaseTransport, _TurnClient]:
+    """A TURN allocation from 127.0.0.1:``port`` (0: any port)."""
+    transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: _TurnClient(turn),
+        local_addr=("127.0.0.1", port),
+        remote_addr=(turn.host, turn.port),
+    )
+    try:
+        await protocol.connect()
+    except Exception:
+        transport.close()
+        await asyncio.wait_for(protocol.lost.wait(), 5)  # free the port for the next try
+        raise
+    return transport, protocol
+
+
+async def test_aiortc_allocates_again_when_coturn_holds_a_stale_allocation_for_its_port(
+    turn_static: CoturnServer,
+) -> None:
+    # libdatachannel never deletes its allocations; when the kernel gives a later socket the
+    # same port, coturn answers that socket's Allocate with 437. aiortc must move on.
+    from hotlink.webrtc.aiortc_backend import _retry_on_mismatch
+
+    stale, protocol = await _allocate_from(0, turn_static)
+    port = stale.get_extra_info("sockname")[1]
+    assert protocol.refresh_task is not None
+    protocol.refresh_task.cancel()
+    stale.close()  # gone without a Refresh(lifetime=0), as libdatachannel leaves it
+    await asyncio.wait_for(protocol.lost.wait(), 5)  # the port is free again
+    attempts: list[int] = []
+    endpoints = []
+
+    async def create(*args: object, **kwargs: object) -> object:
+        # The first attempt lands on the stale port, as a reused ephemeral port would.
+        attempts.append(port if not attempts else 0)
+        endpoint = await _allocate_from(attempts[-1], turn_static)
+        endpoints.append(endpoint)
+        return endpoint
+
+    with pytest.raises(TransactionFailed, match="437"):
+        await _allocate_from(port, turn_static)
+    try:
+        _, protocol = await _retry_on_mismatch(create)()
+        assert attempts == [port, 0]
+        assert protocol.relayed_address is not None
+        assert protocol.relayed_address[0] == "127.0.0.2"
+    finally:
+        for _, endpoint in endpoints:
+            await endpoint.delete()
 
 
 @pytest.mark.slow

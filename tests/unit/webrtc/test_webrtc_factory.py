@@ -106,3 +106,63 @@ async def test_aiortc_gathering_is_bounded_by_default() -> None:
         assert conn.get_component_candidates.keywords == {"timeout": DEFAULT_GATHER_TIMEOUT}
     finally:
         await peer.close()
+
+
+def _stun_error(code: int) -> Exception:
+    from aioice import stun
+
+    response = stun.Message(message_method=stun.Method.ALLOCATE, message_class=stun.Class.ERROR)
+    response.attributes["ERROR-CODE"] = (code, "test")
+    return stun.TransactionFailed(response)
+
+
+class _FlakyAllocate:
+    """A stand-in for aioice's create_turn_endpoint: fails with ``errors`` in turn, then works."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def __call__(self, *args: object, **kwargs: object) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "endpoint"
+
+
+async def test_aiortc_retries_a_turn_allocation_mismatch_from_a_new_socket() -> None:
+    # 437: coturn still holds a (never deleted) allocation for this client port.
+    from hotlink.webrtc.aiortc_backend import _retry_on_mismatch
+
+    create = _FlakyAllocate(_stun_error(437), _stun_error(437))
+    assert await _retry_on_mismatch(create)("factory", server_addr=("192.0.2.1", 3478)) == (
+        "endpoint"
+    )
+    assert create.calls == 3
+
+
+async def test_aiortc_gives_up_on_other_turn_errors_and_after_a_few_mismatches() -> None:
+    from aioice import stun
+
+    from hotlink.webrtc.aiortc_backend import _ALLOCATE_ATTEMPTS, _retry_on_mismatch
+
+    create = _FlakyAllocate(_stun_error(403))
+    with pytest.raises(stun.TransactionFailed, match="403"):
+        await _retry_on_mismatch(create)()
+    assert create.calls == 1
+
+    create = _FlakyAllocate(*[_stun_error(437)] * _ALLOCATE_ATTEMPTS)
+    with pytest.raises(stun.TransactionFailed, match="437"):
+        await _retry_on_mismatch(create)()
+    assert create.calls == _ALLOCATE_ATTEMPTS
+
+
+def test_aioice_gathering_uses_the_retrying_allocate() -> None:
+    import aioice.turn
+
+    import hotlink.webrtc.aiortc_backend  # noqa: F401  (installs the wrapper)
+
+    assert getattr(aioice.turn.create_turn_endpoint, "_hotlink_retry", False)
+    # Wrapped once, not once per import.
+    inner = getattr(aioice.turn.create_turn_endpoint, "__wrapped__", None)
+    assert inner is not None and not getattr(inner, "_hotlink_retry", False)
