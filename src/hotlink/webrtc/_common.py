@@ -75,6 +75,9 @@ def resolve_mid(cand: IceCandidate, mids: list[str]) -> tuple[str | None, int]:
 class PeerBase(Peer):
     """The backend-independent half of a :class:`Peer`."""
 
+    # Names the library in error messages.
+    LIBRARY = ""
+
     def __init__(
         self,
         events: PeerEvents,
@@ -112,6 +115,18 @@ class PeerBase(Peer):
         self, cand: IceCandidate | None, mid: str | None, index: int
     ) -> None:
         """Give one remote candidate (or end-of-candidates) to the library."""
+
+    @abstractmethod
+    def _create_channel(self) -> None:
+        """Create the ``syftbox-data`` channel (offerer); raise WebRTCError if one exists."""
+
+    @abstractmethod
+    async def _local_description(self, kind: str) -> str:
+        """Create the local offer or answer, set it, and return its SDP."""
+
+    @abstractmethod
+    async def _apply_remote_description(self, sdp: str, kind: str) -> None:
+        """Give the remote offer or answer to the library (raise on refusal)."""
 
     @abstractmethod
     def _send_now(self, data: bytes) -> None:
@@ -169,6 +184,28 @@ class PeerBase(Peer):
     def _check_not_closed(self) -> None:
         if self._closed:
             raise WebRTCError("peer connection is closed")
+
+    async def create_offer(self) -> str:
+        self._check_not_closed()
+        self._create_channel()
+        return await self._local_description("offer")
+
+    async def accept_offer(self, sdp: str) -> str:
+        self._check_not_closed()
+        await self._set_remote(sdp, "offer")
+        return await self._local_description("answer")
+
+    async def set_answer(self, sdp: str) -> None:
+        self._check_not_closed()
+        await self._set_remote(sdp, "answer")
+
+    async def _set_remote(self, sdp: str, kind: str) -> None:
+        require_datachannel_section(sdp, kind)
+        try:
+            await self._apply_remote_description(sdp, kind)
+        except Exception as exc:
+            raise WebRTCError(f"{self.LIBRARY}: remote {kind} rejected: {exc}") from exc
+        await self._remote_description_applied(sdp)
 
     async def _remote_description_applied(self, sdp: str) -> None:
         """Record the remote SDP and apply the candidates that were waiting for it."""

@@ -33,7 +33,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from hotlink.protocol.ice import IceCandidate, IceServer, strip_candidate_prefix
 
-from ._common import PeerBase, require_datachannel_section
+from ._common import PeerBase
 from .base import (
     CHANNEL_LABEL,
     DEFAULT_BACKPRESSURE_WAIT,
@@ -117,6 +117,8 @@ def aiortc_ice_servers(servers: list[IceServer]) -> list[RTCIceServer]:
 
 
 class AiortcPeer(PeerBase):
+    LIBRARY = "aiortc"
+
     def __init__(
         self,
         ice_servers: list[IceServer],
@@ -196,29 +198,13 @@ class AiortcPeer(PeerBase):
         self._loop.call_soon(self._emit_candidate, None)
         return str(self._pc.localDescription.sdp)
 
-    async def create_offer(self) -> str:
-        self._check_not_closed()
+    def _create_channel(self) -> None:
         if self._channel is not None:
             raise WebRTCError("create_offer() called twice")
         self._attach(self._pc.createDataChannel(CHANNEL_LABEL, ordered=True))
-        return await self._local_description("offer")
 
-    async def accept_offer(self, sdp: str) -> str:
-        self._check_not_closed()
-        await self._set_remote(sdp, "offer")
-        return await self._local_description("answer")
-
-    async def set_answer(self, sdp: str) -> None:
-        self._check_not_closed()
-        await self._set_remote(sdp, "answer")
-
-    async def _set_remote(self, sdp: str, kind: str) -> None:
-        require_datachannel_section(sdp, kind)
-        try:
-            await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
-        except Exception as exc:
-            raise WebRTCError(f"aiortc: remote {kind} rejected: {exc}") from exc
-        await self._remote_description_applied(sdp)
+    async def _apply_remote_description(self, sdp: str, kind: str) -> None:
+        await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
 
     async def _apply_candidate(
         self, cand: IceCandidate | None, mid: str | None, index: int

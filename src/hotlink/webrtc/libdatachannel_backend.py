@@ -42,7 +42,7 @@ from aiolibdatachannel import _core
 
 from hotlink.protocol.ice import IceCandidate, IceServer, candidate_type, strip_candidate_prefix
 
-from ._common import PeerBase, require_datachannel_section, sdp_mids
+from ._common import PeerBase, sdp_mids
 from .base import (
     CHANNEL_LABEL,
     DEFAULT_BACKPRESSURE_WAIT,
@@ -173,6 +173,8 @@ class _SelectedPair:
 
 
 class LibdatachannelPeer(PeerBase):
+    LIBRARY = "libdatachannel"
+
     def __init__(
         self,
         ice_servers: list[IceServer],
@@ -337,8 +339,7 @@ class LibdatachannelPeer(PeerBase):
         self._local_mids = sdp_mids(sdp)
         return sdp
 
-    async def create_offer(self) -> str:
-        self._check_not_closed()
+    def _create_channel(self) -> None:
         if self._dc is not None:
             raise WebRTCError("create_offer() called twice")
         try:
@@ -346,24 +347,9 @@ class LibdatachannelPeer(PeerBase):
         except Exception as exc:
             raise WebRTCError(f"libdatachannel: cannot create data channel: {exc}") from exc
         self._attach(_core.DataChannel(handle))
-        return await self._local_description("offer")
 
-    async def accept_offer(self, sdp: str) -> str:
-        self._check_not_closed()
-        await self._set_remote(sdp, "offer")
-        return await self._local_description("answer")
-
-    async def set_answer(self, sdp: str) -> None:
-        self._check_not_closed()
-        await self._set_remote(sdp, "answer")
-
-    async def _set_remote(self, sdp: str, kind: str) -> None:
-        require_datachannel_section(sdp, kind)
-        try:
-            self._pc.set_remote_description(sdp, kind)
-        except Exception as exc:
-            raise WebRTCError(f"libdatachannel: remote {kind} rejected: {exc}") from exc
-        await self._remote_description_applied(sdp)
+    async def _apply_remote_description(self, sdp: str, kind: str) -> None:
+        self._pc.set_remote_description(sdp, kind)
 
     async def _apply_candidate(
         self, cand: IceCandidate | None, mid: str | None, index: int

@@ -54,6 +54,15 @@ class Library(PeerBase):
     def _buffered(self) -> int:
         return self.buffered
 
+    def _create_channel(self) -> None:
+        pass
+
+    async def _local_description(self, kind: str) -> str:
+        return ""
+
+    async def _apply_remote_description(self, sdp: str, kind: str) -> None:
+        pass
+
     async def create_offer(self) -> str:
         return ""
 
