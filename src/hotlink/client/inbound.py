@@ -35,6 +35,12 @@ from .sessions import (
 log = logging.getLogger("hotlink.session")
 
 WRITER_WAIT = 30.0  # frames wait this long for the local app (DECISIONS.md #5)
+# How long the receive path waits for a connected app that stopped reading. While it waits,
+# the one WebSocket read loop waits too (backpressure reaches the sender through the relay),
+# so it must stay below the relay's send timeout (20 s): past that the relay drops the whole
+# connection, and every other session of this client with it. Closing just this session is
+# the smaller loss.
+APP_READ_WAIT = 10.0
 ACCEPT_POLL = 0.2  # stream.accept polling (PROTOCOL.md §4.4)
 ACCEPT_MARKER_WAIT = 30.0  # give up polling for stream.accept after this
 GAP_TIMEOUT = 30.0  # a missing seq closes the stream after this (DECISIONS.md #17)
@@ -142,14 +148,14 @@ class InboundSession(OwnedSession):
                 try:
                     if self.app_seen:
                         # The app is reading: wait for it (backpressure), within bounds.
-                        await self.queue.put(delivery, within=WRITER_WAIT)
+                        await self.queue.put(delivery, within=APP_READ_WAIT)
                     elif not self.queue.put_nowait(delivery):
                         failure = "receive buffer full while no app is connected"
                         break
                 except QueueClosed:
                     return
                 except TimeoutError:
-                    failure = f"local app did not read for {WRITER_WAIT:.0f} s"
+                    failure = f"local app did not read for {APP_READ_WAIT:.0f} s"
                     break
             if not failure:
                 self._maybe_eof()

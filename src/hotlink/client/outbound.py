@@ -107,7 +107,10 @@ class OutboundSession(OwnedSession):
                     await self.host.transmit(self.sid, frame)
                 except Exception as exc:
                     # The owner ends the session with it, as if its own transmit had raised.
-                    self.queue.put_final(_TransmitFailed(exc))  # type: ignore[arg-type]
+                    try:
+                        self.queue.put_final(_TransmitFailed(exc))  # type: ignore[arg-type]
+                    except QueueClosed as closed:  # the session ended meanwhile
+                        raise SessionClosed(closed.reason) from None
             return
         try:
             await self.queue.put(SendItem(path, etag, payload))

@@ -42,6 +42,7 @@ UNKNOWN_SESSION = "unknown session"
 ALREADY_ACCEPTED = "already accepted"
 TOO_MANY_SESSIONS = "too many sessions"
 DISCONNECTED = "disconnected"
+SUPERSEDED = "superseded"
 SIGNAL_ERROR_KIND = "webrtc_error"
 
 # Refusal labels that are not wire strings (metrics and logs only).
@@ -148,7 +149,12 @@ class HotlinkRouter:
                 TOO_MANY_SESSIONS,
                 f"open {p.sid}: connection already has {self.max_sessions_per_conn} open sessions",
             )
-        self.sessions.put(Session(p.sid, p.pth, user, to, conn))
+        replaced = self.sessions.put(Session(p.sid, p.pth, user, to, conn))
+        if replaced is not None:
+            # The opener reused its own session id (the reference overwrites too): whoever
+            # accepted the old session must hear that it ended, or it would wait forever.
+            for peer in replaced.accepted:
+                out.send(peer, _closed(p.sid, SUPERSEDED))
         # Same id as the opener's message; frm is always the authenticated user.
         forward = Message(message.id, HotlinkOpen(sid=p.sid, pth=p.pth, frm=user, to=to))
         readable: dict[str, bool] = {}
@@ -283,5 +289,5 @@ class HotlinkRouter:
         return out.refuse(NOT_PARTICIPANT, f"{what} {sid}: {user} is not part of that session")
 
 
-def _closed(sid: str) -> Message:
-    return Message.new(HotlinkClose(sid=sid, rsn=DISCONNECTED))
+def _closed(sid: str, reason: str = DISCONNECTED) -> Message:
+    return Message.new(HotlinkClose(sid=sid, rsn=reason))

@@ -27,6 +27,7 @@ from hotlink.server.router import (
     NOT_PARTICIPANT,
     NOT_SENDER,
     PERMISSION_DENIED,
+    SUPERSEDED,
     TOO_MANY_SESSIONS,
     UNKNOWN_SESSION,
     HotlinkRouter,
@@ -179,6 +180,17 @@ def test_open_beyond_the_per_connection_session_limit_is_rejected(access):
 
 
 # ---------------------------------------------------------------- HotlinkAccept
+
+
+def test_reopening_a_session_id_tells_the_old_acceptors_it_ended(router):
+    open_session(router)
+    accept(router, "b1")
+    out = open_session(router)  # the opener reuses its own id: the reference overwrites
+    closes = [(s.conn, s.message.payload) for s in out.sends if not s.broadcast]
+    assert closes == [("b1", HotlinkClose(sid=SID, rsn=SUPERSEDED))]
+    assert router.sessions.get(SID).accepted == {}
+    # The new session is offered again, so the old acceptor can accept it afresh.
+    assert "b1" in [s.conn for s in out.sends if s.broadcast]
 
 
 def test_accept_of_unknown_session_is_rejected_with_unknown_session(router):
