@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from hotlink.protocol.ice import IceCandidate
 from hotlink.webrtc import ChannelNotOpenError, MessageTooLargeError, load_backend
-from hotlink.webrtc._common import PeerBase
+from support.fake_peer import FakePeer, NullEvents
 
 SDP_BIG = (
     "v=0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:0\r\n"
@@ -17,67 +16,12 @@ SDP_BIG = (
 )
 
 
-class Events:
-    def on_local_candidate(self, cand: IceCandidate | None) -> None:
-        pass
-
-    def on_channel_open(self) -> None:
-        pass
-
-    def on_message(self, data: bytes) -> None:
-        pass
-
-    def on_channel_closed(self, reason: str) -> None:
-        pass
-
-
-class Library(PeerBase):
-    """A fake library whose buffered amount the test sets; counts how often it is asked."""
+class Library(FakePeer):
+    """The fake library with its channel open and nobody listening to events."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(Events(), **kwargs)
-        self.sent: list[bytes] = []
-        self.buffered = 0
+        super().__init__(NullEvents(), **kwargs)
         self.open = True
-
-    async def _apply_candidate(
-        self, cand: IceCandidate | None, mid: str | None, index: int
-    ) -> None:
-        pass
-
-    def _send_now(self, data: bytes) -> None:
-        self.sent.append(data)
-
-    def _channel_open(self) -> bool:
-        return self.open
-
-    def _buffered(self) -> int:
-        return self.buffered
-
-    def _create_channel(self) -> None:
-        pass
-
-    async def _local_description(self, kind: str) -> str:
-        return ""
-
-    async def _apply_remote_description(self, sdp: str, kind: str) -> None:
-        pass
-
-    async def create_offer(self) -> str:
-        return ""
-
-    async def accept_offer(self, sdp: str) -> str:
-        await self._remote_description_applied(sdp)
-        return ""
-
-    async def set_answer(self, sdp: str) -> None:
-        await self._remote_description_applied(sdp)
-
-    def selected_candidate_type(self) -> str | None:
-        return None
-
-    async def close(self) -> None:
-        self._closed = True
 
 
 async def test_a_send_that_needs_no_wait_completes_without_yielding() -> None:
