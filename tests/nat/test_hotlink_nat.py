@@ -36,19 +36,20 @@ from nat.hotlink_lab import (
 )
 from nat.topology import Impairment
 from support.client_proc import (
-    REFERENCE_CHUNK,
+    REFERENCE_CHUNKS,
+    REFERENCE_TOTAL,
     ClientProcess,
     await_telemetry,
     check_reference_chunks,
     read_exactly,
-    reference_chunk,
+    send_reference_chunks,
 )
 
 pytestmark = [pytest.mark.nat, pytest.mark.slow]
 
 MiB = 1024 * 1024
-CHUNKS = 20
-TOTAL = CHUNKS * REFERENCE_CHUNK
+CHUNKS = REFERENCE_CHUNKS
+TOTAL = REFERENCE_TOTAL
 # Failure guards only: channels open in well under a second here.
 OPEN_TIMEOUT = 30.0
 BULK = 16 * MiB
@@ -90,17 +91,11 @@ async def connect_apps(lab: HotlinkNatLab, tunnel: NatTunnel) -> Apps:
     return Apps(alice_r, alice_w, bob_r, bob_w)
 
 
-async def send_chunks(writer: asyncio.StreamWriter) -> None:
-    for i in range(CHUNKS):
-        writer.write(reference_chunk(i))
-        await writer.drain()
-
-
 async def reference_round(apps: Apps) -> None:
     """The reference TCP-proxy test in both directions: 20 x 4096 bytes, byte-exact."""
     _, _, at_bob, at_alice = await asyncio.gather(
-        send_chunks(apps.alice_w),
-        send_chunks(apps.bob_w),
+        send_reference_chunks(apps.alice_w),
+        send_reference_chunks(apps.bob_w),
         read_exactly(apps.bob_r, TOTAL),
         read_exactly(apps.alice_r, TOTAL),
     )

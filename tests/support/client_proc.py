@@ -179,6 +179,9 @@ TUNNEL_FLOW = "shared/flows/tcp-test"
 # Each client's proxy for the tunnel listens (the canonical key is in alice's datasite).
 TUNNEL_PROXY_STARTING = PROXY_STARTING + re.escape(ALICE)
 REFERENCE_CHUNK = 4096
+# The reference test writes 20 chunks (81,920 bytes) each way.
+REFERENCE_CHUNKS = 20
+REFERENCE_TOTAL = REFERENCE_CHUNKS * REFERENCE_CHUNK
 
 
 def reference_channel(ports: Mapping[str, int]) -> Channel:
@@ -199,6 +202,15 @@ def write_reference_tunnel(data_dirs: Mapping[str, Path], ports: Mapping[str, in
 def reference_chunk(i: int) -> bytes:
     """Chunk ``i`` of the reference test: ``i`` as big-endian u32, then ``i & 0xFF`` fill."""
     return i.to_bytes(4, "big") + bytes([i & 0xFF]) * (REFERENCE_CHUNK - 4)
+
+
+async def send_reference_chunks(
+    writer: asyncio.StreamWriter, count: int = REFERENCE_CHUNKS
+) -> None:
+    """Write chunks 0..count-1 of the reference test, draining after each (§9.1)."""
+    for i in range(count):
+        writer.write(reference_chunk(i))
+        await writer.drain()
 
 
 def check_reference_chunks(data: bytes, count: int) -> None:

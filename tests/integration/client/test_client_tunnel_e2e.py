@@ -5,23 +5,18 @@ from __future__ import annotations
 import asyncio
 
 from support.client_proc import (
-    REFERENCE_CHUNK,
+    REFERENCE_CHUNKS,
+    REFERENCE_TOTAL,
     Tunnel,
     await_telemetry,
     check_reference_chunks,
     dial,
     read_exactly,
-    reference_chunk,
+    send_reference_chunks,
 )
 
-CHUNKS = 20
-TOTAL = CHUNKS * REFERENCE_CHUNK
-
-
-async def _send_chunks(writer: asyncio.StreamWriter) -> None:
-    for i in range(CHUNKS):
-        writer.write(reference_chunk(i))
-        await writer.drain()
+CHUNKS = REFERENCE_CHUNKS
+TOTAL = REFERENCE_TOTAL
 
 
 async def test_tcp_proxy_both_directions_then_telemetry(ws_tunnel: Tunnel) -> None:
@@ -31,8 +26,8 @@ async def test_tcp_proxy_both_directions_then_telemetry(ws_tunnel: Tunnel) -> No
     alice_r, alice_w = await dial(t.alice_port)
     try:
         _, _, at_bob, at_alice = await asyncio.gather(
-            _send_chunks(alice_w),
-            _send_chunks(bob_w),
+            send_reference_chunks(alice_w),
+            send_reference_chunks(bob_w),
             read_exactly(bob_r, TOTAL),
             read_exactly(alice_r, TOTAL),
         )

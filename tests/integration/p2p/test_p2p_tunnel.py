@@ -8,25 +8,20 @@ from pathlib import Path
 import pytest
 
 from support.client_proc import (
-    REFERENCE_CHUNK,
+    REFERENCE_CHUNKS,
+    REFERENCE_TOTAL,
     await_telemetry,
     check_reference_chunks,
     dial,
     read_exactly,
-    reference_chunk,
+    send_reference_chunks,
 )
 from support.server_proc import ServerProcess
 
 from .conftest import channel_opens, close_writer, negotiation_ms, stream_through, tunnel_between
 
-CHUNKS = 20
-TOTAL = CHUNKS * REFERENCE_CHUNK
-
-
-async def _send_chunks(writer: asyncio.StreamWriter) -> None:
-    for i in range(CHUNKS):
-        writer.write(reference_chunk(i))
-        await writer.drain()
+CHUNKS = REFERENCE_CHUNKS
+TOTAL = REFERENCE_TOTAL
 
 
 async def test_tcp_proxy_both_directions_go_peer_to_peer(
@@ -38,8 +33,8 @@ async def test_tcp_proxy_both_directions_go_peer_to_peer(
         alice_r, alice_w = await dial(t.alice_port)
         try:
             _, _, at_bob, at_alice = await asyncio.gather(
-                _send_chunks(alice_w),
-                _send_chunks(bob_w),
+                send_reference_chunks(alice_w),
+                send_reference_chunks(bob_w),
                 read_exactly(bob_r, TOTAL),
                 read_exactly(alice_r, TOTAL),
             )
