@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..protocol.messages import Ack, Error, FileWrite, Message, Nack
-from .discovery import find_named
+from .edges.discovery import find_named
 
 log = logging.getLogger("hotlink.acl")
 

@@ -19,11 +19,11 @@ from ..protocol.messages import Error, Message, MsgType, System
 from ..settings import ClientSettings
 from .acl_publisher import AclPublisher
 from .connection import ConnectOptions, ServerConnection
-from .ipc import IpcHub
+from .edges.ipc import IpcHub
+from .edges.tcp_proxy import TcpProxy
 from .manager import HotlinkManager, ManagerConfig
-from .tcp_proxy import TcpProxy
+from .p2p.transport import NullPeerTransport, PeerTransport
 from .telemetry import Telemetry
-from .transport import NullPeerTransport, PeerTransport
 
 log = logging.getLogger("hotlink.client")
 
@@ -48,7 +48,7 @@ def build_peer_transport(settings: ClientSettings) -> PeerTransport:
     if not settings.webrtc:
         return NullPeerTransport()
     # Imported here: the WebRTC stack is only loaded by clients that use it.
-    from .webrtc_transport import WebRTCPeerTransport
+    from .p2p.webrtc_transport import WebRTCPeerTransport
 
     return WebRTCPeerTransport(settings)
 

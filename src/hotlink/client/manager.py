@@ -38,11 +38,11 @@ from ..protocol.messages import (
     new_session_id,
 )
 from .connection import NotConnected
-from .inbound import InboundSession
-from .outbound import ACCEPT_TIMEOUT, OutboundSession
-from .sessions import SessionClosed, Sink, short_sid
+from .p2p.transport import NullPeerTransport, PeerSendError, PeerTransport, SessionInfo
+from .session.base import SessionClosed, Sink, short_sid
+from .session.inbound import InboundSession
+from .session.outbound import ACCEPT_TIMEOUT, OutboundSession
 from .telemetry import Telemetry
-from .transport import NullPeerTransport, PeerSendError, PeerTransport, SessionInfo
 
 log = logging.getLogger("hotlink.manager")
 

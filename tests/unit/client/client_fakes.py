@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from hotlink.client.connection import NotConnected
-from hotlink.client.inbound import InboundSession
-from hotlink.client.outbound import OutboundSession
+from hotlink.client.p2p.transport import SessionInfo, TransportHost
+from hotlink.client.session.inbound import InboundSession
+from hotlink.client.session.outbound import OutboundSession
 from hotlink.client.telemetry import Telemetry
-from hotlink.client.transport import SessionInfo, TransportHost
 from hotlink.protocol.frames import Frame
 from hotlink.protocol.messages import HotlinkSignal, Message, Payload
 

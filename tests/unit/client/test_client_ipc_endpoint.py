@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hotlink.client.ipc import IpcEndpoint, IpcHub, unix_socket_path
+from hotlink.client.edges.ipc import IpcEndpoint, IpcHub, unix_socket_path
 from hotlink.protocol.frames import Frame, FrameDecoder, encode_frame
 from unit.client.client_fakes import ALICE, until
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hotlink.client.manager import HotlinkManager, local_path
-from hotlink.client.outbound import OutboundSession
+from hotlink.client.session.outbound import OutboundSession
 from hotlink.client.telemetry import Telemetry
 from hotlink.protocol.frames import Frame
 from hotlink.protocol.messages import (
@@ -277,7 +277,7 @@ async def test_telemetry_lists_live_sessions_with_their_transport(tmp_path: Path
 
 
 async def test_peer_send_error_fails_the_session_without_ws_fallback(tmp_path: Path) -> None:
-    from hotlink.client.transport import PeerSendError
+    from hotlink.client.p2p.transport import PeerSendError
 
     class P2POnly(FakeTransport):
         async def try_send(self, sid: str, frame: Frame) -> bool:

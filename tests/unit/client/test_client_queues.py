@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from hotlink.client.queues import BoundedQueue, QueueClosed
+from hotlink.client.session.queues import BoundedQueue, QueueClosed
 from unit.client.client_fakes import until
 
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from hotlink.client import inbound
-from hotlink.client.inbound import InboundSession, path_within
-from hotlink.client.outbound import OutboundSession
-from hotlink.client.sessions import SessionClosed, eof_reason, parse_eof
-from hotlink.client.transport import PeerSendError
+from hotlink.client.p2p.transport import PeerSendError
+from hotlink.client.session import inbound
+from hotlink.client.session.base import SessionClosed, eof_reason, parse_eof
+from hotlink.client.session.inbound import InboundSession, path_within
+from hotlink.client.session.outbound import OutboundSession
 from hotlink.protocol.frames import Frame, FrameDecoder
 from hotlink.protocol.messages import HotlinkAccept, HotlinkClose, HotlinkData, HotlinkOpen
 from unit.client.client_fakes import BOB, FakeHost, FakeSink, FakeWriter, until

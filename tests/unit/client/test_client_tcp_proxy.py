@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hotlink.client.outbound import OutboundSession
-from hotlink.client.tcp_proxy import MarkerScanner, TcpProxy, tunnel_path_matches
+from hotlink.client.edges.tcp_proxy import MarkerScanner, TcpProxy, tunnel_path_matches
+from hotlink.client.session.outbound import OutboundSession
 from hotlink.protocol.markers import TcpMarker, proxy_channel
 from hotlink.protocol.messages import HotlinkClose
 from unit.client.client_fakes import ALICE, BOB, FakeHost, until

@@ -9,10 +9,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from hotlink.client.p2p_session import WebRTCConfig
+from hotlink.client.p2p.session import WebRTCConfig
+from hotlink.client.p2p.transport import SessionInfo
+from hotlink.client.p2p.webrtc_transport import WebRTCPeerTransport
 from hotlink.client.telemetry import Telemetry
-from hotlink.client.transport import SessionInfo
-from hotlink.client.webrtc_transport import WebRTCPeerTransport
 from hotlink.protocol.frames import Frame, encode_frame
 from hotlink.protocol.ice import IceCandidate, IceServer
 from hotlink.protocol.messages import HotlinkSignal, Payload

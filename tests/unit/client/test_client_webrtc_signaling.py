@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from hotlink.client.signaling import (
+from hotlink.client.p2p.signaling import (
     PendingSignals,
     RecentSids,
     ReplayWindow,
     is_legacy_kind,
     transport_kind,
 )
-from hotlink.client.webrtc_transport import config_from_settings
+from hotlink.client.p2p.webrtc_transport import config_from_settings
 from hotlink.protocol.frames import Frame
 from hotlink.protocol.messages import HotlinkSignal
 from hotlink.settings import ClientSettings

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from hotlink.client.transport import PeerSendError
+from hotlink.client.p2p.transport import PeerSendError
 from hotlink.protocol.frames import decode_frame
 from hotlink.protocol.ice import (
     candidate_token,

@@ -23,8 +23,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
-from ..protocol.frames import Frame, FrameDecoder
-from ..protocol.markers import (
+from ...protocol.frames import Frame, FrameDecoder
+from ...protocol.markers import (
     MPC_DIR,
     SOCK_MARKER,
     TCP_MARKER,
@@ -32,9 +32,9 @@ from ..protocol.markers import (
     is_tcp_proxy_path,
     parse_channel_dir,
 )
+from ..session.base import SessionClosed
 from .discovery import find_named
 from .listener import ListenerHub, LocalConnection, LocalListener
-from .sessions import SessionClosed
 
 log = logging.getLogger("hotlink.ipc")
 

@@ -38,9 +38,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from ..protocol.frames import Frame
-from ..protocol.messages import HotlinkSignal, Payload
-from .telemetry import Telemetry
+from ...protocol.frames import Frame
+from ...protocol.messages import HotlinkSignal, Payload
+from ..telemetry import Telemetry
 
 Role = Literal["inbound", "outbound"]
 

@@ -20,8 +20,8 @@ import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from ..protocol.frames import Frame
-from ..protocol.messages import HotlinkSignal
+from ...protocol.frames import Frame
+from ...protocol.messages import HotlinkSignal
 
 log = logging.getLogger("hotlink.webrtc")
 

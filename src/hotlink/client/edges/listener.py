@@ -4,7 +4,7 @@ IPC endpoints share.
 The listener owns every connection's task (the task outlives the connection's place in
 ``connections`` until it finishes) and cancels and awaits them all on close. Inbound sessions
 ask it for the newest connection able to take their bytes (:meth:`LocalListener.wait_writer`,
-the :class:`~hotlink.client.sessions.Sink` side); which connection qualifies is the subclass's
+the :class:`~hotlink.client.session.base.Sink` side); which connection qualifies is the subclass's
 rule.
 """
 

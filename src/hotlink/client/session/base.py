@@ -1,7 +1,7 @@
 """What both kinds of hotlink session share: limits, helpers, and the interfaces they use.
 
-A session is one stream: an :class:`~hotlink.client.outbound.OutboundSession` (we send) or an
-:class:`~hotlink.client.inbound.InboundSession` (we receive). Each has exactly one owner task;
+A session is one stream: an :class:`~.outbound.OutboundSession` (we send) or an
+:class:`~.inbound.InboundSession` (we receive). Each has exactly one owner task;
 closing a session cancels its owner and awaits it, and the owner's ``finally`` does all the
 cleanup, so every way out (eof, peer close, local error, disconnect, shutdown) runs the same
 code. Sessions reach the outside world only through :class:`SessionHost` (the manager) and,
@@ -14,10 +14,10 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from ..protocol.frames import Frame
-from ..protocol.messages import HotlinkClose, Payload
-from .connection import NotConnected
-from .telemetry import Telemetry
+from ...protocol.frames import Frame
+from ...protocol.messages import HotlinkClose, Payload
+from ..connection import NotConnected
+from ..telemetry import Telemetry
 
 if TYPE_CHECKING:
     from .inbound import InboundSession

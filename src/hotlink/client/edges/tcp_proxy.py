@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..protocol.errors import ProtocolError
-from ..protocol.markers import (
+from ...protocol.errors import ProtocolError
+from ...protocol.markers import (
     MPC_DIR,
     TCP_MARKER,
     TCP_REQUEST_NAME,
@@ -29,10 +29,10 @@ from ..protocol.markers import (
     parse_tcp_marker,
     proxy_channel,
 )
+from ..session.base import EOF, SessionClosed
+from ..session.outbound import OutboundSession
 from .discovery import find_named
 from .listener import ListenerHub, LocalConnection, LocalListener
-from .outbound import OutboundSession
-from .sessions import EOF, SessionClosed
 
 log = logging.getLogger("hotlink.tcp_proxy")
 

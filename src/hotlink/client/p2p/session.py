@@ -34,22 +34,23 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from ..protocol.errors import ProtocolError
-from ..protocol.frames import Frame, decode_frame, encode_frame
-from ..protocol.ice import (
+from ...protocol.errors import ProtocolError
+from ...protocol.frames import Frame, decode_frame, encode_frame
+from ...protocol.ice import (
     IceCandidate,
     candidate_token,
     parse_candidate_token,
     parse_sdp_token,
     sdp_token,
 )
-from ..protocol.messages import HotlinkData, HotlinkSignal, Payload
-from ..webrtc import (
+from ...protocol.messages import HotlinkData, HotlinkSignal, Payload
+from ...webrtc import (
     BackpressureTimeoutError,
     MessageTooLargeError,
     Peer,
     WebRTCError,
 )
+from ..telemetry import Telemetry
 from .signaling import (
     ICE_CANDIDATE,
     SDP_ANSWER,
@@ -58,7 +59,6 @@ from .signaling import (
     ReplayWindow,
     transport_kind,
 )
-from .telemetry import Telemetry
 from .transport import PeerSendError, Role, SessionInfo
 
 log = logging.getLogger("hotlink.webrtc")

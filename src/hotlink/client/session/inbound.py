@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..protocol.frames import Frame, encode_frame
-from ..protocol.messages import HotlinkAccept
-from ..protocol.reorder import GapTimeout, ReorderBuffer, ReorderOverflow
-from .queues import BoundedQueue, QueueClosed
-from .sessions import (
+from ...protocol.frames import Frame, encode_frame
+from ...protocol.messages import HotlinkAccept
+from ...protocol.reorder import GapTimeout, ReorderBuffer, ReorderOverflow
+from .base import (
     EOF,
     AppWriter,
     OwnedSession,
@@ -31,6 +30,7 @@ from .sessions import (
     parse_eof,
     short_sid,
 )
+from .queues import BoundedQueue, QueueClosed
 
 log = logging.getLogger("hotlink.session")
 

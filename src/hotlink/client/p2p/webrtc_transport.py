@@ -26,18 +26,19 @@ from collections import deque
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
-from ..protocol.errors import ProtocolError
-from ..protocol.frames import Frame
-from ..protocol.ice import (
+from ...protocol.errors import ProtocolError
+from ...protocol.frames import Frame
+from ...protocol.ice import (
     ICE_SERVERS_HEADER,
     TURN_PASS_HEADER,
     TURN_USER_HEADER,
     IceServer,
 )
-from ..protocol.messages import HotlinkSignal, Payload
-from ..settings import ClientSettings
-from ..webrtc import Backend, BackendUnavailableError, Peer, WebRTCError, load_backend
-from .p2p_session import MIB, REPLAY_EXTRA, P2PSession, WebRTCConfig
+from ...protocol.messages import HotlinkSignal, Payload
+from ...settings import ClientSettings
+from ...webrtc import Backend, BackendUnavailableError, Peer, WebRTCError, load_backend
+from ..telemetry import Telemetry
+from .session import MIB, REPLAY_EXTRA, P2PSession, WebRTCConfig
 from .signaling import (
     WEBRTC_ERROR,
     WEBRTC_KINDS,
@@ -45,7 +46,6 @@ from .signaling import (
     RecentSids,
     is_legacy_kind,
 )
-from .telemetry import Telemetry
 from .transport import PeerSendError, SessionInfo, TransportHost
 
 log = logging.getLogger("hotlink.webrtc")

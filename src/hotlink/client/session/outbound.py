@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from ..protocol.frames import Frame
-from ..protocol.messages import HotlinkClose, HotlinkOpen
-from .queues import BoundedQueue, QueueClosed
-from .sessions import (
+from ...protocol.frames import Frame
+from ...protocol.messages import HotlinkClose, HotlinkOpen
+from ..p2p.transport import PeerSendError
+from .base import (
     EOF,
     OwnedSession,
     SessionClosed,
@@ -29,7 +29,7 @@ from .sessions import (
     eof_reason,
     log_state,
 )
-from .transport import PeerSendError
+from .queues import BoundedQueue, QueueClosed
 
 log = logging.getLogger("hotlink.session")
 
