@@ -172,6 +172,11 @@ class ClientSettings:
     # exercise the mid-stream move to the WebSocket. 0 = off.
     debug_p2p_kill_after: int = 0  # SYFTBOX_HOTLINK_DEBUG_P2P_KILL_AFTER
 
+    # Flow control (ours; docs/DECISIONS-LOCAL.md): receivers grant credit as their app reads.
+    # Off: this client neither grants nor waits for credit (as a reference client).
+    flow_control: bool = True  # SYFTBOX_HOTLINK_FLOW_CONTROL
+    flow_window: int = 8 * MIB  # SYFTBOX_HOTLINK_FLOW_WINDOW, bytes per session, 64 KiB-256 MiB
+
     # Local IPC.
     ipc_mode: IpcMode = "unix"  # SYFTBOX_HOTLINK_IPC
     tcp_addr: str = "127.0.0.1:0"  # SYFTBOX_HOTLINK_TCP_ADDR
@@ -229,6 +234,8 @@ class ClientSettings:
                 env, "SYFTBOX_HOTLINK_WEBRTC_OPEN_TIMEOUT_MS", 15_000, 1_000, 120_000
             ),
             debug_p2p_kill_after=_int(env, "SYFTBOX_HOTLINK_DEBUG_P2P_KILL_AFTER", 0, 0, 1 << 62),
+            flow_control=_bool(env, "SYFTBOX_HOTLINK_FLOW_CONTROL", True),
+            flow_window=_int(env, "SYFTBOX_HOTLINK_FLOW_WINDOW", 8 * MIB, 64 * KIB, 256 * MIB),
             ipc_mode=cast(IpcMode, _choice(env, "SYFTBOX_HOTLINK_IPC", "unix", ("unix", "tcp"))),
             tcp_addr=tcp_addr,
             priority_debounce_ms=_int(env, "SYFTBOX_PRIORITY_DEBOUNCE_MS", 50, 0, 3_600_000),

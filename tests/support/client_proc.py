@@ -38,6 +38,10 @@ proxies listening)::
     doc = await await_telemetry(tunnel.alice, lambda d: d["tx_bytes"] > 0)
     tunnel.stop()
 
+``script=`` starts the client through another Python file that takes the same arguments as
+``hotlink client``, e.g. :data:`SCTP_REFUSING_CLIENT` (an aiortc client whose SCTP refuses
+every association, see ``support/sctp_refusing_client.py``).
+
 A newer app connection to a proxy port supersedes (closes) older ones, and an app that
 closes its socket ends its stream with a clean EOF at the peer's app.
 """
@@ -47,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +68,7 @@ from hotlink.devstack import (
     client_settings,
     free_port,
     launch_client,
+    spawn,
     write_acl,
     write_channel_tree,
     write_default_acls,
@@ -75,6 +81,7 @@ __all__ = [
     "BOB",
     "CONNECTED",
     "REFERENCE_CHUNK",
+    "SCTP_REFUSING_CLIENT",
     "ClientProcess",
     "Tunnel",
     "acl_text",
@@ -99,6 +106,9 @@ __all__ = [
 
 ClientProcess = ClientProc
 
+# The client on aiortc with SCTP refused (``script=`` of spawn_client/start_client).
+SCTP_REFUSING_CLIENT = Path(__file__).with_name("sctp_refusing_client.py")
+
 
 def client_env(
     env: Mapping[str, str | None] | None = None, *, hotlink: bool = True
@@ -116,8 +126,14 @@ def spawn_client(
     env: Mapping[str, str | None] | None = None,
     args: Sequence[str] = (),
     hotlink: bool = True,
+    script: Path | None = None,
 ) -> ClientProcess:
-    """Start the process without waiting for anything."""
+    """Start the process without waiting for anything. ``script``: run ``python <script>``
+    with the ``hotlink client`` arguments instead of ``python -m hotlink client``."""
+    if script is not None:
+        return _launch_script(
+            script, email, server_url, data_dir, client_env(env, hotlink=hotlink), args
+        )
     return launch_client(
         email,
         server_url,
@@ -138,14 +154,39 @@ def start_client(
     args: Sequence[str] = (),
     hotlink: bool = True,
     timeout: float = 30.0,
+    script: Path | None = None,
 ) -> ClientProcess:
     """Start a client and wait until it is connected and its ACLs are published."""
-    client = spawn_client(server_url, email, data_dir, env=env, args=args, hotlink=hotlink)
+    client = spawn_client(
+        server_url, email, data_dir, env=env, args=args, hotlink=hotlink, script=script
+    )
     try:
         return client.wait_ready(timeout)
     except BaseException:
         client.stop()
         raise
+
+
+def _launch_script(
+    script: Path,
+    email: str,
+    server_url: str,
+    data_dir: Path,
+    env: Mapping[str, str],
+    args: Sequence[str],
+) -> ClientProcess:
+    """:func:`hotlink.devstack.launch_client` with ``python <script>`` as the program."""
+    (data_dir / "datasites" / email).mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable, str(script),
+        "--server", server_url, "--email", email, "--data-dir", str(data_dir), *args,
+    ]  # fmt: skip
+    log_path = data_dir / "client.log"
+    # As spawn_client: async tests start clients from a pool thread that may end first.
+    proc = spawn(argv, env=env, log_path=log_path, parent_death=False)
+    return ClientProc(
+        email, argv, log_path, proc, email=email, data_dir=data_dir, server_url=server_url
+    )
 
 
 @contextlib.contextmanager
@@ -284,18 +325,31 @@ def start_tunnel(
     alice_env: Mapping[str, str] | None = None,
     bob_env: Mapping[str, str] | None = None,
     timeout: float = 30.0,
+    alice_script: Path | None = None,
+    bob_script: Path | None = None,
 ) -> Tunnel:
     """Write the §9.1 trees under ``tmp_path/{alice,bob}``, start both clients, and wait
-    until both proxies listen. ``env`` goes to both clients, ``alice_env``/``bob_env`` on top."""
+    until both proxies listen. ``env`` goes to both clients, ``alice_env``/``bob_env`` on top;
+    ``alice_script``/``bob_script``: that client's ``script`` (see :func:`spawn_client`)."""
     ports = {ALICE: free_port(), BOB: free_port()}
     dirs = {ALICE: tmp_path / "alice", BOB: tmp_path / "bob"}
     write_reference_tunnel(dirs, ports)
     alice = start_client(
-        server_url, ALICE, dirs[ALICE], env={**(env or {}), **(alice_env or {})}, timeout=timeout
+        server_url,
+        ALICE,
+        dirs[ALICE],
+        env={**(env or {}), **(alice_env or {})},
+        timeout=timeout,
+        script=alice_script,
     )
     try:
         bob = start_client(
-            server_url, BOB, dirs[BOB], env={**(env or {}), **(bob_env or {})}, timeout=timeout
+            server_url,
+            BOB,
+            dirs[BOB],
+            env={**(env or {}), **(bob_env or {})},
+            timeout=timeout,
+            script=bob_script,
         )
     except BaseException:
         alice.stop()

@@ -25,7 +25,10 @@ class NullEvents:
 
 
 class FakePeer(PeerBase):
-    """A library that records what it is given and whose buffer the test controls."""
+    """A library that records what it is given and whose buffer the test controls.
+
+    Its ICE/DTLS state is set as a backend does, with ``_set_transport_up(True/False)``.
+    """
 
     def __init__(self, events: Any, **kwargs: Any) -> None:
         super().__init__(events, **kwargs)

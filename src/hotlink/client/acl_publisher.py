@@ -81,6 +81,8 @@ class AclPublisher:
         # What this connection's server has from us: rel_path -> etag.
         self.published: dict[str, str] = {}
         self.rounds = 0
+        # Set once this connection's first publish round is over (Opens wait for it).
+        self._first_round = asyncio.Event()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -88,6 +90,7 @@ class AclPublisher:
         """Begin (again) after a connect: the new server connection knows nothing yet."""
         self._cancel()
         self.published = {}
+        self._first_round.clear()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="acl-publisher")
 
     def _cancel(self) -> None:
@@ -99,8 +102,18 @@ class AclPublisher:
         self._by_id.clear()
         self._by_path.clear()
 
+    async def wait_published(self, within: float) -> bool:
+        """Wait up to ``within`` s for this connection's first publish round to be over."""
+        try:
+            async with asyncio.timeout(within):
+                await self._first_round.wait()
+        except TimeoutError:
+            return False
+        return True
+
     async def stop(self) -> None:
         task = self._task
+        self._first_round.clear()
         self._cancel()
         self._task = None
         if task is not None:
@@ -149,6 +162,7 @@ class AclPublisher:
                     len(current),
                     "" if ok else " (some failed, will retry)",
                 )
+                self._first_round.set()
             await asyncio.sleep(self.poll_interval)
 
     async def _publish(self, rel: str) -> bool:

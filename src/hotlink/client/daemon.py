@@ -23,6 +23,7 @@ from .edges.ipc import IpcHub
 from .edges.tcp_proxy import TcpProxy
 from .manager import HotlinkManager, ManagerConfig
 from .p2p.transport import NullPeerTransport, PeerTransport
+from .session.base import FlowConfig
 from .telemetry import Telemetry
 
 log = logging.getLogger("hotlink.client")
@@ -89,7 +90,11 @@ class ClientDaemon:
                 wire=self.connection,
                 telemetry=self.telemetry,
                 transport=self.transport,
-                config=ManagerConfig(debug=settings.debug),
+                config=ManagerConfig(
+                    debug=settings.debug,
+                    flow=FlowConfig(settings.flow_control, settings.flow_window),
+                ),
+                ready=self._wait_ready,
             )
             if settings.tcp_proxy:
                 self.proxy = TcpProxy(
@@ -120,6 +125,16 @@ class ClientDaemon:
                 self.transport.on_server_connected(headers)
             except Exception:
                 log.exception("peer transport failed to take the server's hints")
+
+    async def _wait_ready(self, within: float) -> bool:
+        """Connected, and our ACLs re-published to this connection (waiting for them at most
+        ``within`` s in all): a restarted server must know them before it allows our Open."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        if not await self.connection.wait_connected(within):
+            return False
+        await self.acl.wait_published(max(0.0, deadline - loop.time()))
+        return self.connection.connected
 
     async def _on_disconnected(self) -> None:
         await self.acl.stop()

@@ -13,11 +13,13 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..protocol.errors import ProtocolError
+from ..protocol.flow import FLOW_KIND, parse_credit_token
 from ..protocol.frames import Frame
 from ..protocol.markers import (
     ACCEPT_MARKER,
@@ -39,7 +41,7 @@ from ..protocol.messages import (
 )
 from .connection import NotConnected
 from .p2p.transport import NullPeerTransport, PeerSendError, PeerTransport, SessionInfo
-from .session.base import SessionClosed, Sink, short_sid
+from .session.base import FlowConfig, SessionClosed, Sink, short_sid
 from .session.inbound import InboundSession
 from .session.outbound import ACCEPT_TIMEOUT, OutboundSession
 from .telemetry import Telemetry
@@ -78,6 +80,11 @@ class IpcRegistry(Protocol):
 class ManagerConfig:
     accept_timeout: float = ACCEPT_TIMEOUT
     debug: bool = False
+    flow: FlowConfig = field(default_factory=FlowConfig)
+
+
+# Waits up to ``within`` s until Opens may be sent; False if that did not happen in time.
+ReadyGate = Callable[[float], Awaitable[bool]]
 
 
 def local_path(datasites: Path, rel: str) -> Path | None:
@@ -104,6 +111,7 @@ class HotlinkManager:
         telemetry: Telemetry,
         transport: PeerTransport | None = None,
         config: ManagerConfig | None = None,
+        ready: ReadyGate | None = None,
     ) -> None:
         self.local_email = local_email
         self.datasites = datasites
@@ -111,6 +119,9 @@ class HotlinkManager:
         self.telemetry = telemetry
         self.transport: PeerTransport = transport or NullPeerTransport()
         self.config = config or ManagerConfig()
+        # The daemon's gate also waits for our ACLs to be re-published after a (re)connect.
+        self._ready: ReadyGate = ready or wire.wait_connected
+        self._bad_credit_logged = False
         self.tunnels: TunnelRegistry | None = None
         self.ipc: IpcRegistry | None = None
         self.outbound: dict[str, OutboundSession] = {}  # folder -> session
@@ -131,8 +142,8 @@ class HotlinkManager:
     async def send_in_order(self, payload: Payload) -> None:
         await self.wire.send(Message.new(payload))
 
-    async def wait_connected(self, within: float) -> bool:
-        return await self.wire.wait_connected(within)
+    async def wait_ready(self, within: float) -> bool:
+        return await self._ready(within)
 
     async def transmit(self, sid: str, frame: Frame) -> None:
         started = time.monotonic()
@@ -201,11 +212,13 @@ class HotlinkManager:
         except NotConnected:
             log.debug("signal for %s dropped: not connected", short_sid(signal.sid))
 
-    async def deliver_frame(self, sid: str, frame: Frame) -> None:
-        """The receive path for frames from a peer transport (same as WebSocket data)."""
+    def deliver_frame(self, sid: str, frame: Frame) -> None:
+        """The receive path for frames from a peer transport (same as WebSocket data).
+
+        Never waits: the data channel's reader must not stop for one slow app."""
         session = self.inbound.get(sid)
         if session is not None:
-            await session.receive(frame)
+            session.receive(frame)
             return
         outbound = self.outbound_by_sid.get(sid)
         if outbound is None:
@@ -226,11 +239,6 @@ class HotlinkManager:
                 frame.path,
                 frame.seq,
             )
-
-    def deliver_frame_nowait(self, sid: str, frame: Frame) -> bool:
-        """The receive path without waiting; False: nothing done, use deliver_frame."""
-        session = self.inbound.get(sid)
-        return session is not None and session.receive_nowait(frame)
 
     def session_info(self, sid: str) -> SessionInfo | None:
         inbound = self.inbound.get(sid)
@@ -294,6 +302,7 @@ class HotlinkManager:
             path=path,
             to=to,
             accept_timeout=self.config.accept_timeout,
+            flow=self.config.flow,
         )
         self.outbound[key] = session
         self.outbound_by_sid[session.sid] = session
@@ -316,7 +325,10 @@ class HotlinkManager:
         elif isinstance(payload, HotlinkClose):
             await self._on_close(payload)
         elif isinstance(payload, HotlinkSignal):
-            await self._hook(self.transport.on_signal, payload)
+            if payload.knd == FLOW_KIND:
+                self._on_credit(payload)
+            else:
+                await self._hook(self.transport.on_signal, payload)
 
     async def _on_open(self, msg: HotlinkOpen) -> None:
         if self._closing or msg.sid in self.inbound or msg.sid in self.outbound_by_sid:
@@ -372,6 +384,7 @@ class HotlinkManager:
             kind="tcp" if kind == "tcp" else "ipc",
             sink=sink,
             accept_marker=accept_marker,
+            flow=self.config.flow,
         )
         self.inbound[msg.sid] = session
         session.start()
@@ -399,7 +412,25 @@ class HotlinkManager:
         session = self.inbound.get(msg.sid)
         if session is None or not msg.pay:
             return
-        await session.receive(Frame(msg.pth or session.path, msg.etg, msg.seq, msg.pay))
+        session.receive(Frame(msg.pth or session.path, msg.etg, msg.seq, msg.pay))
+
+    def _on_credit(self, msg: HotlinkSignal) -> None:
+        session = self.outbound_by_sid.get(msg.sid)
+        if session is None:
+            return  # a late grant for a session that ended
+        try:
+            credit = parse_credit_token(msg.tok)
+        except ProtocolError as exc:
+            if not self._bad_credit_logged:
+                self._bad_credit_logged = True
+                log.warning(
+                    "ignoring a bad flow credit for %s from %s: %s (logged once)",
+                    short_sid(msg.sid),
+                    session.to or "the receiver",
+                    exc,
+                )
+            return
+        session.on_credit(credit)
 
     async def _on_close(self, msg: HotlinkClose) -> None:
         outbound = self.outbound_by_sid.get(msg.sid)
@@ -407,8 +438,13 @@ class HotlinkManager:
             await outbound.close(f"closed by peer: {msg.rsn or '-'}", notify=False)
             return
         inbound = self.inbound.get(msg.sid)
-        if inbound is not None:
-            await inbound.peer_closed(msg.rsn)
+        if inbound is None:
+            return
+        if inbound.peer_closed(msg.rsn):
+            # The stream ends cleanly: its channel closing from now on is not a failure.
+            self.transport.stream_ending(msg.sid)
+        else:
+            await inbound.close(msg.rsn or "closed by peer", notify=False)
 
     # ------------------------------------------------------------ lifecycle
 

@@ -30,6 +30,8 @@ EVENT_COUNTERS = (
     "p2p_answers_err",
     "ws_fallbacks",
     "strict_violations",
+    # Ours: times a sender had used up its credit and waited for the receiving app.
+    "flow_waits",
 )
 
 

@@ -59,9 +59,13 @@ class ReorderBuffer:
         """When the current wait for ``next_seq`` began, or None if nothing is held."""
         return self._gap_since
 
+    def has(self, seq: int) -> bool:
+        """Whether ``seq`` was delivered already or is held (a new copy is a duplicate)."""
+        return seq < self._next_seq or seq in self._pending
+
     def push(self, seq: int, payload: bytes, now: float) -> list[bytes]:
         """Add one frame; return the payloads that are now ready, in seq order."""
-        if seq < self._next_seq or seq in self._pending:
+        if self.has(seq):
             self.duplicates += 1
             return []
         if seq != self._next_seq:

@@ -1,10 +1,13 @@
 """The relay server: aiohttp routes, the WebSocket read loop, delivery and start/stop.
 
 One handler per WebSocket reads frames in order, decodes each, asks the sans-I/O router or
-file handler what to do, and puts the resulting frames on the receivers' bounded queues
-(awaiting room for direct sends, so a fast sender is slowed rather than a slow reader's
-memory growing). Because a connection's next frame is read only after the previous one is
-delivered, messages from one connection are handled and forwarded in order.
+file handler what to do, and puts the resulting frames on the receivers' bounded queues.
+Handling a frame never awaits anything: the only wait in a read loop is for the next frame
+of its own socket, so no connection waits on another, and aiohttp (which answers pings
+only while the handler reads) keeps answering the sender's pings. Pacing is the clients'
+job (per-session credit windows); a receiver whose queue overflows anyway is not reading
+at all and is disconnected (see ``Relay._deliver``). Because a connection's frames are
+handled one after another, its messages are forwarded in order.
 """
 
 from __future__ import annotations
@@ -57,8 +60,6 @@ class RelayConfig:
     acl_dir: Path | None = None
     queue_messages: int = DEFAULT_QUEUE_MESSAGES
     queue_bytes: int = DEFAULT_QUEUE_BYTES
-    # How long a sender waits for room in a receiver's queue before the receiver is dropped.
-    send_timeout: float = 20.0
     write_timeout: float = DEFAULT_WRITE_TIMEOUT
     max_sessions_per_conn: int = 1024
     # Pings find dead peers so their sessions are cleaned up (the reference never pings).
@@ -209,7 +210,7 @@ class Relay:
             encoding,
             f", client version {conn.client_version}" if conn.client_version else "",
         )
-        await self._deliver([Send(conn.id, Message.new(System(ver=__version__, msg="ok")))])
+        self._deliver([Send(conn.id, Message.new(System(ver=__version__, msg="ok")))])
         try:
             await self._read_loop(conn)
         finally:
@@ -217,9 +218,10 @@ class Relay:
         return ws
 
     async def _read_loop(self, conn: Connection) -> None:
+        # The one await of a read loop: handling a frame is synchronous by design.
         async for item in conn.ws:
             if item.type is WSMsgType.TEXT or item.type is WSMsgType.BINARY:
-                await self._handle_frame(conn, item.data)
+                self._handle_frame(conn, item.data)
             elif item.type is WSMsgType.ERROR:
                 exc = item.data
                 if getattr(exc, "code", None) == WSCloseCode.MESSAGE_TOO_BIG:
@@ -233,19 +235,19 @@ class Relay:
                     log.info("%r: WebSocket error: %s", conn, exc)
                 return
 
-    async def _handle_frame(self, conn: Connection, frame: bytes | str) -> None:
+    def _handle_frame(self, conn: Connection, frame: bytes | str) -> None:
         kind = "text" if isinstance(frame, str) else "binary"
         try:
             message = decode(frame)
         except ProtocolError as exc:
             self.metrics.bad_input.labels("decode").inc()
             self._log_bad(conn, f"dropped undecodable {kind} frame ({len(frame)} bytes): {exc}")
-            await self._deliver([error_reply(conn.id, 400, f"bad message: {exc}")])
+            self._deliver([error_reply(conn.id, 400, f"bad message: {exc}")])
             return
         except Exception as exc:  # e.g. RecursionError from absurdly nested JSON
             self.metrics.bad_input.labels("decode").inc()
             self._log_bad(conn, f"dropped undecodable {kind} frame ({len(frame)} bytes): {exc!r}")
-            await self._deliver([error_reply(conn.id, 400, "bad message: cannot decode")])
+            self._deliver([error_reply(conn.id, 400, "bad message: cannot decode")])
             return
         self.metrics.received(message.typ, len(frame))
         try:
@@ -253,11 +255,11 @@ class Relay:
         except Exception:
             self.metrics.internal_errors.inc()
             log.exception("%r: internal error handling %s %s", conn, message.typ.name, message.id)
-            await self._deliver([error_reply(conn.id, 500, "internal server error")])
+            self._deliver([error_reply(conn.id, 500, "internal server error")])
             return
         self._report(conn, message, outcome)
         if outcome.sends:
-            await self._deliver(outcome.sends, received=(message, frame))
+            self._deliver(outcome.sends, received=(message, frame))
         self.metrics.sessions.set(len(self.router.sessions))
 
     def _route(self, conn: Connection, message: Message) -> Outcome:
@@ -293,10 +295,18 @@ class Relay:
             log.log(level, "%r: (%d similar messages suppressed)", conn, suppressed)
         log.log(level, "%r: %s", conn, text)
 
-    async def _deliver(
+    def _deliver(
         self, sends: list[Send], received: tuple[Message, bytes | str] | None = None
     ) -> None:
-        """Queue each message on its connection, encoded once per encoding.
+        """Queue each message on its connection, encoded once per encoding; never waits.
+
+        A direct send (forwarded Accept, Data, Close, Signal, a reply) that does not fit
+        means its receiver is not reading at all (clients never have more than their
+        sessions' windows in flight and never stop reading): that receiver is disconnected
+        with 1013 and the frame dropped. Waiting for room instead would stop this read loop,
+        stalling the sender's other sessions and leaving its pings unanswered. A broadcast
+        (Open fan-out, FileWrite, ACL manifest) that does not fit is dropped, as in the
+        reference (PROTOCOL.md §1.10), and the receiver kept.
 
         A forwarded message goes out as the very frame it came in as when the receiver
         uses that form (msgpack envelope or JSON text): it decoded cleanly, and re-encoding
@@ -315,24 +325,33 @@ class Relay:
             cached = frames.get(key)
             frame = encode(send.message, target.encoding) if cached is None else cached
             frames[key] = frame
-            queued = target.queue.try_put(frame)
-            if not queued and not send.broadcast:
-                queued = await target.queue.put(frame, self.config.send_timeout)
-            if queued:
+            if target.queue.try_put(frame):
                 self.metrics.relayed(send.message.typ, len(frame))
-                continue
-            if target.closing:
-                continue
-            self.metrics.queue_drops.inc()
-            self.metrics.slow_disconnects.inc()
-            log.warning(
-                "%r: send queue full (%d messages, %d bytes) for %s; disconnecting the slow reader",
-                target,
-                len(target.queue),
-                target.queue.nbytes,
-                send.message.typ.name,
-            )
-            target.kill("send queue full")
+            elif send.broadcast:
+                self._drop_broadcast(target, send.message)
+            else:
+                self._drop_slow_reader(target, send.message)
+
+    def _drop_broadcast(self, target: Connection, message: Message) -> None:
+        self.metrics.queue_drops.inc()
+        self._log_bad(
+            target,
+            f"send queue full ({len(target.queue)} messages, {target.queue.nbytes} bytes); "
+            f"dropped broadcast {message.typ.name} {message.id}",
+        )
+
+    def _drop_slow_reader(self, target: Connection, message: Message) -> None:
+        self.metrics.queue_drops.inc()
+        self.metrics.slow_disconnects.inc()
+        log.warning(
+            "%r: send queue full (%d messages, %d bytes) for %s; disconnecting the slow reader",
+            target,
+            len(target.queue),
+            target.queue.nbytes,
+            message.typ.name,
+        )
+        # kill only starts the close (in its own task); this read loop goes on at once.
+        target.kill("send queue full")
 
     async def _disconnect(self, conn: Connection) -> None:
         self.hub.remove(conn.id)
@@ -340,13 +359,15 @@ class Relay:
         self._bad_logs.pop(conn.id, None)
         self.metrics.connections.dec()
         try:
+            # Peers hear of their ended sessions before this connection's own close, which
+            # may take up to CLOSE_TIMEOUT when its peer is not reading.
             outcome = self.router.disconnect(conn.id)
-            await conn.finish()
-            await self._deliver(outcome.sends)
+            self._deliver(outcome.sends)
         except Exception:
             self.metrics.internal_errors.inc()
             log.exception("%r: internal error during clean-up", conn)
             outcome = Outcome()
+        await conn.finish()
         self.metrics.sessions.set(len(self.router.sessions))
         reason = conn.close_reason or f"close code {conn.ws.close_code}"
         log.info(

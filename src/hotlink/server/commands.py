@@ -55,12 +55,23 @@ def server(
         typer.Option(help="Write {pid, host, port} as JSON here once listening (for tests)."),
     ] = None,
     send_timeout: Annotated[
-        float,
-        typer.Option(help="Seconds a sender waits for a slow receiver before it is dropped."),
-    ] = 20.0,
+        float | None,
+        # Accepted so existing command lines keep working, but unused: the relay never
+        # waits for room in a receiver's queue (a receiver that overflows it is dropped).
+        typer.Option(help="Unused (the relay never waits for a slow receiver).", hidden=True),
+    ] = None,
     queue_size: Annotated[
-        int, typer.Option(help="Messages per connection send queue.", min=1)
-    ] = 256,
+        int | None,
+        typer.Option(
+            help="Messages per connection send queue (default 16384); a receiver whose queue "
+            "overflows is disconnected as a slow reader.",
+            min=1,
+        ),
+    ] = None,
+    queue_bytes: Annotated[
+        int | None,
+        typer.Option(help="Bytes per connection send queue (default 64 MiB).", min=1),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the SyftBox-compatible hotlink relay server."""
@@ -91,12 +102,15 @@ def server(
     if acl_dir is not None and not acl_dir.is_dir():
         typer.echo(f"hotlink server: --acl-dir {acl_dir} is not a directory", err=True)
         raise typer.Exit(2)
-    config = RelayConfig(
-        settings=settings,
-        acl_dir=acl_dir,
-        send_timeout=send_timeout,
-        queue_messages=queue_size,
-    )
+    if send_timeout is not None:
+        logging.getLogger("hotlink.server").info(
+            "--send-timeout is ignored: the relay never waits for a slow receiver"
+        )
+    config = RelayConfig(settings=settings, acl_dir=acl_dir)
+    if queue_size is not None:
+        config = dataclasses.replace(config, queue_messages=queue_size)
+    if queue_bytes is not None:
+        config = dataclasses.replace(config, queue_bytes=queue_bytes)
     run(config, ready_file=ready_file)
 
 

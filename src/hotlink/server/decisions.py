@@ -19,10 +19,11 @@ ConnId = str
 class Send:
     """Put ``message`` on connection ``conn``'s send queue.
 
-    ``broadcast`` sends (an Open or FileWrite fanned out to many users) never make the sender
-    wait: a receiver whose queue is full is disconnected. Direct sends (forwarded Accept,
-    Data, Close, Signal, replies) make the sending connection wait for queue space, which
-    pushes back on a fast sender instead of dropping bytes of its stream.
+    The relay never waits for queue space (a sender's read loop must keep reading, or its
+    pings go unanswered). A direct send (forwarded Accept, Data, Close, Signal, replies) that
+    does not fit means the receiver is not reading its socket: it is disconnected. A
+    ``broadcast`` send (an Open or FileWrite fanned out to many users) that does not fit is
+    dropped. Clients' per-session flow control keeps well-behaved streams far below the bound.
     """
 
     conn: ConnId

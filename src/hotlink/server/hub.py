@@ -1,10 +1,13 @@
 """Live WebSocket connections, each with one bounded send queue and one writer task.
 
 Every frame for a client goes through its :class:`SendQueue`, bounded in messages *and*
-bytes, and one writer task drains it onto the socket. A reader that cannot keep up fills its
-queue; the sender then waits a bounded time (direct sends) or not at all (broadcasts), and
-if the queue is still full the slow reader is disconnected. Memory per connection therefore
-stays under the queue bound whatever the clients do.
+bytes, and one writer task drains it onto the socket. Putting a frame never waits: the
+relay must not stop reading one connection because another is behind (a sender whose read
+loop stalls stops answering pings and its client drops the connection). Clients grant each
+session a window of a few MiB and never stop reading their WebSocket, so a queue only
+overflows when its reader is not reading at all; the relay then drops that reader (direct
+sends) or the frame (broadcasts). Memory per connection stays under the queue bound
+whatever the clients do.
 
 Ownership: the WebSocket handler owns its :class:`Connection`. It calls ``start()`` after
 the upgrade and ``finish()`` on the way out, which cancels and awaits the writer and any
@@ -28,8 +31,12 @@ log = logging.getLogger("hotlink.server")
 
 Frame = bytes | str
 
-DEFAULT_QUEUE_MESSAGES = 256  # the reference's per-connection send queue length
-DEFAULT_QUEUE_BYTES = 16 * 1024 * 1024
+# Room for several flow-controlled sessions toward one receiver that is behind but reading
+# (each has at most its credit window, 8 MiB by default, in flight); the reference's 256
+# messages would overflow with one. The message bound is the byte bound in 4 KiB frames,
+# the smallest a client's tunnel chunk may be, so it does not bind before the bytes do.
+DEFAULT_QUEUE_MESSAGES = 16384
+DEFAULT_QUEUE_BYTES = 64 * 1024 * 1024
 DEFAULT_WRITE_TIMEOUT = 20.0  # the reference's per-message write timeout
 CLOSE_TIMEOUT = 2.0
 
@@ -42,7 +49,8 @@ def new_conn_id() -> str:
 class SendQueue:
     """A FIFO of frames bounded by count and total size; one frame always fits when empty.
 
-    ``get`` returns None once the queue is closed, so the writer stops.
+    Only the writer waits (in ``get``, which returns None once the queue is closed); a
+    producer gets a yes or no from ``try_put`` at once.
     """
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
@@ -52,8 +60,6 @@ class SendQueue:
         self._bytes = 0
         self._closed = False
         self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -77,27 +83,7 @@ class SendQueue:
         self._frames.append(frame)
         self._bytes += len(frame)
         self._readable.set()
-        if not self._fits(1):
-            self._writable.clear()
         return True
-
-    async def put(self, frame: Frame, max_wait: float) -> bool:
-        """Wait up to ``max_wait`` seconds for room; False if it never came (or closed)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max_wait
-        while not self._closed:
-            if self.try_put(frame):
-                return True
-            self._writable.clear()
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            try:
-                async with asyncio.timeout(remaining):
-                    await self._writable.wait()
-            except TimeoutError:
-                return self.try_put(frame)
-        return False
 
     async def get(self) -> Frame | None:
         while not self._frames:
@@ -107,7 +93,6 @@ class SendQueue:
             await self._readable.wait()
         frame = self._frames.popleft()
         self._bytes -= len(frame)
-        self._writable.set()
         return frame
 
     def close(self) -> None:
@@ -116,7 +101,6 @@ class SendQueue:
         self._frames.clear()
         self._bytes = 0
         self._readable.set()
-        self._writable.set()
 
 
 class Connection:

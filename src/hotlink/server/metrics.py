@@ -57,12 +57,12 @@ class RelayMetrics:
         )
         self.queue_drops = Counter(
             "hotlink_queue_drops",
-            "Messages not delivered because the receiver's send queue stayed full",
+            "Messages dropped because the receiver's send queue was full",
             registry=r,
         )
         self.slow_disconnects = Counter(
             "hotlink_slow_reader_disconnects",
-            "Connections closed because they did not read fast enough",
+            "Connections closed because a direct message did not fit their send queue",
             registry=r,
         )
         self.internal_errors = Counter(

@@ -1,4 +1,5 @@
-"""Behaviour shared by both backends: callback hygiene, candidate buffering, backpressure.
+"""Behaviour shared by both backends: callback hygiene, candidate buffering, backpressure,
+transport state.
 
 A backend subclasses :class:`PeerBase` and implements the few ``_hook`` methods; everything
 the interface promises about ordering, buffering and error handling lives here once.
@@ -30,8 +31,10 @@ log = logging.getLogger("hotlink.webrtc")
 # Candidates held back until the remote description arrives. A real peer trickles a handful
 # (one per interface and server); this bound only stops a hostile peer from growing memory.
 MAX_PENDING_CANDIDATES = 256
-# While waiting for the send buffer to drain we also re-check this often, so a missed
-# "buffered amount low" event can delay a send a little but never stall it.
+# While waiting for the send buffer to drain we re-check it this often: the libraries report
+# only the crossing of the low threshold, so polling is what sees a slow drain above it (the
+# progress that keeps a send waiting), and a missed event can delay a send a little but
+# never stall it.
 _DRAIN_POLL = 0.05
 
 _MID_RE = re.compile(r"^a=mid:(\S+)\s*$", re.MULTILINE)
@@ -96,6 +99,9 @@ class PeerBase(Peer):
         self._closed = False  # close() was called: no more callbacks, no more operations
         self._open_emitted = False
         self._closed_emitted = False
+        # ICE and DTLS up (see Peer.transport_connected), and whether they ever were.
+        self._transport_up = False
+        self._transport_was_up = False
         self._remote_sdp: str | None = None
         self._remote_mids: list[str] = []
         # Parsed once per remote description: send() checks it for every message.
@@ -171,6 +177,13 @@ class PeerBase(Peer):
 
     def _notify_drained(self) -> None:
         self._drained.set()
+
+    def _set_transport_up(self, up: bool) -> None:
+        """The backend saw ICE and DTLS come up (True) or go down, fail or close (False)."""
+        if up and not self._transport_up:
+            log.debug("webrtc transport connected (ICE and DTLS)")
+        self._transport_up = up
+        self._transport_was_up = self._transport_was_up or up
 
     def _call(self, name: str, *args: object) -> None:
         try:
@@ -253,6 +266,14 @@ class PeerBase(Peer):
         return self._max_message_size
 
     @property
+    def transport_connected(self) -> bool:
+        return self._transport_up and not self._closed
+
+    @property
+    def transport_was_connected(self) -> bool:
+        return self._transport_was_up
+
+    @property
     def is_open(self) -> bool:
         return not self._closed and not self._closed_emitted and self._channel_open()
 
@@ -302,20 +323,32 @@ class PeerBase(Peer):
             raise ChannelNotOpenError(f"data channel unusable, send failed: {exc}") from exc
 
     async def _wait_drained(self) -> None:
-        deadline = self._loop.time() + self._backpressure_wait
+        """Wait until the buffer is at or below the watermark, however long that takes, as
+        long as it keeps draining: only ``backpressure_wait`` seconds without any decrease
+        (a stalled path, not a slow one) raise :class:`BackpressureTimeoutError`."""
+        wait = self._backpressure_wait
+        last = self._buffered()
+        deadline = self._loop.time() + wait
         while True:
             # Clear, then re-check: a drain that happened before the clear shows in the
             # amount; one after it sets the event.
             self._drained.clear()
             if not self.is_open:
                 raise ChannelNotOpenError("data channel closed while waiting to send")
-            if self._buffered() <= self._buffered_high:
+            amount = self._buffered()
+            if amount <= self._buffered_high:
                 return
-            remaining = deadline - self._loop.time()
+            now = self._loop.time()
+            if amount < last:
+                # Progress, however little: the stall clock starts again. (Nothing else adds
+                # to the buffer meanwhile: later senders queue behind this one.)
+                deadline = now + wait
+            last = amount
+            remaining = deadline - now
             if remaining <= 0:
                 raise BackpressureTimeoutError(
-                    f"send buffer stayed above {self._buffered_high} bytes "
-                    f"({self._buffered()} buffered) for {self._backpressure_wait:.2f}s"
+                    f"send buffer stayed above {self._buffered_high} bytes and did not drain "
+                    f"for {wait:.2f}s ({amount} buffered): the path is stalled"
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), min(remaining, _DRAIN_POLL))

@@ -165,6 +165,9 @@ class AiortcPeer(PeerBase):
 
     def _on_connection_state(self) -> None:
         state = self._pc.connectionState
+        # aiortc's connection state follows ICE and DTLS only (SCTP plays no part in it), which
+        # is exactly what transport_connected means.
+        self._set_transport_up(state == "connected")
         if state == "failed":
             self._emit_closed("peer connection failed")
         elif state == "closed":

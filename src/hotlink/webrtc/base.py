@@ -30,7 +30,11 @@ Contract common to both backends:
   the owner makes a new peer (and the session falls back to WebSocket meanwhile).
 * There is no receive-side flow control: ``on_message`` is called as messages arrive, so the
   owner must hand each message off quickly (e.g. to its reorder buffer). Send-side
-  backpressure is :meth:`Peer.send`'s watermark.
+  backpressure is :meth:`Peer.send`'s watermark: a send waits as long as the buffer drains,
+  however slowly, and fails only when it stops draining (a stalled path).
+* :attr:`Peer.transport_connected` tells "ICE and DTLS are up" apart from "the channel is
+  open": when the channel never opens although the transport connected, the SCTP layer is to
+  blame (e.g. a peer that rejects the SCTP INIT), not the network path.
 * Neither backend gives up on its own while ICE is still waiting for candidates (aiortc waits
   for an end-of-candidates that the reference clients never send). The owner applies its own
   deadline for the channel to open and closes the peer when it passes.
@@ -46,6 +50,8 @@ from hotlink.protocol.ice import IceCandidate, IceServer
 # DECISIONS.md #2: the offerer creates this channel, ordered and reliable; answerers accept any.
 CHANNEL_LABEL = "syftbox-data"
 # PROTOCOL.md §6.6 defaults (SYFTBOX_HOTLINK_WEBRTC_BUFFERED_HIGH, ..._BACKPRESSURE_WAIT_MS).
+# The wait is how long the buffer may go without draining at all, not a cap on the whole wait:
+# a slow but moving path (the other core busy, a thin uplink) must not cost the channel.
 DEFAULT_BUFFERED_HIGH = 1024 * 1024
 DEFAULT_BACKPRESSURE_WAIT = 1.5
 # Longest that create_offer()/accept_offer() may wait for STUN/TURN during gathering: an
@@ -67,7 +73,8 @@ class ChannelNotOpenError(WebRTCError):
 
 
 class BackpressureTimeoutError(WebRTCError):
-    """The send buffer stayed above the high watermark for longer than the wait limit."""
+    """The send buffer stayed above the high watermark and did not drain at all for the wait
+    limit: the path is stalled (a slow path that keeps draining never raises this)."""
 
 
 class MessageTooLargeError(WebRTCError, ValueError):
@@ -135,8 +142,11 @@ class Peer(ABC):
     async def send(self, data: bytes) -> None:
         """Send one message on the channel.
 
-        Waits while :attr:`buffered_amount` is above the high watermark, at most the wait
-        limit, then raises :class:`BackpressureTimeoutError` (the channel stays usable).
+        Waits while :attr:`buffered_amount` is above the high watermark, for as long as the
+        channel is open and the buffer keeps draining, however slowly. Only when the amount
+        has not decreased at all for the wait limit (``backpressure_wait``: a stalled path)
+        does it raise :class:`BackpressureTimeoutError` (the channel stays usable). The
+        owner can still cancel a long wait.
         Raises :class:`MessageTooLargeError` above :attr:`max_message_size`, and
         :class:`ChannelNotOpenError` if the channel is not open, closes while waiting, or the
         library refuses the message; a refusal also ends the channel (``on_channel_closed``
@@ -148,6 +158,32 @@ class Peer(ABC):
     @abstractmethod
     def is_open(self) -> bool:
         """Whether the data channel is open now."""
+
+    @property
+    @abstractmethod
+    def transport_connected(self) -> bool:
+        """Whether ICE and DTLS are up now for this peer connection (the channel may not be).
+
+        False before they connect, and again once the connection goes down, fails or is
+        closed. True with the channel still not open means the network path and DTLS work
+        and the SCTP association is what fails (for example pion releases before 2024 reject
+        libdatachannel's SCTP INIT). aiortc reports its connection state (ICE and DTLS).
+        libdatachannel's API exposes no DTLS state, so there it means "ICE connected and the
+        connection has not failed": a DTLS handshake that fails turns the connection to
+        failed (after about 30 s at worst), but until then this reads True.
+        """
+
+    @property
+    def transport_was_connected(self) -> bool:
+        """Whether :attr:`transport_connected` has ever been True for this peer.
+
+        Stays True after the transport goes down, so an owner told ``on_channel_closed``
+        can still say whether ICE and DTLS had worked: libdatachannel fails the whole
+        connection at once when the remote aborts the SCTP association, so by then
+        :attr:`transport_connected` is already False. Backends that cannot remember report
+        the current state.
+        """
+        return self.transport_connected
 
     @property
     @abstractmethod
@@ -205,5 +241,6 @@ class Backend(ABC):
 
         ``ice_servers`` may be empty (host candidates only, DECISIONS.md #24). With
         ``relay_only`` only TURN relay candidates are gathered and used. ``buffered_high`` and
-        ``backpressure_wait`` (seconds) configure :meth:`Peer.send`.
+        ``backpressure_wait`` (seconds without any drain before a send gives up) configure
+        :meth:`Peer.send`.
         """

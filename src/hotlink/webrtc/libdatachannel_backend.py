@@ -54,11 +54,15 @@ from .base import (
 
 log = logging.getLogger("hotlink.webrtc.libdatachannel")
 
-# rtcState / rtcGatheringState values of <rtc/rtc.h>.
+# rtcState / rtcIceState / rtcGatheringState values of <rtc/rtc.h>.
+_STATE_NEW = 0
 _STATE_CONNECTED = 2
 _STATE_DISCONNECTED = 3
 _STATE_FAILED = 4
 _STATE_CLOSED = 5
+_ICE_NEW = 0
+_ICE_CONNECTED = 2
+_ICE_COMPLETED = 3
 _GATHERING_COMPLETE = 2
 _POLICY_ALL = 0
 _POLICY_RELAY = 1
@@ -80,6 +84,7 @@ _DESCRIPTION_TIMEOUT = 5.0
 _CB_CANDIDATE = "candidate"
 _CB_GATHERED = "gathered"
 _CB_STATE = "state"
+_CB_ICE_STATE = "ice_state"
 _CB_DESCRIPTION = "description"
 _CB_INCOMING = "incoming"
 _CB_OPEN = "open"
@@ -199,6 +204,9 @@ class LibdatachannelPeer(PeerBase):
         self._holding_candidates = False
         self._held_candidates: list[IceCandidate | None] = []
         self._disconnect_timer: asyncio.TimerHandle | None = None
+        # For transport_connected (see _update_transport).
+        self._pc_state = _STATE_NEW
+        self._ice_state = _ICE_NEW
         self._teardown: asyncio.Future[None] | None = None
         try:
             self._pc: Any = _core.PeerConnection(
@@ -213,6 +221,7 @@ class LibdatachannelPeer(PeerBase):
         pc.set_on_local_description(lambda sdp, kind: self._post(_CB_DESCRIPTION, sdp))
         pc.set_on_local_candidate(lambda cand, mid: self._post(_CB_CANDIDATE, (cand, mid)))
         pc.set_on_state_change(lambda state: self._post(_CB_STATE, state))
+        pc.set_on_ice_state_change(lambda state: self._post(_CB_ICE_STATE, state))
         pc.set_on_gathering_state_change(
             lambda state: self._post(_CB_GATHERED, None) if state == _GATHERING_COMPLETE else None
         )
@@ -264,6 +273,9 @@ class LibdatachannelPeer(PeerBase):
             log.info("libdatachannel data channel error: %s", payload)
         elif kind == _CB_STATE:
             self._on_state(int(payload))
+        elif kind == _CB_ICE_STATE:
+            self._ice_state = int(payload)
+            self._update_transport()
         elif kind == _CB_DESCRIPTION:
             waiter = self._description_waiter
             if waiter is not None and not waiter.done():
@@ -283,7 +295,25 @@ class LibdatachannelPeer(PeerBase):
         for cand in held:
             self._emit_candidate(cand)
 
+    def _update_transport(self) -> None:
+        """ICE and DTLS up, as far as the C API lets us see.
+
+        libdatachannel's connection state turns "connected" only once SCTP is up too, and
+        its API has no DTLS state. ICE connected stands in for the transport: DTLS starts
+        right after it, and a DTLS handshake that fails (or times out, after about 30 s)
+        turns the connection state to failed, which clears it again.
+        """
+        if self._pc_state == _STATE_CONNECTED:
+            up = True
+        elif self._pc_state in (_STATE_DISCONNECTED, _STATE_FAILED, _STATE_CLOSED):
+            up = False
+        else:
+            up = self._ice_state in (_ICE_CONNECTED, _ICE_COMPLETED)
+        self._set_transport_up(up)
+
     def _on_state(self, state: int) -> None:
+        self._pc_state = state
+        self._update_transport()
         if state == _STATE_DISCONNECTED:
             if self._disconnect_timer is None:
                 self._disconnect_timer = self._loop.call_later(

@@ -11,6 +11,8 @@ import contextlib
 import os
 import re
 
+import pytest
+
 from support.client_proc import (
     REFERENCE_CHUNK,
     Tunnel,
@@ -86,18 +88,27 @@ async def test_receiver_app_leaves_mid_stream_sender_is_closed(shared_tunnel: Tu
                 await asyncio.sleep(0.01)
 
         sender = asyncio.create_task(keep_sending())
-        closed_by_proxy = asyncio.create_task(read_to_eof(alice_r))
-        async with asyncio.timeout(60):
-            done, _ = await asyncio.wait(
-                [sender, closed_by_proxy], return_when=asyncio.FIRST_COMPLETED
-            )
-        sender.cancel()
-        closed_by_proxy.cancel()
-        await asyncio.gather(sender, closed_by_proxy, return_exceptions=True)
-        # Alice's client closed her connection because the stream can no longer be delivered.
-        for task in done:
-            if task is sender:
-                assert isinstance(task.exception(), ConnectionError)
+        receiver = asyncio.create_task(read_to_eof(alice_r))
+        try:
+            # Alice's client resets her connection because the stream can no longer be
+            # delivered: her sending fails, loudly.
+            with pytest.raises(ConnectionError):
+                async with asyncio.timeout(60):
+                    await sender
+            # Her read side carried bob's stream, which was empty: bob's app left without
+            # writing, so a clean EOF there is right (TCP would deliver bob's FIN too), and
+            # otherwise the reset. Never any data.
+            async with asyncio.timeout(60):
+                await asyncio.wait([receiver])
+            error = receiver.exception()
+            if error is None:
+                assert receiver.result() == b""
+            else:
+                assert isinstance(error, ConnectionResetError)
+        finally:
+            sender.cancel()
+            receiver.cancel()
+            await asyncio.gather(sender, receiver, return_exceptions=True)
         await t.alice.await_log(r"out alice→bob closed\(closed by peer: local app", since=mark)
     finally:
         await _close(alice_w)
@@ -109,8 +120,9 @@ async def test_new_app_connection_supersedes_old_one(shared_tunnel: Tunnel) -> N
     old_r, old_w = await dial(t.bob_port)
     new_r, new_w = await dial(t.bob_port)
     try:
-        # The older connection is closed by the proxy; the newer one gets the data.
-        assert await read_to_eof(old_r, timeout=30) == b""
+        # The older connection is reset by the proxy; the newer one gets the data.
+        with pytest.raises(ConnectionResetError):
+            await read_to_eof(old_r, timeout=30)
         _alice_r, alice_w = await dial(t.alice_port)
         try:
             alice_w.write(b"".join(reference_chunk(i) for i in range(3)))

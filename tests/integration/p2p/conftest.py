@@ -54,8 +54,11 @@ async def tunnel_between(
     env: Mapping[str, str] | None = None,
     alice_env: Mapping[str, str] | None = None,
     bob_env: Mapping[str, str] | None = None,
+    alice_script: Path | None = None,
+    bob_script: Path | None = None,
 ) -> AsyncIterator[Tunnel]:
-    """The §9.1 tunnel with WebRTC on (``env`` on top of :data:`P2P_ENV`)."""
+    """The §9.1 tunnel with WebRTC on (``env`` on top of :data:`P2P_ENV`); a ``*_script``
+    runs that client through another program (see ``support.client_proc.spawn_client``)."""
     tunnel = await asyncio.to_thread(
         start_tunnel,
         server_url,
@@ -63,6 +66,8 @@ async def tunnel_between(
         env={**P2P_ENV, **(env or {})},
         alice_env=alice_env,
         bob_env=bob_env,
+        alice_script=alice_script,
+        bob_script=bob_script,
     )
     try:
         yield tunnel

@@ -49,6 +49,8 @@ async def test_channel_opens_on_both_sides_over_host_candidates(
     async with await connect_pair(*backends) as pair:
         assert pair.offerer.is_open and pair.answerer.is_open
         assert pair.offer_events.open_count == 1 and pair.answer_events.open_count == 1
+        # ICE and DTLS came up before the channel could open.
+        assert pair.offerer.transport_connected and pair.answerer.transport_connected
         assert pair.offerer.selected_candidate_type() == "host"
         assert pair.answerer.selected_candidate_type() == "host"
         assert _channel_label(pair.offerer) == CHANNEL_LABEL

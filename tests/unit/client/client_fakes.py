@@ -43,7 +43,7 @@ class FakeHost:
             raise NotConnected("down")
         self.ordered.append(payload)
 
-    async def wait_connected(self, within: float) -> bool:
+    async def wait_ready(self, within: float) -> bool:
         return self.connected
 
     async def transmit(self, sid: str, frame: Frame) -> None:
@@ -85,6 +85,12 @@ class FakeWriter:
             raise ConnectionResetError("gone")
         self.data += data
 
+    def write_nowait(self, data: bytes) -> bool:
+        if self.closed:
+            return False
+        self.data += data
+        return True
+
     def finish(self) -> None:
         self.finished = True
 
@@ -104,6 +110,9 @@ class FakeSink:
     def connect(self, writer: FakeWriter) -> None:
         self.writer = writer
         self._arrived.set()
+
+    def writer_now(self) -> FakeWriter | None:
+        return self.writer
 
     async def wait_writer(self, within: float) -> FakeWriter | None:
         try:
@@ -171,6 +180,9 @@ class FakeTransport:
 
     async def on_signal(self, signal: HotlinkSignal) -> None:
         self.events.append(("signal", signal))
+
+    def stream_ending(self, sid: str) -> None:
+        self.events.append(("ending", sid))
 
     async def on_session_closed(self, sid: str) -> None:
         self.events.append(("closed", sid))

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hotlink.client.edges.ipc import IpcEndpoint, IpcHub, unix_socket_path
+from hotlink.client.edges.ipc import LOST_MARK, IpcEndpoint, IpcHub, SendFn, unix_socket_path
+from hotlink.client.session.base import SessionClosed
 from hotlink.protocol.frames import Frame, FrameDecoder, encode_frame
 from unit.client.client_fakes import ALICE, until
 
@@ -141,3 +142,101 @@ async def test_tcp_mode_hub_never_claims_a_tunnel_folder(tmp_path: Path, sockets
         assert (tunnel_like / "stream.tcp").read_text() == "{}"
     finally:
         await hub.close()
+
+
+# ---------------------------------------------------------------- loud ends
+
+
+async def _endpoint(tmp_path: Path, sockets: Path, mode: str, send: SendFn) -> IpcEndpoint:
+    folder = tmp_path / "datasites" / FOLDER
+    folder.mkdir(parents=True)
+    endpoint = IpcEndpoint(
+        folder, mode=mode, tcp_host="127.0.0.1", tcp_port=0, send=send,  # type: ignore[arg-type]
+        socket_dir=sockets,
+    )  # fmt: skip
+    await endpoint.start()
+    return endpoint
+
+
+async def _end_of_stream(reader: asyncio.StreamReader) -> bytes | None:
+    """Everything up to a clean end, or None when the connection was reset."""
+    try:
+        async with asyncio.timeout(5):
+            return await reader.read()
+    except ConnectionResetError:
+        return None
+
+
+def _check_loud_end(mode: str, got: bytes | None, frames: list[Frame]) -> None:
+    """TCP: a reset. UNIX: the whole frames, then a cut-off header (an HLNK reader's error)."""
+    if mode == "tcp":
+        assert got is None
+        return
+    assert got is not None and got.endswith(LOST_MARK)
+    decoder = FrameDecoder()
+    assert decoder.feed(got) == frames
+    assert decoder.buffered == len(LOST_MARK)  # the stream ends inside a frame
+
+
+@pytest.mark.parametrize("mode", ["unix", "tcp"])
+async def test_giving_up_a_connection_is_never_a_clean_end(
+    tmp_path: Path, sockets: Path, mode: str
+) -> None:
+    endpoint = await _endpoint(tmp_path, sockets, mode, Sent())
+    try:
+        reader, writer = await _dial(endpoint)
+        conn = await endpoint.wait_writer(5)
+        assert conn is not None
+        frame = Frame(f"{FOLDER}/r.response", "", 1, b"delivered")
+        await conn.write(encode_frame(frame))
+        conn.fail("frames were lost")
+        assert conn.closed and endpoint.connections == []
+        _check_loud_end(mode, await _end_of_stream(reader), [frame])
+        writer.close()
+    finally:
+        await endpoint.close()
+
+
+class FailingSend:
+    """Sends the first ``ok`` frames, then the session is gone."""
+
+    def __init__(self, ok: int) -> None:
+        self.ok = ok
+        self.frames: list[bytes] = []
+
+    async def __call__(self, path: str, payload: bytes, etag: str) -> None:
+        if len(self.frames) >= self.ok:
+            raise SessionClosed("rejected: permission denied")
+        self.frames.append(payload)
+
+
+@pytest.mark.parametrize("mode", ["unix", "tcp"])
+async def test_app_frames_that_cannot_be_sent_reset_its_connection(
+    tmp_path: Path, sockets: Path, mode: str
+) -> None:
+    send = FailingSend(ok=1)
+    endpoint = await _endpoint(tmp_path, sockets, mode, send)
+    try:
+        reader, writer = await _dial(endpoint)
+        for name in ("a", "b", "c"):
+            writer.write(encode_frame(Frame(f"{FOLDER}/{name}.request", "", 0, name.encode())))
+        await writer.drain()
+        # The app learns that its frames were lost, instead of the client reading on.
+        _check_loud_end(mode, await _end_of_stream(reader), [])
+        assert send.frames == [b"a"]
+        await until(lambda: not endpoint.connections)
+        writer.close()
+    finally:
+        await endpoint.close()
+
+
+async def test_app_that_closes_gets_a_clean_end(tmp_path: Path, sockets: Path) -> None:
+    endpoint = await _endpoint(tmp_path, sockets, "unix", Sent())
+    try:
+        reader, writer = await _dial(endpoint)
+        writer.write_eof()
+        assert await _end_of_stream(reader) == b""
+        await until(lambda: not endpoint.connections)
+        writer.close()
+    finally:
+        await endpoint.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from hotlink.client.manager import HotlinkManager, local_path
 from hotlink.client.session.outbound import OutboundSession
 from hotlink.client.telemetry import Telemetry
+from hotlink.protocol.flow import FLOW_KIND, Credit, credit_token
 from hotlink.protocol.frames import Frame
 from hotlink.protocol.messages import (
     HotlinkAccept,
@@ -89,7 +91,7 @@ async def test_tunnel_open_is_accepted_and_ws_and_p2p_frames_merge_in_order(
     assert wire.payloads(HotlinkAccept) == [HotlinkAccept(SID)]
     await until(lambda: any(e[0] == "inbound_accepted" for e in transport.events))
     # seq 2 over P2P, 3 and 1 over the WebSocket, 2 again over the WebSocket (duplicate).
-    await manager.deliver_frame(SID, Frame(TUNNEL, "", 2, b"-two-"))
+    manager.deliver_frame(SID, Frame(TUNNEL, "", 2, b"-two-"))
     await manager.handle_message(msg(HotlinkData(SID, 3, TUNNEL, "", b"-three")))
     await manager.handle_message(msg(HotlinkData(SID, 1, TUNNEL, "", b"one")))
     await manager.handle_message(msg(HotlinkData(SID, 2, TUNNEL, "", b"-two-")))
@@ -188,7 +190,7 @@ async def test_p2p_frames_on_our_outbound_session_are_dropped_loudly_once(
     await until(lambda: wire.payloads(HotlinkOpen))
     with caplog.at_level(logging.WARNING, logger="hotlink.manager"):
         for seq in (1, 2, 3):
-            await manager.deliver_frame(stream.sid, Frame(TUNNEL, "", seq, b"reverse"))
+            manager.deliver_frame(stream.sid, Frame(TUNNEL, "", seq, b"reverse"))
     warnings = [r for r in caplog.records if "on our outbound session" in r.getMessage()]
     assert len(warnings) == 1
     assert not stream.ended  # our own direction carries on
@@ -270,6 +272,8 @@ async def test_telemetry_lists_live_sessions_with_their_transport(tmp_path: Path
         "sid": SID[:8],
         "peer": ALICE,
         "channel": "0_to_1",
+        "held": 0,
+        "window": 8 * 1024 * 1024,
         "webrtc": "none",
         "transport": "ws",
     }
@@ -291,3 +295,61 @@ async def test_peer_send_error_fails_the_session_without_ws_fallback(tmp_path: P
     assert reason.startswith("error: webrtc not ready")
     assert wire.payloads(HotlinkData) == []
     assert HotlinkClose(s.sid, "error") in wire.payloads(HotlinkClose)
+
+
+async def test_flow_credit_reaches_the_outbound_session_not_the_transport(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    transport = FakeTransport()
+    manager, _wire = _manager(tmp_path, transport, email=ALICE)
+    s = await manager.open_stream(TUNNEL, BOB)
+    await manager.handle_message(msg(HotlinkAccept(s.sid)))
+    tok = credit_token(Credit(123_456, 65_536))
+    await manager.handle_message(msg(HotlinkSignal(s.sid, FLOW_KIND, tok=tok)))
+    assert s.credit.limit == 123_456
+    assert not [e for e in transport.events if e[0] == "signal"]
+    # A bad token is logged once and changes nothing; a grant for no session is ignored.
+    with caplog.at_level(logging.WARNING, logger="hotlink.manager"):
+        for _ in range(3):
+            await manager.handle_message(msg(HotlinkSignal(s.sid, FLOW_KIND, tok="{bad")))
+        await manager.handle_message(msg(HotlinkSignal("nosuchsid0000000", FLOW_KIND, tok=tok)))
+    assert len([r for r in caplog.records if "bad flow credit" in r.getMessage()]) == 1
+    assert s.credit.limit == 123_456
+    await manager.close()
+
+
+async def test_opens_wait_for_the_ready_gate(tmp_path: Path) -> None:
+    # After a reconnect our ACLs must be on the server before our Open (a restarted server
+    # would refuse it): the daemon's gate holds Opens until they are published.
+    gate = asyncio.Event()
+
+    async def ready(within: float) -> bool:
+        await gate.wait()
+        return True
+
+    wire = FakeWire()
+    manager = HotlinkManager(
+        local_email=ALICE,
+        datasites=tmp_path / "datasites",
+        wire=wire,
+        telemetry=Telemetry(None),
+        transport=FakeTransport(),
+        ready=ready,
+    )
+    await manager.open_stream(TUNNEL, BOB)
+    await asyncio.sleep(0.05)
+    assert wire.payloads(HotlinkOpen) == []
+    gate.set()
+    await until(lambda: wire.payloads(HotlinkOpen))
+    await manager.close()
+
+
+async def test_an_eof_close_tells_the_transport_the_stream_is_ending(tmp_path: Path) -> None:
+    transport = FakeTransport()
+    manager, _wire = _manager(tmp_path, transport)
+    manager.tunnels = Tunnels(FakeSink(FakeWriter()))
+    await manager.handle_message(msg(HotlinkOpen(SID, TUNNEL, frm=ALICE)))
+    await until(lambda: manager.inbound[SID].accepted)
+    await manager.handle_message(msg(HotlinkClose(SID, "eof:0")))
+    assert ("ending", SID) in transport.events
+    await manager.close()

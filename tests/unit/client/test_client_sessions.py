@@ -9,11 +9,19 @@ import pytest
 
 from hotlink.client.p2p.transport import PeerSendError
 from hotlink.client.session import inbound
-from hotlink.client.session.base import SessionClosed, eof_reason, parse_eof
+from hotlink.client.session.base import FlowConfig, SessionClosed, eof_reason, parse_eof
 from hotlink.client.session.inbound import InboundSession, path_within
 from hotlink.client.session.outbound import OutboundSession
+from hotlink.protocol.flow import DEFAULT_WINDOW as WINDOW
+from hotlink.protocol.flow import FLOW_KIND, Credit, credit_token, parse_credit_token
 from hotlink.protocol.frames import Frame, FrameDecoder
-from hotlink.protocol.messages import HotlinkAccept, HotlinkClose, HotlinkData, HotlinkOpen
+from hotlink.protocol.messages import (
+    HotlinkAccept,
+    HotlinkClose,
+    HotlinkData,
+    HotlinkOpen,
+    HotlinkSignal,
+)
 from unit.client.client_fakes import BOB, FakeHost, FakeSink, FakeWriter, until
 
 TUNNEL = "alice@example.com/shared/flows/x/_mpc/0_to_1/stream.tcp.request"
@@ -35,6 +43,7 @@ def _inbound(
     folder: str = FOLDER,
     path: str = TUNNEL,
     accept_marker: Path | None = None,
+    flow: FlowConfig | None = None,
 ) -> InboundSession:
     return InboundSession(
         host,
@@ -45,6 +54,7 @@ def _inbound(
         kind=kind,  # type: ignore[arg-type]
         sink=sink,  # type: ignore[arg-type]
         accept_marker=accept_marker,
+        flow=flow,
     )
 
 
@@ -201,12 +211,16 @@ async def test_out_of_order_frames_reach_the_app_in_order() -> None:
     s = _inbound(host, FakeSink(writer))
     s.start()
     await until(lambda: s.accepted)
-    assert host.control == [HotlinkAccept("fedcba9876543210")]
+    # The Accept, then the first credit grant (a window) right behind it.
+    assert host.control == [
+        HotlinkAccept("fedcba9876543210"),
+        HotlinkSignal("fedcba9876543210", FLOW_KIND, tok=credit_token(Credit(WINDOW, WINDOW))),
+    ]
     for seq in (3, 1, 2, 2, 1):  # duplicates, as P2P and WS may both deliver
-        await s.receive(_frame(seq, f"<{seq}>".encode()))
+        s.receive(_frame(seq, f"<{seq}>".encode()))
     await until(lambda: len(writer.data) == 9)
     assert bytes(writer.data) == b"<1><2><3>"
-    await s.peer_closed(eof_reason(3))
+    assert s.peer_closed(eof_reason(3))
     assert await s.wait_closed() == "eof"
     assert writer.finished and writer.failed is None
     assert host.telemetry.rx_bytes == 9
@@ -217,11 +231,11 @@ async def test_eof_waits_for_frames_that_are_still_in_flight() -> None:
     s = _inbound(host, FakeSink(writer))
     s.start()
     await until(lambda: s.accepted)
-    await s.receive(_frame(1, b"a"))
-    await s.peer_closed("eof:3")  # the Close overtook frames 2 and 3
-    await s.receive(_frame(3, b"c"))
+    s.receive(_frame(1, b"a"))
+    assert s.peer_closed("eof:3")  # the Close overtook frames 2 and 3
+    s.receive(_frame(3, b"c"))
     assert not s.ended
-    await s.receive(_frame(2, b"b"))
+    s.receive(_frame(2, b"b"))
     assert await s.wait_closed() == "eof"
     assert bytes(writer.data) == b"abc"
 
@@ -232,7 +246,7 @@ async def test_app_connecting_late_gets_everything() -> None:
     s.start()
     await until(lambda: s.accepted)
     for seq in range(1, 6):
-        await s.receive(_frame(seq, bytes([seq])))
+        s.receive(_frame(seq, bytes([seq])))
     writer = FakeWriter()
     sink.connect(writer)
     await until(lambda: len(writer.data) == 5)
@@ -246,7 +260,7 @@ async def test_no_app_within_the_wait_closes_loudly(monkeypatch: pytest.MonkeyPa
     s = _inbound(host, FakeSink())
     s.start()
     await until(lambda: s.accepted)
-    await s.receive(_frame(1, b"x"))
+    s.receive(_frame(1, b"x"))
     reason = await s.wait_closed()
     assert reason.startswith("no local app connected")
     assert host.control[-1] == HotlinkClose("fedcba9876543210", reason)
@@ -257,10 +271,10 @@ async def test_app_write_failure_closes_the_stream_and_tells_the_opener() -> Non
     s = _inbound(host, FakeSink(writer))
     s.start()
     await until(lambda: s.accepted)
-    await s.receive(_frame(1, b"a"))
+    s.receive(_frame(1, b"a"))
     await until(lambda: writer.data)
     writer.broken = True
-    await s.receive(_frame(2, b"b"))
+    s.receive(_frame(2, b"b"))
     reason = await s.wait_closed()
     assert reason.startswith("local app connection lost")
     assert isinstance(host.control[-1], HotlinkClose)
@@ -272,8 +286,8 @@ async def test_frames_outside_the_session_folder_are_dropped() -> None:
     s = _inbound(host, FakeSink(writer))
     s.start()
     await until(lambda: s.accepted)
-    await s.receive(_frame(1, b"evil", path="bob@example.com/elsewhere/stream.tcp.request"))
-    await s.receive(_frame(1, b"good"))
+    s.receive(_frame(1, b"evil", path="bob@example.com/elsewhere/stream.tcp.request"))
+    s.receive(_frame(1, b"good"))
     await until(lambda: writer.data)
     assert bytes(writer.data) == b"good"
     await s.close("done", notify=False)
@@ -284,9 +298,10 @@ async def test_non_eof_close_aborts_the_app_connection() -> None:
     s = _inbound(host, FakeSink(writer))
     s.start()
     await until(lambda: s.accepted)
-    await s.receive(_frame(1, b"a"))
+    s.receive(_frame(1, b"a"))
     await until(lambda: writer.data)
-    await s.peer_closed("disconnected")
+    assert not s.peer_closed("disconnected")  # not an eof: the manager closes the session
+    await s.close("disconnected", notify=False)
     assert s.close_reason == "disconnected"
     assert writer.failed == "disconnected"
     assert not any(isinstance(p, HotlinkClose) for p in host.control)
@@ -299,7 +314,7 @@ async def test_gap_that_never_fills_closes_loudly(monkeypatch: pytest.MonkeyPatc
     s = _inbound(host, FakeSink(writer))
     s.start()
     await until(lambda: s.accepted)
-    await s.receive(_frame(2, b"b"))  # seq 1 never comes
+    s.receive(_frame(2, b"b"))  # seq 1 never comes
     reason = await s.wait_closed()
     assert reason.startswith("gap timeout")
     assert writer.data == b""
@@ -320,14 +335,14 @@ async def test_ipc_session_accepts_only_once_stream_accept_exists(
         accept_marker=tmp_path / "stream.accept",
     )
     s.start()
-    await s.receive(Frame(f"{folder}/a.request", "", 1, b"early"))  # not accepted: ignored
+    s.receive(Frame(f"{folder}/a.request", "", 1, b"early"))  # not accepted: ignored
     assert host.control == []
     (tmp_path / "stream.accept").write_text("1")
     await until(lambda: s.accepted)
-    assert host.control == [HotlinkAccept("fedcba9876543210")]
+    assert host.control[0] == HotlinkAccept("fedcba9876543210")
     # IPC sessions hand the app whole HLNK frames, with their own paths, in seq order.
-    await s.receive(Frame(f"{folder}/b.request", "e2", 2, b"second"))
-    await s.receive(Frame(f"{folder}/a.request", "e1", 1, b"first"))
+    s.receive(Frame(f"{folder}/b.request", "e2", 2, b"second"))
+    s.receive(Frame(f"{folder}/a.request", "e1", 1, b"first"))
     await until(lambda: len(FrameDecoder().feed(bytes(writer.data))) == 2)
     frames = FrameDecoder().feed(bytes(writer.data))
     assert [(f.path.rsplit("/", 1)[1], f.etag, f.seq, f.payload) for f in frames] == [
@@ -358,8 +373,172 @@ async def test_app_leaving_while_idle_is_noticed_without_more_data(
     s = _inbound(host, FakeSink(writer))
     s.start()
     await until(lambda: s.accepted)
-    await s.receive(_frame(1, b"a"))
+    s.receive(_frame(1, b"a"))
     await until(lambda: writer.data)
     writer.broken = True  # the app closed its socket; no frame is in flight
     assert await s.wait_closed() == "local app connection lost"
     assert host.control[-1] == HotlinkClose("fedcba9876543210", "local app connection lost")
+
+
+# ---------------------------------------------------------------- flow control
+
+SMALL = 64 * 1024  # the smallest window, so a few frames use it up
+
+
+def _grants(host: FakeHost) -> list[Credit]:
+    return [
+        parse_credit_token(p.tok)
+        for p in host.control
+        if isinstance(p, HotlinkSignal) and p.knd == FLOW_KIND
+    ]
+
+
+async def test_sender_waits_for_credit_then_goes_on_when_more_is_granted() -> None:
+    host = FakeHost()
+    s = _outbound(host)
+    s.on_accept()
+    s.start()
+    s.on_credit(Credit(SMALL, SMALL))
+    chunk = b"x" * (SMALL // 2)
+    for _ in range(4):  # twice the window
+        await s.send(TUNNEL, chunk)
+    await until(lambda: len(host.frames) == 2)
+    await asyncio.sleep(0.05)
+    assert len(host.frames) == 2  # no credit left: nothing more leaves
+    assert host.telemetry.events["flow_waits"] == 1
+    s.on_credit(Credit(SMALL + SMALL // 4, SMALL))  # the app took a quarter window
+    await until(lambda: len(host.frames) == 3)  # a frame may start below the limit
+    s.on_credit(Credit(2 * SMALL, SMALL))
+    s.finish()
+    assert await s.wait_closed() == "eof"
+    assert [f.seq for f in host.frames] == [1, 2, 3, 4]
+
+
+async def test_sender_without_grants_sends_freely_as_today() -> None:
+    host = FakeHost()
+    s = _outbound(host)
+    s.on_accept()
+    s.start()
+    for _ in range(64):  # far past any window: a reference receiver never grants
+        await s.send(TUNNEL, b"y" * 60_000)
+    s.finish()
+    assert await s.wait_closed() == "eof"
+    assert len(host.frames) == 64
+    assert host.telemetry.events["flow_waits"] == 0
+
+
+async def test_sender_with_flow_control_off_ignores_grants() -> None:
+    host = FakeHost()
+    s = OutboundSession(
+        host, sid="0123456789abcdef", key=FOLDER, path=TUNNEL, to=BOB,
+        flow=FlowConfig(enabled=False),
+    )  # fmt: skip
+    s.on_accept()
+    s.start()
+    s.on_credit(Credit(1, SMALL))
+    for _ in range(3):
+        await s.send(TUNNEL, b"z" * SMALL)
+    s.finish()
+    assert await s.wait_closed() == "eof"
+    assert len(host.frames) == 3
+
+
+async def test_receiver_grants_more_only_as_its_app_consumes() -> None:
+    host, sink = FakeHost(), FakeSink()
+    s = _inbound(host, sink, flow=FlowConfig(window=SMALL))
+    s.start()
+    await until(lambda: s.accepted)
+    assert _grants(host) == [Credit(SMALL, SMALL)]
+    for seq in range(1, 5):
+        s.receive(_frame(seq, b"a" * (SMALL // 4)))
+    await asyncio.sleep(0.05)
+    assert _grants(host) == [Credit(SMALL, SMALL)]  # no app yet: nothing consumed
+    writer = FakeWriter()
+    sink.connect(writer)
+    await until(lambda: len(writer.data) == SMALL)
+    # A new grant every quarter window the app took; the last one opens a whole window.
+    assert _grants(host)[-1] == Credit(2 * SMALL, SMALL)
+    assert s.peer_closed(eof_reason(4))
+    assert await s.wait_closed() == "eof"
+
+
+async def test_receiver_stops_a_sender_that_ignores_the_window_loudly() -> None:
+    host, sink = FakeHost(), FakeSink()  # no app: nothing is consumed
+    s = _inbound(host, sink, flow=FlowConfig(window=SMALL))
+    s.start()
+    await until(lambda: s.accepted)
+    seq = 0
+    while not s.ended and seq < 400:  # the bound is 2 windows + one 8 MiB frame
+        seq += 1
+        s.receive(_frame(seq, b"b" * 60_000))
+        await asyncio.sleep(0)
+    reason = await s.wait_closed()
+    assert reason.startswith("receive buffer full")
+    assert s.credit.buffered <= s.credit.hard_limit
+    assert host.control[-1] == HotlinkClose("fedcba9876543210", reason)
+
+
+async def test_receiver_with_flow_control_off_grants_nothing_but_stays_bounded() -> None:
+    host, writer = FakeHost(), FakeWriter()
+    s = _inbound(host, FakeSink(writer), flow=FlowConfig(enabled=False, window=SMALL))
+    s.start()
+    await until(lambda: s.accepted)
+    s.receive(_frame(1, b"c" * SMALL))
+    await until(lambda: len(writer.data) == SMALL)
+    assert _grants(host) == []
+    await s.close("done", notify=False)
+
+
+async def test_no_grants_after_the_peers_eof() -> None:
+    host, sink = FakeHost(), FakeSink()
+    s = _inbound(host, sink, flow=FlowConfig(window=SMALL))
+    s.start()
+    await until(lambda: s.accepted)
+    for seq in range(1, 5):
+        s.receive(_frame(seq, b"d" * (SMALL // 4)))
+    assert s.peer_closed(eof_reason(4))
+    granted = len(_grants(host))
+    writer = FakeWriter()
+    sink.connect(writer)
+    assert await s.wait_closed() == "eof"
+    assert bytes(writer.data) == b"d" * SMALL and writer.finished
+    assert len(_grants(host)) == granted  # the server forgot the session at the eof
+
+
+async def test_an_empty_stream_ends_the_app_connection_that_is_there() -> None:
+    host, writer = FakeHost(), FakeWriter()
+    s = _inbound(host, FakeSink(writer))
+    s.start()
+    await until(lambda: s.accepted)
+    assert s.peer_closed(eof_reason(0))
+    assert await s.wait_closed() == "eof"
+    assert writer.finished and writer.data == b""
+
+
+async def test_an_empty_stream_waits_for_no_app() -> None:
+    host = FakeHost()
+    s = _inbound(host, FakeSink())
+    s.start()
+    await until(lambda: s.accepted)
+    assert s.peer_closed(eof_reason(0))
+    assert await s.wait_closed() == "eof"
+
+
+async def test_receive_never_waits_even_for_an_app_that_does_not_read() -> None:
+    host = FakeHost()
+    writer = FakeWriter()
+    stuck = asyncio.Event()
+
+    async def never(data: bytes) -> None:
+        await stuck.wait()
+
+    writer.write = never  # type: ignore[method-assign]
+    writer.write_nowait = lambda data: False  # type: ignore[method-assign]
+    s = _inbound(host, FakeSink(writer))
+    s.start()
+    await until(lambda: s.accepted)
+    for seq in range(1, 101):
+        s.receive(_frame(seq, b"e" * 60_000))  # a plain call: it cannot block
+    assert s.credit.buffered == 100 * 60_000
+    assert not s.ended
+    await s.close("done", notify=False)

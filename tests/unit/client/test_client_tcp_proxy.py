@@ -5,17 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import os
+import socket
 from pathlib import Path
 
 import pytest
 
-from hotlink.client.edges.tcp_proxy import MarkerScanner, TcpProxy, tunnel_path_matches
+from hotlink.client.edges.tcp_proxy import (
+    MarkerScanner,
+    TcpProxy,
+    TunnelChannel,
+    tunnel_path_matches,
+)
 from hotlink.client.session.outbound import OutboundSession
 from hotlink.protocol.markers import TcpMarker, proxy_channel
 from hotlink.protocol.messages import HotlinkClose
 from unit.client.client_fakes import ALICE, BOB, FakeHost, until
+
+
+async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
+    async with asyncio.timeout(5):
+        return await reader.read()
+
 
 CHANNEL = "shared/flows/t/run1/_mpc/0_to_1"
 CANONICAL = f"{ALICE}/{CHANNEL}/stream.tcp.request"
@@ -114,11 +128,31 @@ async def _proxy(tmp_path: Path, opener: Opener, port: int):  # type: ignore[no-
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def _channel(proxy: TcpProxy) -> TunnelChannel:
+    channel = proxy.sink_for(CANONICAL, BOB)
+    assert channel is not None
+    return channel
+
+
+async def _reset_seen(reader: asyncio.StreamReader) -> bytes:
+    """What the app reads before the reset; fails the test on a clean EOF."""
+    got = bytearray()
+    with pytest.raises(ConnectionResetError):
+        async with asyncio.timeout(5):
+            while data := await reader.read(65536):
+                got += data
+    return bytes(got)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 async def test_app_bytes_go_out_in_order_and_eof_closes_the_session(tmp_path: Path) -> None:
@@ -135,36 +169,148 @@ async def test_app_bytes_go_out_in_order_and_eof_closes_the_session(tmp_path: Pa
         assert all(len(f.payload) <= 4096 for f in opener.host.frames)
         assert opener.host.ordered[-1] == HotlinkClose("0" * 16, f"eof:{len(opener.host.frames)}")
         assert opener.sessions[0].path == CANONICAL and opener.sessions[0].to == BOB
-        # Nothing is bound to this connection, so the proxy closes it after the app's EOF.
-        async with asyncio.timeout(5):
-            assert await reader.read() == b""
-        writer.close()
+        # The app only half-closed: the peer's answer still reaches it, then a clean EOF,
+        # and only then does the connection leave the channel.
+        channel = await _channel(proxy)
+        conn = await channel.wait_writer(1)
+        assert conn is not None and not conn.closed
+        await conn.write(b"the answer")
+        conn.finish()
+        assert await read_to_eof(reader) == b"the answer"
+        await until(lambda: not channel.connections)
+        await _close(writer)
 
 
-async def test_failed_session_closes_the_app_connection(tmp_path: Path) -> None:
+async def test_failed_session_resets_the_app_connection(tmp_path: Path) -> None:
     opener, port = Opener(reject=True), _free_port()
     async with _proxy(tmp_path, opener, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"hello")
         await writer.drain()
-        with contextlib.suppress(ConnectionError):
-            async with asyncio.timeout(5):
-                assert await reader.read() == b""
+        # We read everything the app sent, so without SO_LINGER 0 the abort would be a FIN.
+        assert await _reset_seen(reader) == b""
         assert opener.sessions[0].close_reason == "rejected: permission denied"
-        writer.close()
+        await _close(writer)
+
+
+async def test_a_stream_given_up_midway_resets_the_app(tmp_path: Path) -> None:
+    opener, port = Opener(), _free_port()
+    async with _proxy(tmp_path, opener, port) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        conn = await (await _channel(proxy)).wait_writer(5)
+        assert conn is not None
+        await conn.write(b"first part")
+        conn.fail("peer went away")
+        # The prefix arrives, and then a reset the app cannot mistake for the end.
+        assert await _reset_seen(reader) == b"first part"
+        await _close(writer)
+
+
+async def test_graceful_end_delivers_everything_to_an_app_that_reads_late(
+    tmp_path: Path,
+) -> None:
+    opener, port = Opener(), _free_port()
+    async with _proxy(tmp_path, opener, port) as proxy:
+        # A small receive buffer: most of what we write is still on our side (kernel and
+        # transport) when the connection closes, and a reset there would drop it.
+        app = socket.socket()
+        app.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        app.connect(("127.0.0.1", port))
+        app.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=app)
+        writer.write_eof()  # the app's direction is done: nothing to send
+        channel = await _channel(proxy)
+        conn = await channel.wait_writer(5)
+        assert conn is not None
+        await until(lambda: conn.read_done)
+        payload = os.urandom(64 * 1024)  # at most the transport's high-water mark: no wait
+        await conn.write(payload)
+        conn.finish()  # both directions ended cleanly: the connection closes
+        assert conn.closed and not channel.connections
+        data = await read_to_eof(reader)
+        assert hashlib.sha256(data).digest() == hashlib.sha256(payload).digest()
+        await _close(writer)
+
+
+async def test_half_closed_app_stays_the_writer_for_the_peer_stream(tmp_path: Path) -> None:
+    opener, port = Opener(), _free_port()
+    async with _proxy(tmp_path, opener, port) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"request")
+        writer.write_eof()
+        await until(lambda: opener.sessions and opener.sessions[0].ended)
+        assert opener.sent() == b"request"
+        channel = await _channel(proxy)
+        # The answer comes after the app's EOF: it goes to this connection, not a later one.
+        conn = await channel.wait_writer(5)
+        assert conn is not None and conn.app_eof and not conn.closed
+        await conn.write(b"response")
+        conn.finish()
+        assert await read_to_eof(reader) == b"response"
+        await until(lambda: not channel.connections)
+        assert await channel.wait_writer(0.01) is None
+        await _close(writer)
+
+
+async def test_app_that_closes_without_writing_sends_an_empty_stream(tmp_path: Path) -> None:
+    opener, port = Opener(), _free_port()
+    async with _proxy(tmp_path, opener, port) as proxy:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write_eof()
+        await until(lambda: opener.sessions and opener.sessions[0].ended)
+        # The peer hears the FIN: Close eof:0 with no frames.
+        assert opener.sessions[0].close_reason == "eof"
+        assert opener.host.frames == []
+        assert opener.host.ordered == [HotlinkClose("0" * 16, "eof:0")]
+        channel = await _channel(proxy)
+        assert channel.writer_now() is channel.connections[0]
+        await _close(writer)
+
+
+async def test_empty_stream_without_a_peer_leaves_the_connection_alone(tmp_path: Path) -> None:
+    opener, port = Opener(reject=True), _free_port()
+    async with _proxy(tmp_path, opener, port) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write_eof()
+        await until(lambda: opener.sessions and opener.sessions[0].ended)
+        channel = await _channel(proxy)
+        conn = await channel.wait_writer(5)
+        assert conn is not None and not conn.closed
+        await conn.write(b"still delivered")
+        conn.finish()
+        assert await read_to_eof(reader) == b"still delivered"
+        await _close(writer)
+
+
+async def test_connections_leave_the_channel_once_done(tmp_path: Path) -> None:
+    opener, port = Opener(), _free_port()
+    async with _proxy(tmp_path, opener, port) as proxy:
+        channel = await _channel(proxy)
+        for i in range(50):
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"x" * (i + 1))
+            await _close(writer)
+            await until(lambda n=i: len(opener.sessions) == n + 1 and opener.sessions[n].ended)
+            # Only live connections, each once: the newest may wait for the peer's stream.
+            assert len(channel.connections) <= 1
+            assert all(not c.closed for c in channel.connections)
+        await until(lambda: len(channel._tasks) == 0)
+        assert [s.close_reason for s in opener.sessions] == ["eof"] * 50
+        conn = await channel.wait_writer(1)
+        assert conn is not None
+        conn.finish()  # the peer's (empty) stream ends: both directions done
+        assert channel.connections == []
 
 
 async def test_inbound_streams_go_to_the_newest_app_connection(tmp_path: Path) -> None:
     opener, port = Opener(), _free_port()
     async with _proxy(tmp_path, opener, port) as proxy:
-        channel = proxy.sink_for(CANONICAL, BOB)
-        assert channel is not None
+        channel = await _channel(proxy)
         assert proxy.sink_for(CANONICAL, "carol@example.com") is None
         assert await channel.wait_writer(0.01) is None
         old_r, old_w = await asyncio.open_connection("127.0.0.1", port)
         new_r, new_w = await asyncio.open_connection("127.0.0.1", port)
-        async with asyncio.timeout(5):
-            assert await old_r.read() == b""  # superseded by the newer connection
+        assert await _reset_seen(old_r) == b""  # superseded by the newer connection
         conn = await channel.wait_writer(5)
         assert conn is not None and conn is channel.connections[-1]
         assert proxy.snapshot() == [{"port": port, "from": ALICE, "to": BOB, "connected": True}]
@@ -172,8 +318,8 @@ async def test_inbound_streams_go_to_the_newest_app_connection(tmp_path: Path) -
         conn.finish()
         async with asyncio.timeout(5):
             assert await new_r.read() == b"to the app"
-        new_w.close()
-        old_w.close()
+        await _close(new_w)
+        await _close(old_w)
 
 
 async def test_marker_removal_stops_the_listener(tmp_path: Path) -> None:

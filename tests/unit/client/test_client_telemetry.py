@@ -11,7 +11,8 @@ FIELDS = {
     "mode", "bench_strict", "started_ms", "updated_ms", "tx_packets", "tx_bytes",
     "tx_p2p_packets", "tx_ws_packets", "tx_avg_send_ms", "tx_max_send_ms", "rx_packets",
     "rx_bytes", "rx_avg_write_ms", "rx_max_write_ms", "p2p_offers", "p2p_answers_ok",
-    "p2p_answers_err", "ws_fallbacks", "strict_violations", "webrtc_connected", "live",
+    "p2p_answers_err", "ws_fallbacks", "strict_violations", "flow_waits", "webrtc_connected",
+    "live",
 }  # fmt: skip
 LIVE = {
     "inbound", "outbound_accepted", "outbound_pending", "webrtc_connected", "tcp_proxies",

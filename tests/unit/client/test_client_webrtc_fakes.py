@@ -47,6 +47,11 @@ class FakePeer(Peer):
         self.send_error: Exception | None = None
         self.send_hook: Callable[[bytes], Any] | None = None
         self.types: tuple[str | None, str | None] = ("host", "host")
+        self.ice_dtls_up = False  # what transport_connected reports
+
+    @property
+    def transport_connected(self) -> bool:
+        return self.ice_dtls_up
 
     async def create_offer(self) -> str:
         self.calls.append("create_offer")
@@ -140,7 +145,7 @@ class FakeHost:
     async def send_signal(self, signal: HotlinkSignal) -> None:
         self.signals.append(signal)
 
-    async def deliver_frame(self, sid: str, frame: Frame) -> None:
+    def deliver_frame(self, sid: str, frame: Frame) -> None:
         self.delivered.append((sid, frame))
 
     def session_info(self, sid: str) -> SessionInfo | None:

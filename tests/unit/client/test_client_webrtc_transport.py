@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -198,6 +199,24 @@ async def test_channel_that_never_opens_is_given_up_at_the_deadline() -> None:
     assert host.kinds()[-1] == "webrtc_error"
     assert "did not open" in host.signals[-1].err
     assert transport.transport_kind(SID) == "ws"
+    await transport.close()
+
+
+async def test_ice_and_dtls_up_but_no_channel_is_one_warning_with_advice(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    transport, backend, host = make_transport(open_timeout=0.2)
+    await transport.on_inbound_accepted(host.add(SID, "inbound"))
+    await until(lambda: bool(backend.peers))
+    backend.peers[0].ice_dtls_up = True  # the path works; SCTP never completes
+    with caplog.at_level(logging.INFO, logger="hotlink.webrtc"):
+        await until(lambda: backend.peers[0].closed)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    text = warnings[0].getMessage()
+    assert "ICE and DTLS connected" in text and "SCTP" in text
+    assert "SYFTBOX_HOTLINK_WEBRTC_BACKEND=aiortc" in text
+    assert "did not open" in host.signals[-1].err
     await transport.close()
 
 
@@ -499,18 +518,31 @@ async def test_received_frames_go_to_the_host_in_order_bad_ones_dropped() -> Non
     await transport.close()
 
 
-async def test_receive_queue_overflow_gives_up_the_channel() -> None:
-    transport, backend, host = make_transport(rx_queue_frames=2)
+async def test_frames_go_straight_into_the_receive_path_without_a_queue() -> None:
+    # The receive path never waits (flow control bounds what it holds), so a burst the
+    # library delivers in one go is handed over at once, in order, and the channel stays.
+    transport, backend, host = make_transport()
     await transport.on_inbound_accepted(host.add(SID, "inbound"))
     await until(lambda: bool(backend.peers))
     peer = backend.peers[0]
     peer.fire_open()
-    for seq in (1, 2, 3):  # all in one go: the pump has had no turn yet
+    for seq in range(1, 5001):
         peer.events.on_message(message(seq))
+    assert [f.seq for _, f in host.delivered] == list(range(1, 5001))
+    assert not peer.closed
+    await transport.close()
+
+
+async def test_channel_closing_after_the_eof_is_not_a_failure() -> None:
+    transport, backend, host = make_transport()
+    await transport.on_inbound_accepted(host.add(SID, "inbound"))
+    await until(lambda: bool(backend.peers))
+    peer = backend.peers[0]
+    peer.fire_open()
+    transport.stream_ending(SID)  # the opener's Close eof arrived
+    peer.events.on_channel_closed("remote closed")
     await until(lambda: peer.closed)
-    # What was queued is still delivered; the sender resends the rest over WS.
-    await until(lambda: len(host.delivered) == 2)
-    assert [f.seq for _, f in host.delivered] == [1, 2]
+    assert host.telemetry.events.get("p2p_failed", 0) == 0
     await transport.close()
 
 

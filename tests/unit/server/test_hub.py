@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from hotlink.protocol.flow import DEFAULT_WINDOW
 from hotlink.protocol.ice import ICE_SERVERS_HEADER, TURN_PASS_HEADER, TURN_USER_HEADER
 from hotlink.protocol.messages import MsgType
-from hotlink.server.hub import SendQueue
+from hotlink.server.hub import DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_MESSAGES, SendQueue
 from hotlink.server.ice_headers import ice_headers, static_turn_password_ignored
 from hotlink.server.metrics import RelayMetrics
 from hotlink.settings import ServerSettings
@@ -37,15 +38,19 @@ async def test_queue_keeps_fifo_order():
     assert [await q.get() for _ in range(5)] == ["0", "1", "2", "3", "4"]
 
 
-async def test_put_waits_for_room_and_gives_up_after_its_wait():
+async def test_a_full_queue_says_no_at_once_and_takes_frames_again_after_a_get():
     q = SendQueue(max_messages=1, max_bytes=100)
-    q.try_put(b"first")
-    assert not await q.put(b"second", max_wait=0.05)
-    waiter = asyncio.create_task(q.put(b"third", max_wait=10))
-    await asyncio.sleep(0)
+    assert q.try_put(b"first")
+    assert not q.try_put(b"second")  # no waiting: the caller decides what a full queue means
     assert await q.get() == b"first"
-    assert await asyncio.wait_for(waiter, 5)
-    assert await q.get() == b"third"
+    assert q.try_put(b"third") and len(q) == 1
+
+
+def test_default_bound_holds_several_full_credit_windows_of_small_frames():
+    q = SendQueue(DEFAULT_QUEUE_MESSAGES, DEFAULT_QUEUE_BYTES)
+    frame = b"d" * (4 * 1024)  # the smallest tunnel chunk a client may use
+    for _ in range(6 * DEFAULT_WINDOW // len(frame)):  # six sessions, each a full window
+        assert q.try_put(frame)
 
 
 async def test_closed_queue_refuses_frames_and_wakes_the_reader():
@@ -55,7 +60,6 @@ async def test_closed_queue_refuses_frames_and_wakes_the_reader():
     q.close()
     assert await asyncio.wait_for(reader, 5) is None
     assert not q.try_put(b"x")
-    assert not await q.put(b"x", max_wait=1)
 
 
 # ---------------------------------------------------------------- ICE headers (#23, #24)

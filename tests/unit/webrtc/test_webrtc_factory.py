@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import pytest
 
@@ -102,7 +103,7 @@ async def test_aiortc_gathering_is_bounded_by_default() -> None:
     assert isinstance(peer, AiortcPeer)
     try:
         await peer.create_offer()
-        conn = peer._pc.sctp.transport.transport.iceGatherer._connection  # type: ignore[union-attr]
+        conn: Any = peer._pc.sctp.transport.transport.iceGatherer._connection  # type: ignore[union-attr]
         assert conn.get_component_candidates.keywords == {"timeout": DEFAULT_GATHER_TIMEOUT}
     finally:
         await peer.close()

@@ -1,4 +1,5 @@
-"""The per-message send path (fast path without the lock) and the libdatachannel MTU option."""
+"""The per-message send path (fast path without the lock), backpressure that waits for as long
+as the buffer drains, and the libdatachannel MTU option."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ from typing import Any
 
 import pytest
 
-from hotlink.webrtc import ChannelNotOpenError, MessageTooLargeError, load_backend
+from hotlink.webrtc import (
+    BackpressureTimeoutError,
+    ChannelNotOpenError,
+    MessageTooLargeError,
+    load_backend,
+)
 from support.fake_peer import FakePeer, NullEvents
 
 SDP_BIG = (
@@ -22,6 +28,63 @@ class Library(FakePeer):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NullEvents(), **kwargs)
         self.open = True
+
+
+class ScriptedBuffer(Library):
+    """A library whose buffered amount follows a script, one value per read, then stays at
+    the last; records the loop time at which the amount last went down."""
+
+    def __init__(self, amounts: list[int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.amounts = list(amounts)
+        self.reads = 0
+        self.last_decrease_at = asyncio.get_running_loop().time()
+        self._previous = self.amounts[0]
+
+    def _buffered(self) -> int:
+        self.reads += 1
+        amount = self.amounts.pop(0) if len(self.amounts) > 1 else self.amounts[0]
+        if amount < self._previous:
+            self.last_decrease_at = asyncio.get_running_loop().time()
+        self._previous = amount
+        return amount
+
+
+async def test_a_slow_but_steady_drain_is_waited_for_well_past_the_wait_limit() -> None:
+    # The buffer loses 1 byte per look: a path far slower than the watermark needs, but moving.
+    high, wait = 100, 0.02
+    peer = ScriptedBuffer(
+        list(range(high + 30, high - 1, -1)), buffered_high=high, backpressure_wait=wait
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(peer.send(b"x"), 30)
+    assert peer.sent == [b"x"]
+    # It waited through many wait limits; a deadline on the whole wait would have raised.
+    assert loop.time() - started > 5 * wait
+
+
+async def test_a_buffer_that_stops_draining_times_out_a_full_wait_after_its_last_progress() -> None:
+    wait = 0.1
+    peer = ScriptedBuffer(
+        [500, 450, 400, 350, 300, 250, 200], buffered_high=100, backpressure_wait=wait
+    )
+    with pytest.raises(BackpressureTimeoutError, match=r"did not drain for 0\.10s"):
+        await asyncio.wait_for(peer.send(b"x"), 30)
+    assert peer.sent == []
+    # The stall clock started at the last decrease, not at the start of the wait.
+    assert asyncio.get_running_loop().time() - peer.last_decrease_at >= wait
+    assert peer.amounts == [200]
+
+
+async def test_a_stalled_send_leaves_the_channel_usable() -> None:
+    peer = Library(buffered_high=100, backpressure_wait=0.05)
+    peer.buffered = 500
+    with pytest.raises(BackpressureTimeoutError):
+        await peer.send(b"stalled")
+    peer.buffered = 0
+    await peer.send(b"later")
+    assert peer.sent == [b"later"]
 
 
 async def test_a_send_that_needs_no_wait_completes_without_yielding() -> None:

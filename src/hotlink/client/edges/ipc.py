@@ -6,7 +6,8 @@ announced in ``stream.sock``, or with ``SYFTBOX_HOTLINK_IPC=tcp`` a loopback TCP
 announced in ``stream.tcp``. The client always listens and the app dials. Every connection
 is read (frames the app sends go out, in order, on the folder's outbound session) and the
 newest one receives the frames of inbound sessions. TCP-tunnel paths are refused here: the
-proxy and IPC never mix (pitfall 4).
+proxy and IPC never mix (pitfall 4). A connection on which frames were lost ends loudly: a
+reset over TCP, a cut-off frame header over a UNIX socket (:class:`IpcConnection`).
 
 Endpoints come from two places: the receiver side creates one when a HotlinkOpen arrives,
 and the sender side finds markers apps drop into our own datasite's ``app_data`` folders.
@@ -23,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
-from ...protocol.frames import Frame, FrameDecoder
+from ...protocol.frames import MAGIC, VERSION, Frame, FrameDecoder
 from ...protocol.markers import (
     MPC_DIR,
     SOCK_MARKER,
@@ -41,6 +42,10 @@ log = logging.getLogger("hotlink.ipc")
 SOCKET_DIR = Path("/tmp/syftbox-hotlink")
 SCAN_INTERVAL = 0.25
 READ_SIZE = 64 * 1024
+# The first bytes of an HLNK frame header and nothing more: how an IPC connection over a UNIX
+# socket (which has no reset) ends when frames were lost (see IpcConnection).
+LOST_MARK = MAGIC + bytes([VERSION])
+LOST_FLUSH = 10.0  # how long the frames before the mark may take to reach a slow app
 
 SendFn = Callable[[str, bytes, str], Awaitable[None]]
 IpcMode = Literal["unix", "tcp"]
@@ -66,7 +71,14 @@ def _safe_rel(path: str) -> bool:
 
 
 class IpcConnection(LocalConnection):
-    """An app's IPC socket: the frames it writes go out; inbound frames are written to it."""
+    """An app's IPC socket: the frames it writes go out; inbound frames are written to it.
+
+    When frames are lost (the app's frames cannot be sent, the client stops), the app must
+    not mistake the end for a clean one. Over TCP that is a reset; a UNIX socket cannot be
+    reset, so the stream gets the start of a frame header (:data:`LOST_MARK`) after the last
+    whole frame and ends there: to any HLNK reader a stream that ends inside a frame is an
+    error, never a clean end. The app's own EOF closes the connection gracefully.
+    """
 
     def write_nowait(self, data: bytes) -> bool:
         return False  # IPC frames go through write(), which retries on the next connection
@@ -84,8 +96,23 @@ class IpcConnection(LocalConnection):
     def fail(self, reason: str) -> None:
         if self.closed:
             return
-        log.debug("ipc: closing connection #%d in %s: %s", self.id, self.listener, reason)
+        log.info("ipc: resetting connection #%d in %s: %s", self.id, self.listener, reason)
         self._abort()
+
+    def _reset(self) -> None:
+        if self.tcp:
+            super()._reset()
+            return
+        transport = self.writer.transport
+        if transport.is_closing():
+            transport.abort()
+            return
+        # Frames are written whole into the transport, so the mark follows a frame boundary.
+        # close() still delivers what is buffered; an app that never reads it is cut off
+        # after LOST_FLUSH s (mid-frame, so still an error to its reader).
+        transport.write(LOST_MARK)
+        transport.close()
+        asyncio.get_running_loop().call_later(LOST_FLUSH, transport.abort)
 
     async def run(self, send: SendFn) -> None:
         decoder = FrameDecoder()
@@ -95,32 +122,42 @@ class IpcConnection(LocalConnection):
                 if not data:
                     break
                 for frame in decoder.feed(data):
-                    await self._send(frame, send)
+                    if not await self._send(frame, send):
+                        return
         except (ConnectionError, OSError) as exc:
-            log.debug("ipc: connection #%d read failed: %s", self.id, exc)
-        finally:
-            if decoder.buffered:
-                log.warning(
-                    "ipc: connection #%d ended inside a frame (%d bytes dropped)",
-                    self.id,
-                    decoder.buffered,
-                )
-            self.fail("closed by app")
+            self.fail(f"read failed: {exc or type(exc).__name__}")
+            return
+        if decoder.buffered:
+            log.warning(
+                "ipc: connection #%d ended inside a frame (%d bytes dropped)",
+                self.id,
+                decoder.buffered,
+            )
+        if not self.closed:
+            log.debug("ipc: connection #%d closed by app", self.id)
+            self._close_gracefully()
 
-    async def _send(self, frame: Frame, send: SendFn) -> None:
+    async def _send(self, frame: Frame, send: SendFn) -> bool:
+        """Send one frame of the app's; False when the connection was reset for it.
+
+        A frame the session cannot take is lost, and the app would never learn it while we
+        keep reading: the connection is reset instead (it may reconnect and send again)."""
         path = frame.path.strip()
         if not frame.payload or not path:
-            return
+            return True
         if is_tcp_proxy_path(path):
             log.warning("ipc: refusing tcp-proxy path %s (use the tcp proxy port)", path)
-            return
+            return True
         if not is_hotlink_path(path) or not _safe_rel(path):
             log.warning("ipc: refusing frame for %r: not a .request/.response path", path)
-            return
+            return True
         try:
             await send(path, frame.payload, frame.etag)
         except SessionClosed as exc:
             log.warning("hotlink send failed for %s: %s", path, exc.reason)
+            self.fail(f"frame for {path} not sent: {exc.reason}")
+            return False
+        return True
 
 
 class IpcEndpoint(LocalListener[IpcConnection]):

@@ -2,22 +2,59 @@
 IPC endpoints share.
 
 The listener owns every connection's task (the task outlives the connection's place in
-``connections`` until it finishes) and cancels and awaits them all on close. Inbound sessions
-ask it for the newest connection able to take their bytes (:meth:`LocalListener.wait_writer`,
-the :class:`~hotlink.client.session.base.Sink` side); which connection qualifies is the subclass's
-rule.
+``connections`` until it finishes) and cancels and awaits them all on close. ``connections``
+holds only live connections, each once: a connection leaves it when it fails or when both of
+its directions ended. Inbound sessions ask the listener for the newest connection able to take
+their bytes (:meth:`LocalListener.wait_writer`, the :class:`~hotlink.client.session.base.Sink`
+side); which connection qualifies is the subclass's rule.
+
+How a connection ends is what the app learns about its stream, so there are exactly two ways:
+:meth:`LocalConnection._abort` (something was lost: the app must see a failure) and
+:meth:`LocalConnection._close_gracefully` (everything was delivered: the app sees EOF).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import socket
+import struct
 from collections.abc import Coroutine
 from typing import Any, ClassVar
 
+# SO_LINGER on with a zero timeout: close() sends a reset and drops unsent data. Without it,
+# ``transport.abort()`` on a socket with no unread input sends a FIN, which the app cannot
+# tell from a complete stream.
+_LINGER_RESET = struct.pack("ii", 1, 0)
+_LINGER_OFF = struct.pack("ii", 0, 0)
+
+
+def is_tcp(sock: Any) -> bool:
+    return sock is not None and getattr(sock, "family", None) in (
+        socket.AF_INET,
+        socket.AF_INET6,
+    )
+
+
+def set_linger_reset(sock: Any, reset: bool) -> None:
+    """``reset``: closing the socket resets the connection (even when the process dies);
+    otherwise the kernel delivers what is buffered and a FIN."""
+    if not is_tcp(sock):
+        return
+    with contextlib.suppress(OSError):  # already closed: nothing left to decide
+        sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET if reset else _LINGER_OFF
+        )
+
 
 class LocalConnection:
-    """One accepted app socket; subclasses add the reading and the writing rules."""
+    """One accepted app socket; subclasses add the reading and the writing rules.
+
+    A TCP socket is set to reset on close right at accept, so that every way we can lose it
+    (an abort, a crash, kill -9 of the client) is a reset at the app; only a graceful end
+    clears that first.
+    """
 
     _ids: ClassVar[itertools.count[int]]  # each kind numbers its connections from 1
 
@@ -37,14 +74,33 @@ class LocalConnection:
         self.writer = writer
         self.closed = False
         self.task: asyncio.Task[None] | None = None
+        self.sock = writer.get_extra_info("socket")
+        self.tcp = is_tcp(self.sock)
+        set_linger_reset(self.sock, True)
+
+    def _reset(self) -> None:
+        """End the socket so the app sees a failure: a TCP reset."""
+        set_linger_reset(self.sock, True)  # a graceful finish may have cleared it
+        self.writer.transport.abort()
 
     def _abort(self) -> None:
-        """Reset the socket (the app sees a reset, not EOF), stop reading, leave the listener."""
+        """Reset the connection (never a clean end), stop reading, leave the listener."""
         self.closed = True
-        self.writer.transport.abort()
+        self._reset()
+        self._stop_reading()
+        self.listener.connection_gone(self)
+
+    def _close_gracefully(self) -> None:
+        """Both directions ended cleanly: the app gets every byte we wrote, then EOF."""
+        self.closed = True
+        set_linger_reset(self.sock, False)
+        self.writer.close()
+        self._stop_reading()
+        self.listener.connection_gone(self)
+
+    def _stop_reading(self) -> None:
         if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
-        self.listener.connection_gone(self)
 
     def fail(self, reason: str) -> None:
         raise NotImplementedError
@@ -60,7 +116,7 @@ class LocalListener[C: LocalConnection]:
         self._arrived = asyncio.Event()
 
     def _adopt(self, conn: C, run: Coroutine[Any, Any, None], name: str) -> None:
-        """Track a new connection and start its task."""
+        """Track a new connection (once) and start its task."""
         self.connections.append(conn)
         conn.task = asyncio.get_running_loop().create_task(run, name=name)
         self._tasks.add(conn.task)
@@ -68,23 +124,28 @@ class LocalListener[C: LocalConnection]:
         self._arrived.set()
 
     def connection_gone(self, conn: C) -> None:
-        if conn in self.connections:
+        with contextlib.suppress(ValueError):
             self.connections.remove(conn)
 
     def _usable(self, conn: C) -> bool:
         """Whether an inbound session may write into ``conn`` now."""
         return not conn.closed
 
+    def writer_now(self) -> C | None:
+        """The newest usable connection, or None."""
+        for conn in reversed(self.connections):
+            if self._usable(conn):
+                return conn
+        return None
+
     async def wait_writer(self, within: float) -> C | None:
         """The newest usable connection, waiting up to ``within`` s for one to arrive."""
         try:
             async with asyncio.timeout(within):
-                while True:
-                    for conn in reversed(self.connections):
-                        if self._usable(conn):
-                            return conn
+                while (conn := self.writer_now()) is None:
                     self._arrived.clear()
                     await self._arrived.wait()
+                return conn
         except TimeoutError:
             return None
 

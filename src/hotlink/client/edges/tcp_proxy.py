@@ -1,12 +1,18 @@
 """The TCP proxy (tunnel mode, PROTOCOL.md §4.7 with DECISIONS.md #5, #7-#10, #13).
 
 Every 250 ms we look for ``stream.tcp`` markers under ``/_mpc/N_to_M/`` folders of the local
-datasites tree and keep one listener per canonical key. Each app connection that writes
-opens its own outbound session on the canonical key and sends 60 KiB chunks; a failed send
-closes the connection (never a hole in the stream), and the app's EOF becomes Close ``eof``.
-Inbound tunnel sessions write into the newest app connection, waiting up to 30 s for one.
-A newer app connection supersedes older ones (they are closed), so a tunnel carries exactly
-one stream per direction at a time and bytes of two connections never mix.
+datasites tree and keep one listener per canonical key. Each app connection opens its own
+outbound session on the canonical key and sends 60 KiB chunks; the app's EOF becomes Close
+``eof`` (an app that wrote nothing sends an empty stream). Inbound tunnel sessions write into
+the newest app connection, waiting up to 30 s for one; an app that half-closed stays the
+writer until the peer's stream ended into it.
+
+A tunnel behaves as one TCP connection: the app sees every byte and a clean EOF, or a reset.
+Every app socket resets on close from accept on (so even kill -9 of the client resets it);
+only a stream that ended cleanly clears that before its FIN. A failed send resets the
+connection (never a hole in the stream). A newer app connection supersedes older ones (they
+are reset), so a tunnel carries one stream per direction at a time and bytes of two
+connections never mix.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from ...protocol.markers import (
 from ..session.base import EOF, SessionClosed
 from ..session.outbound import OutboundSession
 from .discovery import find_named
-from .listener import ListenerHub, LocalConnection, LocalListener
+from .listener import ListenerHub, LocalConnection, LocalListener, set_linger_reset
 
 log = logging.getLogger("hotlink.tcp_proxy")
 
@@ -127,7 +133,15 @@ def tunnel_path_matches(path: str, info: ProxyChannel) -> bool:
 
 
 class AppConnection(LocalConnection):
-    """One accepted app socket: read side feeds an outbound session, write side is a sink."""
+    """One accepted app socket: read side feeds an outbound session, write side is a sink.
+
+    The two directions end separately, as in TCP. The app's EOF becomes Close ``eof`` at the
+    peer (an app that wrote nothing still opens a session and finishes it at once, so the peer
+    hears the FIN); the peer's stream ends with our half-close (``finish``). A connection whose
+    app sent EOF stays the tunnel's writer: the app may have half-closed and still wait for
+    the answer. It closes gracefully once both directions ended cleanly, and is reset when
+    either one fails or a newer connection supersedes it.
+    """
 
     def __init__(
         self,
@@ -137,8 +151,9 @@ class AppConnection(LocalConnection):
     ) -> None:
         super().__init__(channel, reader, writer)
         self.channel = channel
-        self.write_open = True
-        self.read_done = False
+        self.write_open = True  # the peer's stream may still be written into the app
+        self.app_eof = False  # the app's EOF was read and passed on
+        self.read_done = False  # ...and the peer has it (or there was nothing to lose)
         # An inbound session writes into this connection (set by the channel on handing it out).
         self.bound = False
         self.session: OutboundSession | None = None
@@ -163,10 +178,14 @@ class AppConnection(LocalConnection):
         return True
 
     def finish(self) -> None:
+        """The peer's stream ended cleanly: the app gets the buffered bytes, then EOF."""
         self.bound = False
         if self.closed or not self.write_open:
             return
         self.write_open = False
+        # Without this, a later close would reset the connection and drop what the kernel
+        # still holds for an app that reads late.
+        set_linger_reset(self.sock, False)
         with contextlib.suppress(OSError, RuntimeError):
             if self.writer.can_write_eof():
                 self.writer.write_eof()
@@ -176,7 +195,7 @@ class AppConnection(LocalConnection):
         if self.closed:
             return
         log.info(
-            "tcp proxy: closing app connection #%d on port %d: %s",
+            "tcp proxy: resetting app connection #%d on port %d: %s",
             self.id,
             self.channel.info.listen_port,
             reason,
@@ -185,20 +204,13 @@ class AppConnection(LocalConnection):
         self._abort()
 
     def _maybe_close(self) -> None:
-        # Close normally once both directions are done. After the app's EOF we keep writing
-        # only for a stream already bound here: we cannot tell a half-close from a full
-        # close, and a fully closed app must not be handed a new stream.
-        if self.read_done and (not self.write_open or not self.bound) and not self.closed:
-            self.write_open = False
-            self.closed = True
-            self.writer.close()
-            self.channel.connection_gone(self)
+        if self.read_done and not self.write_open and not self.closed:
+            self._close_gracefully()
 
     # ------------------------------------------------------------ read side
 
     async def run(self, chunk_size: int, opener: StreamOpener) -> None:
         info = self.channel.info
-        ended_cleanly = False
         try:
             while True:
                 data = await self.reader.read(chunk_size)
@@ -209,26 +221,43 @@ class AppConnection(LocalConnection):
                     self.session = await opener.open_stream(info.canonical_key, info.peer_email)
                     self.session.add_done_callback(self._on_session_done)
                 await self.session.send(info.canonical_key, data)
-            if self.session is not None:
-                self.session.finish()
-            ended_cleanly = True
-            self.read_done = True
             log.debug(
                 "tcp proxy: app connection #%d sent EOF after %d bytes", self.id, self.bytes_read
             )
-            self._maybe_close()
+            if self.session is not None:
+                self.session.finish()
+                self.app_eof = True  # read_done once the session ends with eof
+            else:
+                self.app_eof = True
+                await self._send_empty_stream(opener)
         except SessionClosed as exc:
             self.fail(f"session ended: {exc.reason}")
         except (ConnectionError, OSError) as exc:
             self.fail(f"read failed: {exc or type(exc).__name__}")
         finally:
             session = self.session
-            if session is not None and not ended_cleanly and not session.ended:
+            if session is not None and not self.app_eof and not session.ended:
                 await session.close("app connection closed", notify=True)
+
+    async def _send_empty_stream(self, opener: StreamOpener) -> None:
+        """The app closed without writing: TCP would still deliver a FIN, so open a session
+        and finish it at once (the peer gets Close ``eof:0``). Nothing was read, so nothing
+        can be lost: whether the peer hears it does not matter to this connection."""
+        info = self.channel.info
+        try:
+            session = await opener.open_stream(info.canonical_key, info.peer_email)
+            session.finish()
+        except SessionClosed as exc:
+            log.debug("tcp proxy: app connection #%d: empty stream not sent: %s", self.id, exc)
+        self.read_done = True
+        self._maybe_close()
 
     def _on_session_done(self, reason: str) -> None:
         if reason != EOF:
             self.fail(f"session ended: {reason}")
+            return
+        self.read_done = True
+        self._maybe_close()
 
 
 # ---------------------------------------------------------------- one tunnel
@@ -255,7 +284,6 @@ class TunnelChannel(LocalListener[AppConnection]):
         conn = AppConnection(self, reader, writer)
         for old in list(self.connections):
             old.fail(f"superseded by app connection #{conn.id}")
-        self.connections.append(conn)
         log.info("tcp proxy: app connection #%d on port %d", conn.id, self.info.listen_port)
         self._adopt(conn, conn.run(self.chunk_size, self.opener), f"tcp-proxy-conn-{conn.id}")
 

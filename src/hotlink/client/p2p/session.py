@@ -18,10 +18,12 @@ seqs it has, and nothing the channel swallowed is lost. At the stream's end that
 come before the Close ``eof`` (the server forgets the session at it), so the sender calls
 :meth:`P2PSession.drain` first.
 
-One task (``_run``) owns negotiation and applies signals in arrival order; a second
-(``_pump``) hands received frames to the host, so the library's callback never waits. Every
-task is created through the owner and cancelled by :meth:`P2PSession.close`; the owner (the
-transport) closes each session exactly once.
+One task (``_run``) owns negotiation and applies signals in arrival order. Received frames go
+straight from the library's callback into the session's receive path, which never waits:
+flow control (:mod:`hotlink.protocol.flow`) keeps the sender within what the receiver may
+hold, so a slow app never makes the channel fail. Every task is created through the owner
+and cancelled by :meth:`P2PSession.close`; the owner (the transport) closes each session
+exactly once.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -74,10 +75,6 @@ P2P_ONLY_READY_WAIT = 10.0
 SIGNAL_QUEUE = 256
 # Candidates an answerer holds before the offer that makes its peer connection arrives.
 EARLY_CANDIDATES = 64
-# Received frames waiting to enter the session's reorder buffer. The library has no receive
-# flow control; past these bounds the channel is given up (the sender resends over WS).
-RX_QUEUE_FRAMES = 4096
-RX_QUEUE_BYTES = 32 * MIB
 # Frames kept for a resend over WS after a channel failure, beyond the send buffer itself:
 # what is in flight plus what the remote library took but its owner had not yet read.
 REPLAY_EXTRA = 4 * MIB
@@ -113,8 +110,6 @@ class WebRTCConfig:
     linger_drained: float = LINGER_DRAINED
     linger_max: float = LINGER_MAX
     drain_wait: float = DRAIN_WAIT
-    rx_queue_frames: int = RX_QUEUE_FRAMES
-    rx_queue_bytes: int = RX_QUEUE_BYTES
 
 
 class SessionOwner(Protocol):
@@ -137,8 +132,8 @@ class SessionOwner(Protocol):
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A task the owner tracks (and cancels on shutdown)."""
 
-    async def deliver_frame(self, sid: str, frame: Frame) -> None:
-        """A frame received on the channel, into the session's receive path."""
+    def deliver_frame(self, sid: str, frame: Frame) -> None:
+        """A frame received on the channel, into the session's receive path (never waits)."""
 
     async def send_in_order(self, payload: Payload) -> None:
         """Queue a message behind the WebSocket data already queued (for resends)."""
@@ -180,14 +175,12 @@ class P2PSession:
         self._resend_incomplete = False
         self.tx_frames = 0
         self.rx_frames = 0
-        self._rx: deque[Frame] = deque()
-        self._rx_bytes = 0
-        self._rx_ready = asyncio.Event()
-        self._rx_busy = False  # the pump is inside deliver_frame
+        # The stream is ending cleanly (eof sent or received): the channel closing is normal.
+        self._ending = False
+        self._sctp_warned = False
         self._bad_messages = 0
         self._deadline: asyncio.TimerHandle | None = None
         self._run_task: asyncio.Task[None] | None = None
-        self._pump_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._peer_released = False
 
@@ -284,6 +277,7 @@ class P2PSession:
                     "hotlink p2p channel failed before the end of the stream and its last "
                     "frames could not be resent over the websocket"
                 )
+            self._ending = True
 
     async def _release_peer(self) -> None:
         peer = self.peer
@@ -308,9 +302,32 @@ class P2PSession:
 
     def _on_deadline(self) -> None:
         self._deadline = None
-        if self.state in ("new", "negotiating"):
-            what = "no offer arrived" if self.peer is None else "the data channel did not open"
-            self._fail(f"{what} within {self.config.open_timeout:.0f} s", notify_peer=True)
+        if self.state not in ("new", "negotiating"):
+            return
+        within = f"within {self.config.open_timeout:.0f} s"
+        if self.peer is None:
+            self._fail(f"no offer arrived {within}", notify_peer=True)
+        elif self.peer.transport_connected:
+            # ICE and DTLS work, so the path is fine: the two SCTP stacks did not agree.
+            self._warn_sctp(f"the data channel did not open {within}")
+            self._fail(f"the data channel did not open {within} (SCTP)", notify_peer=True)
+        else:
+            self._fail(f"the data channel did not open {within}", notify_peer=True)
+
+    def _warn_sctp(self, what: str) -> None:
+        """The one WARNING for a channel whose ICE and DTLS connected but whose SCTP did not."""
+        if self._sctp_warned:
+            return
+        self._sctp_warned = True
+        log.warning(
+            "hotlink webrtc: session=%s: ICE and DTLS connected with %s but %s: the two "
+            "SCTP stacks did not complete an association (pion releases before 2024 reject "
+            "libdatachannel's SCTP INIT). Try SYFTBOX_HOTLINK_WEBRTC_BACKEND=aiortc on this "
+            "side, or update the peer's WebRTC stack; this session uses the websocket",
+            _short(self.sid),
+            self.peer_email or "the peer",
+            what,
+        )
 
     @property
     def is_open(self) -> bool:
@@ -340,9 +357,23 @@ class P2PSession:
 
     # ------------------------------------------------------------ failure
 
+    def stream_ending(self) -> None:
+        """The stream ends cleanly from now on (see :attr:`_ending`)."""
+        self._ending = True
+
     def _fail(self, reason: str, *, notify_peer: bool = False) -> None:
         """Give up P2P for this session (WS from now on); safe from any loop context."""
         if self.finished:
+            return
+        if self._ending:
+            # Every frame is with the receiver (or the eof promised none we cannot resend):
+            # a channel that closes now, usually by the peer that finished, is no failure.
+            log.debug("hotlink session %s: channel ended with the stream (%s)", self.sid, reason)
+            self.state = "failed"
+            self.fail_reason = reason
+            self._settled.set()
+            self._cancel_deadline()
+            self._spawn(self._after_fail(), "teardown")
             return
         previous = self.state
         self.state = "failed"
@@ -435,6 +466,8 @@ class P2PSession:
 
     def _on_remote_error(self, err: str) -> None:
         log.info("hotlink webrtc error: session=%s error=%s", _short(self.sid), err or "-")
+        if self.state == "negotiating" and "(SCTP)" in err:
+            self._warn_sctp(f"the peer reports: {err}")
         if self.state in ("new", "negotiating"):
             self._fail(f"peer reported: {err or 'webrtc error'}")
         # An open channel carries on: errors about signaling (e.g. the server's "unknown
@@ -565,50 +598,23 @@ class P2PSession:
                     exc,
                 )
             return
-        if (
-            len(self._rx) >= self.config.rx_queue_frames
-            or self._rx_bytes + len(frame.payload) > self.config.rx_queue_bytes
-        ):
-            # Dropping here is safe only because the channel goes with it: the sender sees it
-            # close and resends its recent frames over the WebSocket, which has flow control.
-            self._fail(
-                f"receive queue full ({len(self._rx)} frames, {self._rx_bytes} bytes): "
-                "the local app is not keeping up"
-            )
-            return
-        if not self._rx and not self._rx_busy:
-            deliver_now = getattr(self.owner, "deliver_frame_nowait", None)
-            if deliver_now is not None and deliver_now(self.sid, frame):
-                self.rx_frames += 1
-                if self.config.kill_after and self.rx_frames == self.config.kill_after:
-                    self._fail(f"debug: closing the peer after {self.rx_frames} received frames")
-                return
-        self._rx.append(frame)
-        self._rx_bytes += len(frame.payload)
-        self._rx_ready.set()
-        if self._pump_task is None:
-            self._pump_task = self._spawn(self._pump(), "rx")
         self.rx_frames += 1
+        try:
+            self.owner.deliver_frame(self.sid, frame)
+        except Exception:
+            log.exception("hotlink session %s: p2p frame delivery failed", _short(self.sid))
         if self.config.kill_after and self.rx_frames == self.config.kill_after:
             self._fail(f"debug: closing the peer after {self.rx_frames} received frames")
 
-    async def _pump(self) -> None:
-        while True:
-            while not self._rx:
-                self._rx_ready.clear()
-                await self._rx_ready.wait()
-            frame = self._rx.popleft()
-            self._rx_bytes -= len(frame.payload)
-            self._rx_busy = True
-            try:
-                await self.owner.deliver_frame(self.sid, frame)
-            except Exception:
-                log.exception("hotlink session %s: p2p frame delivery failed", _short(self.sid))
-            finally:
-                self._rx_busy = False
-
     def on_channel_closed(self, reason: str) -> None:
         self._channel_gone.set()
+        if self.state == "negotiating" and self.peer is not None:
+            if self.peer.transport_was_connected:
+                # libdatachannel fails the whole connection at once when the remote aborts
+                # the SCTP association: the path worked, SCTP did not.
+                self._warn_sctp("the peer closed the connection before the data channel opened")
+                self._fail(f"channel closed before it opened (SCTP): {reason}", notify_peer=True)
+                return
         if self.state != "closed":
             self._fail(f"channel closed: {reason}")
 

@@ -71,8 +71,11 @@ class TransportHost(Protocol):
     async def send_signal(self, signal: HotlinkSignal) -> None:
         """Send a HotlinkSignal to the peer through the server (never blocks on data)."""
 
-    async def deliver_frame(self, sid: str, frame: Frame) -> None:
-        """Hand a frame received over P2P to the receive path (reorder, then the app)."""
+    def deliver_frame(self, sid: str, frame: Frame) -> None:
+        """Hand a frame received over P2P to the receive path (reorder, then the app).
+
+        Never waits: what the app has not taken yet is held by the session, whose flow
+        control bounds it."""
 
     async def send_in_order(self, payload: Payload) -> None:
         """Queue a message on the WebSocket behind the data already queued there (resends of
@@ -106,6 +109,10 @@ class PeerTransport(Protocol):
     async def on_signal(self, signal: HotlinkSignal) -> None:
         """A HotlinkSignal arrived (any kind; the session may not be known yet)."""
 
+    def stream_ending(self, sid: str) -> None:
+        """The stream of ``sid`` is ending cleanly (the receiver got its Close eof): the
+        channel closing from now on is the normal end, not a P2P failure."""
+
     async def on_session_closed(self, sid: str) -> None:
         """The session ended: close its peer connection and forget it."""
 
@@ -138,6 +145,9 @@ class NullPeerTransport:
         pass
 
     async def on_signal(self, signal: HotlinkSignal) -> None:
+        pass
+
+    def stream_ending(self, sid: str) -> None:
         pass
 
     async def on_session_closed(self, sid: str) -> None:

@@ -175,13 +175,9 @@ class WebRTCPeerTransport:
         if not task.cancelled() and task.exception() is not None:
             log.error("%s failed", task.get_name(), exc_info=task.exception())
 
-    async def deliver_frame(self, sid: str, frame: Frame) -> None:
+    def deliver_frame(self, sid: str, frame: Frame) -> None:
         if self.host is not None:
-            await self.host.deliver_frame(sid, frame)
-
-    def deliver_frame_nowait(self, sid: str, frame: Frame) -> bool:
-        fn = getattr(self.host, "deliver_frame_nowait", None)
-        return bool(fn is not None and fn(sid, frame))
+            self.host.deliver_frame(sid, frame)
 
     # ------------------------------------------------------------ PeerTransport
 
@@ -263,6 +259,11 @@ class WebRTCPeerTransport:
             self._start_session(info).push_signal(signal)
             return
         self._pending.add(signal, asyncio.get_running_loop().time())
+
+    def stream_ending(self, sid: str) -> None:
+        session = self._sessions.get(sid)
+        if session is not None:
+            session.stream_ending()
 
     async def on_session_closed(self, sid: str) -> None:
         self._ended.add(sid)

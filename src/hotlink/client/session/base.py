@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+from ...protocol.flow import DEFAULT_WINDOW
 from ...protocol.frames import Frame
 from ...protocol.messages import HotlinkClose, Payload
 from ..connection import NotConnected
@@ -64,6 +66,18 @@ def channel_name(path: str) -> str:
     return segments[-1]
 
 
+@dataclass(frozen=True)
+class FlowConfig:
+    """Per-session flow control (:mod:`hotlink.protocol.flow`).
+
+    ``enabled`` False makes this client behave as a reference client does: it grants no
+    credit and ignores grants. Receivers bound what they hold either way.
+    """
+
+    enabled: bool = True
+    window: int = DEFAULT_WINDOW
+
+
 class SessionClosed(Exception):
     """Sending on a session that has ended; ``reason`` says why."""
 
@@ -85,7 +99,9 @@ class SessionHost(Protocol):
         """Queue a message behind the data already queued (the eof Close must not overtake
         the frames it ends); waits for room; raises NotConnected."""
 
-    async def wait_connected(self, within: float) -> bool: ...
+    async def wait_ready(self, within: float) -> bool:
+        """Wait until Opens may be sent: connected, and our ACLs published to this server
+        connection (a server that restarted must know them before it can allow our Open)."""
 
     async def transmit(self, sid: str, frame: Frame) -> None:
         """Send one numbered frame (P2P if the transport can, else WebSocket)."""
@@ -129,6 +145,9 @@ class Sink(Protocol):
 
     async def wait_writer(self, within: float) -> AppWriter | None:
         """The newest app connection able to take data, waiting up to ``within`` s."""
+
+    def writer_now(self) -> AppWriter | None:
+        """The newest app connection able to take data now, without waiting (or None)."""
 
 
 def log_state(direction: str, sid: str, src: str, dst: str, state: str, detail: str = "") -> None:

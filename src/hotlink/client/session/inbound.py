@@ -1,10 +1,20 @@
-"""Inbound sessions: we accept, reorder, and write to the local app.
+"""Inbound sessions: we accept, reorder, and write to the local app at the app's pace.
 
 Tunnel sessions are accepted at once; IPC sessions once ``stream.accept`` exists (polled every
 200 ms). Frames from the WebSocket and from a peer transport enter one reorder buffer; what it
-releases waits (bounded) for the local app, up to 30 s for an app to connect (DECISIONS.md
-#5). A TCP stream that cannot be delivered whole is closed loudly and the opener is told; the
-peer's Close ``eof:N`` ends the stream cleanly once everything up to seq N is written.
+releases waits for the local app, up to 30 s for an app to connect (DECISIONS.md #5).
+
+Taking a frame never waits: the WebSocket and the data channel are shared by every session,
+so their readers must never stop for one slow app. What the app has not taken yet is held
+here, bounded by flow control (:mod:`hotlink.protocol.flow`): right after the Accept we grant
+the opener a window of credit and grant more only as our app consumes, so a sender that
+follows the grants never makes us hold more than a window. A sender that does not (a
+reference client, which knows no credit) is held to the same hard bound and the stream is
+closed loudly past it, rather than letting one session grow memory or stall the others.
+
+A TCP stream that cannot be delivered whole is closed loudly (the app's connection is reset
+and the opener told); the peer's Close ``eof:N`` ends it cleanly once everything up to seq N
+is written.
 """
 
 from __future__ import annotations
@@ -17,12 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ...protocol.flow import FLOW_KIND, Credit, ReceiveCredit, credit_token
 from ...protocol.frames import Frame, encode_frame
-from ...protocol.messages import HotlinkAccept
+from ...protocol.messages import HotlinkAccept, HotlinkSignal
 from ...protocol.reorder import GapTimeout, ReorderBuffer, ReorderOverflow
+from ..connection import NotConnected
 from .base import (
     EOF,
     AppWriter,
+    FlowConfig,
     OwnedSession,
     SessionHost,
     Sink,
@@ -35,21 +48,13 @@ from .queues import BoundedQueue, QueueClosed
 log = logging.getLogger("hotlink.session")
 
 WRITER_WAIT = 30.0  # frames wait this long for the local app (DECISIONS.md #5)
-# How long the receive path waits for a connected app that stopped reading. While it waits,
-# the one WebSocket read loop waits too (backpressure reaches the sender through the relay),
-# so it must stay below the relay's send timeout (20 s): past that the relay drops the whole
-# connection, and every other session of this client with it. Closing just this session is
-# the smaller loss.
-APP_READ_WAIT = 10.0
 ACCEPT_POLL = 0.2  # stream.accept polling (PROTOCOL.md §4.4)
 ACCEPT_MARKER_WAIT = 30.0  # give up polling for stream.accept after this
 GAP_TIMEOUT = 30.0  # a missing seq closes the stream after this (DECISIONS.md #17)
 EOF_WAIT = 30.0  # after Close eof, the remaining frames must arrive within this
 STALL_CHECK = 1.0  # how often an idle inbound session checks for gaps and a late eof
-IN_QUEUE_BYTES = 16 * 1024 * 1024
-IN_QUEUE_ITEMS = 4096
+# Frames held for a missing seq. What they hold in bytes is bounded by flow control.
 REORDER_MAX_PENDING = 4096
-REORDER_MAX_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +97,7 @@ class InboundSession(OwnedSession):
         kind: Kind,
         sink: Sink,
         accept_marker: Path | None = None,
+        flow: FlowConfig | None = None,
     ) -> None:
         super().__init__(host, sid)
         self.path = path
@@ -101,29 +107,32 @@ class InboundSession(OwnedSession):
         self.sink = sink
         self.accept_marker = accept_marker  # None: accept at once
         self.accepted = False
+        self.flow = flow or FlowConfig()
+        # Accounting and the hard bound apply whether or not we grant credit.
+        self.credit = ReceiveCredit(self.flow.window)
         self.reorder = ReorderBuffer(
             max_pending=REORDER_MAX_PENDING,
-            max_pending_bytes=REORDER_MAX_BYTES,
+            max_pending_bytes=self.credit.hard_limit,
             gap_timeout=GAP_TIMEOUT,
         )
-        self.queue: BoundedQueue[Delivery | None] = BoundedQueue(
-            IN_QUEUE_ITEMS, IN_QUEUE_BYTES, _delivery_size
-        )
-        self.lock = asyncio.Lock()
+        # Bounded by the credit accounting above; the queue's own bounds never bind.
+        self.queue: BoundedQueue[Delivery | None] = BoundedQueue(1 << 30, 1 << 62, _delivery_size)
         self.max_seq_seen = 0
         self.eof_seq: int | None = None
         self.eof_deadline: float | None = None
         self._eof_queued = False
-        self.app_seen = False
         self.delivered_bytes = 0
         self._writer: AppWriter | None = None
         self._delivering = False
+        self._abort_reason: str | None = None
 
     # ------------------------------------------------------------ the receive path
 
-    async def receive(self, frame: Frame) -> None:
-        """One frame from the WebSocket or a peer transport; both land in the same buffer."""
-        if not self.accepted or self.ended:
+    def receive(self, frame: Frame) -> None:
+        """One frame from the WebSocket or a peer transport; both land in the same buffer.
+
+        Never waits (the caller is a reader shared by every session)."""
+        if not self.accepted or self.ended or self._abort_reason is not None:
             return
         if not path_within(frame.path, self.folder):
             log.warning(
@@ -133,34 +142,30 @@ class InboundSession(OwnedSession):
                 self.folder,
             )
             return
+        if self.reorder.has(frame.seq):
+            self.reorder.duplicates += 1  # P2P and a resend over the WebSocket overlapped
+            return
+        size = len(frame.payload)
+        if not self.credit.admits(size):
+            self._abort(
+                f"receive buffer full ({self.credit.buffered} bytes held for the local app, "
+                f"the bound is {self.credit.hard_limit}): the sender does not follow flow "
+                "control"
+            )
+            return
         self._log_received(frame)
+        now = time.monotonic()
+        self.max_seq_seen = max(self.max_seq_seen, frame.seq)
         item = frame.payload if self.kind == "tcp" else encode_frame(frame)
-        failure = ""
-        async with self.lock:
-            now = time.monotonic()
-            self.max_seq_seen = max(self.max_seq_seen, frame.seq)
-            try:
-                ready = self.reorder.push(frame.seq, item, now)
-            except ReorderOverflow as exc:
-                ready, failure = [], f"reorder overflow: {exc}"
-            for data in ready:
-                delivery = Delivery(data, self._payload_len(data), now)
-                try:
-                    if self.app_seen:
-                        # The app is reading: wait for it (backpressure), within bounds.
-                        await self.queue.put(delivery, within=APP_READ_WAIT)
-                    elif not self.queue.put_nowait(delivery):
-                        failure = "receive buffer full while no app is connected"
-                        break
-                except QueueClosed:
-                    return
-                except TimeoutError:
-                    failure = f"local app did not read for {APP_READ_WAIT:.0f} s"
-                    break
-            if not failure:
-                self._maybe_eof()
-        if failure:
-            await self.close(failure, notify=True)
+        try:
+            ready = self.reorder.push(frame.seq, item, now)
+        except ReorderOverflow as exc:
+            self._abort(f"reorder overflow: {exc}")
+            return
+        self.credit.on_received(size)
+        for data in ready:
+            self._enqueue_or_write(Delivery(data, self._payload_len(data), now))
+        self._maybe_eof()
 
     def _log_received(self, frame: Frame) -> None:
         if log.isEnabledFor(logging.DEBUG) and (frame.seq <= 3 or frame.seq % 500 == 0):
@@ -172,32 +177,9 @@ class InboundSession(OwnedSession):
                 frame.path,
             )
 
-    def receive_nowait(self, frame: Frame) -> bool:
-        """:meth:`receive` for the common case that needs no waiting: the next frame in
-        order, nothing held or queued. Returns False (and does nothing) otherwise."""
-        if (
-            not self.accepted
-            or self.ended
-            or self.lock.locked()
-            or frame.seq != self.reorder.next_seq
-            or self.reorder.pending
-            or len(self.queue)
-            or self.kind != "tcp"
-            or not path_within(frame.path, self.folder)
-        ):
-            return False
-        self._log_received(frame)
-        now = time.monotonic()
-        self.max_seq_seen = max(self.max_seq_seen, frame.seq)
-        ready = self.reorder.push(frame.seq, frame.payload, now)
-        for data in ready:
-            self._enqueue_or_write(Delivery(data, len(data), now))
-        self._maybe_eof()
-        return True
-
     def _enqueue_or_write(self, item: Delivery) -> None:
-        """Queue is empty and may take one item: write it straight to the app when the
-        owner is idle and the app's socket takes it at once, else queue it."""
+        """Write straight to the app when the owner is idle, nothing is queued and the app's
+        socket takes it at once; else queue it for the owner."""
         writer = self._writer
         if (
             writer is not None
@@ -205,16 +187,36 @@ class InboundSession(OwnedSession):
             and not len(self.queue)
             and writer.write_nowait(item.data)
         ):
-            self.delivered_bytes += item.payload_len
-            self.host.telemetry.record_rx(item.payload_len, 0.0)
+            self._consumed(item, 0.0)
             return
-        self.queue.put_final(item)
+        try:
+            self.queue.put_final(item)
+        except QueueClosed:
+            pass
 
     def _payload_len(self, data: bytes) -> int:
         if self.kind == "tcp":
             return len(data)
         (length,) = struct.unpack_from(">I", data, 9)  # HLNK header: payload_len at offset 9
         return int(length)
+
+    def _consumed(self, item: Delivery, write_ms: float) -> None:
+        """The app took ``item``: count it, and grant more credit when enough room opened."""
+        self.delivered_bytes += item.payload_len
+        self.host.telemetry.record_rx(item.payload_len, write_ms)
+        credit = self.credit.on_consumed(item.payload_len)
+        # After the peer's eof no more credit is needed (and the server has forgotten the
+        # session, so a grant would only earn an "unknown session" reply).
+        if credit is not None and self.eof_seq is None:
+            self._grant(credit)
+
+    def _grant(self, credit: Credit) -> None:
+        if not self.flow.enabled:
+            return
+        try:
+            self.host.send_control(HotlinkSignal(self.sid, FLOW_KIND, tok=credit_token(credit)))
+        except NotConnected:
+            pass  # the session ends with the connection
 
     def _maybe_eof(self) -> None:
         if self.eof_seq is not None and not self._eof_queued:
@@ -225,16 +227,28 @@ class InboundSession(OwnedSession):
                 except QueueClosed:
                     pass
 
-    async def peer_closed(self, reason: str) -> None:
-        """The opener sent Close: ``eof[:N]`` finishes after seq N, anything else aborts."""
+    def _abort(self, reason: str) -> None:
+        """End the stream loudly from the receive path (which cannot wait): tell the opener
+        and stop the owner wherever it waits; its cleanup resets the app's connection."""
+        if self._abort_reason is not None or self.ended:
+            return
+        self._abort_reason = reason
+        self._tell_peer(reason)
+        self._requested_close = reason
+        self.queue.close(reason)
+        if self.task is not None:
+            self.task.cancel()
+
+    def peer_closed(self, reason: str) -> bool:
+        """The opener sent Close: ``eof[:N]`` finishes after seq N (True), anything else
+        aborts (False; the caller then closes the session)."""
         is_eof, last = parse_eof(reason)
         if not is_eof or not self.accepted:
-            await self.close(reason or "closed by peer", notify=False)
-            return
-        async with self.lock:
-            self.eof_seq = last if last is not None else self.max_seq_seen
-            self.eof_deadline = time.monotonic() + EOF_WAIT
-            self._maybe_eof()
+            return False
+        self.eof_seq = last if last is not None else self.max_seq_seen
+        self.eof_deadline = time.monotonic() + EOF_WAIT
+        self._maybe_eof()
+        return True
 
     # ------------------------------------------------------------ the owner
 
@@ -247,6 +261,7 @@ class InboundSession(OwnedSession):
         if self.accept_marker is not None and not await self._wait_accept_marker():
             return "no stream.accept"
         self.host.send_control(HotlinkAccept(self.sid))
+        self._grant(self.credit.initial())
         self.accepted = True
         log_state("in", self.sid, self.peer, self.host.local_email, "accepted")
         await self.host.inbound_accepted(self)
@@ -261,9 +276,7 @@ class InboundSession(OwnedSession):
             except QueueClosed as exc:
                 return exc.reason
             if item is None:
-                if self._writer is not None:
-                    self._writer.finish()
-                return EOF
+                return self._finish()
             self._delivering = True
             try:
                 problem = await self._deliver(item)
@@ -271,6 +284,17 @@ class InboundSession(OwnedSession):
                 self._delivering = False
             if problem:
                 return self._fail(problem)
+
+    def _finish(self) -> str:
+        """Everything up to the peer's eof is written: end the app's stream cleanly."""
+        writer = self._writer
+        if writer is None and self.delivered_bytes == 0:
+            # An empty stream (the peer's app connected and left without writing): its EOF
+            # goes to an app connection that is there now; none waits for one to come.
+            writer = self.sink.writer_now()
+        if writer is not None:
+            writer.finish()
+        return EOF
 
     async def _wait_accept_marker(self) -> bool:
         assert self.accept_marker is not None
@@ -304,7 +328,6 @@ class InboundSession(OwnedSession):
                 if writer is None:
                     return f"no local app connected within {WRITER_WAIT:.0f} s"
                 self._writer = writer
-                self.app_seen = True
             try:
                 await writer.write(item.data)
             except (ConnectionError, OSError) as exc:
@@ -318,16 +341,16 @@ class InboundSession(OwnedSession):
                     return "local app connection lost"
                 continue
             break
-        ms = (time.monotonic() - item.released) * 1000.0
-        self.delivered_bytes += item.payload_len
-        self.host.telemetry.record_rx(item.payload_len, ms)
+        self._consumed(item, (time.monotonic() - item.released) * 1000.0)
         return ""
 
     async def _end(self, reason: str) -> None:
         self.close_reason = reason
         self.queue.close(reason)
         self._done.set()
-        if self._writer is not None and self.kind == "tcp" and reason != EOF:
+        if self._writer is not None and reason != EOF:
+            # Bytes may be missing: the app must see a reset (TCP) or a broken frame stream
+            # (IPC), never a clean end.
             self._writer.fail(reason)
         log_state(
             "in",
@@ -340,4 +363,6 @@ class InboundSession(OwnedSession):
         await self.host.session_ended(self)
 
     def snapshot(self) -> dict[str, object]:
-        return self._snapshot(self.path, self.peer)
+        return self._snapshot(
+            self.path, self.peer, held=self.credit.buffered, window=self.credit.window
+        )

@@ -7,6 +7,12 @@ falls back to the WebSocket with the same seq. When the producer finishes, the o
 host drain the peer transport (frames a dying channel may have lost are resent first), then
 queues Close ``eof:<last seq>`` behind the data. On accept timeout or reject it sends Close
 ``fallback`` and the producer's next send fails.
+
+Flow control (:mod:`hotlink.protocol.flow`): once the receiver has granted credit, a frame
+leaves only while the bytes sent are below the granted limit. Without credit the owner waits,
+its queue fills, the producer's ``send`` waits, and the producer (the TCP proxy or IPC
+reader) stops reading its app's socket: the sending app feels the receiving app's pace as
+TCP backpressure. A receiver that never grants (a reference client) gets today's behaviour.
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from ...protocol.flow import Credit, SendCredit
 from ...protocol.frames import Frame
 from ...protocol.messages import HotlinkClose, HotlinkOpen
 from ..p2p.transport import PeerSendError
 from .base import (
     EOF,
+    FlowConfig,
     OwnedSession,
     SessionClosed,
     SessionHost,
@@ -72,8 +80,12 @@ class OutboundSession(OwnedSession):
         path: str,
         to: str = "",
         accept_timeout: float = ACCEPT_TIMEOUT,
+        flow: FlowConfig | None = None,
     ) -> None:
         super().__init__(host, sid)
+        self.flow = flow or FlowConfig()
+        self.credit = SendCredit()
+        self._credit_changed = asyncio.Event()
         self.key = key  # the session folder (outbound sessions are keyed by it)
         self.path = path  # the Open path
         self.to = to
@@ -99,12 +111,11 @@ class OutboundSession(OwnedSession):
             and not len(self.queue)
             and not self._tx_lock.locked()
             and not self.queue.closed
+            and self.credit.can_send()
         ):
             async with self._tx_lock:
-                self.seq += 1
-                frame = Frame(path, etag, self.seq, payload)
                 try:
-                    await self.host.transmit(self.sid, frame)
+                    await self._transmit(path, etag, payload)
                 except Exception as exc:
                     # The owner ends the session with it, as if its own transmit had raised.
                     try:
@@ -133,6 +144,20 @@ class OutboundSession(OwnedSession):
 
     # ------------------------------------------------------------ messages from the peer
 
+    def on_credit(self, credit: Credit) -> None:
+        """A ``flow_credit`` grant from the receiver."""
+        if not self.flow.enabled:
+            return  # we behave as a reference client: grants are not ours to follow
+        first = not self.credit.controlled
+        if self.credit.on_credit(credit) or first:
+            self._credit_changed.set()
+        if first:
+            log.debug(
+                "hotlink session %s: receiver grants credit (window %d bytes)",
+                self.sid[:8],
+                credit.window,
+            )
+
     def on_accept(self) -> None:
         if self.state == "pending":
             self.state = "accepted"
@@ -156,7 +181,7 @@ class OutboundSession(OwnedSession):
         return super()._failure_reason(exc)
 
     async def _main(self) -> str:
-        if not await self.host.wait_connected(CONNECT_WAIT):
+        if not await self.host.wait_ready(CONNECT_WAIT):
             return "not connected"
         self.host.send_control(HotlinkOpen(self.sid, self.path, to=self.to))
         log_state("out", self.sid, self.host.local_email, self.to, "open", f"path={self.path}")
@@ -179,15 +204,32 @@ class OutboundSession(OwnedSession):
                 return exc.reason
             if isinstance(item, _TransmitFailed):
                 raise item.error
+            if item is not None:
+                await self._wait_credit()
             async with self._tx_lock:
                 if item is None:
                     await self.host.drain(self.sid)
                     await self.host.send_in_order(HotlinkClose(self.sid, eof_reason(self.seq)))
                     return EOF
-                self.seq += 1
-                await self.host.transmit(
-                    self.sid, Frame(item.path, item.etag, self.seq, item.payload)
-                )
+                await self._transmit(item.path, item.etag, item.payload)
+
+    async def _transmit(self, path: str, etag: str, payload: bytes) -> None:
+        """Number one frame and hand it to the host (call with the send lock held)."""
+        self.seq += 1
+        self.credit.on_sent(len(payload))
+        await self.host.transmit(self.sid, Frame(path, etag, self.seq, payload))
+
+    async def _wait_credit(self) -> None:
+        """Wait, as long as it takes, until the receiver's grants allow another frame.
+
+        No timeout: a paused app is not an error (TCP waits on a zero window forever too);
+        the session still ends at once if the peer or either connection goes away."""
+        if self.credit.can_send():
+            return
+        self.host.telemetry.incr("flow_waits")
+        while not self.credit.can_send():
+            self._credit_changed.clear()
+            await self._credit_changed.wait()
 
     async def _end(self, reason: str) -> None:
         self.close_reason = reason
@@ -207,4 +249,5 @@ class OutboundSession(OwnedSession):
 
     def snapshot(self) -> dict[str, object]:
         status = self.state if self.state in ("accepted", "rejected") else "pending"
-        return self._snapshot(self.path, self.to, status=status, seq=self.seq)
+        flow = "credit" if self.credit.controlled else "none"
+        return self._snapshot(self.path, self.to, status=status, seq=self.seq, flow=flow)
