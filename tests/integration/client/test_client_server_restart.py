@@ -63,3 +63,37 @@ async def test_server_restart_mid_session(tmp_path: Path) -> None:
                     bob_w.close()
         finally:
             tunnel.stop()
+
+
+async def test_an_open_waiting_through_a_relay_restart_is_not_refused(tmp_path: Path) -> None:
+    """An app writes while the relay is down: its Open waits for the reconnect, and then for
+    our ACLs to be re-published, so the restarted relay (which knows no ACL yet) allows it.
+    Sent before the ACLs, it was refused "permission denied"."""
+    with running_server_sync(tmp_path) as first:
+        port = first.port
+        tunnel = await asyncio.to_thread(
+            start_tunnel, first.url, tmp_path, env={"SYFTBOX_HOTLINK_DEBUG": "1"}
+        )
+        try:
+            mark = tunnel.alice.log_mark()
+            await asyncio.to_thread(stop_server, first)
+            await tunnel.alice.await_log(r"disconnected from", since=mark)
+            # The relay is down: alice's app writes, and her Open waits for the relay.
+            bob_r, bob_w = await dial(tunnel.bob_port)
+            _, alice_w = await dial(tunnel.alice_port)
+            alice_w.write(b"".join(reference_chunk(i) for i in range(5)))
+            await alice_w.drain()
+            with running_server_sync(tmp_path, args=["--port", str(port)]):
+                await tunnel.alice.await_log(r"hotlink session \S+ out alice→bob open", since=mark)
+                await tunnel.alice.await_log(
+                    r"hotlink session \S+ out alice→bob (accepted|closed)", since=mark
+                )
+                # Bob may have reconnected only after alice's Open went out (then nobody
+                # accepted it); that race is the relay's, not this test's subject.
+                if tunnel.alice.search_log(r"out alice→bob accepted", since=mark):
+                    check_reference_chunks(await read_exactly(bob_r, 5 * REFERENCE_CHUNK), 5)
+                assert not tunnel.alice.search_log(r"permission denied", since=mark)
+                for w in (alice_w, bob_w):
+                    w.close()
+        finally:
+            tunnel.stop()

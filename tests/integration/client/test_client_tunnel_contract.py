@@ -1,8 +1,9 @@
 """The tunnel contract with real processes: an app sees every byte and a clean EOF, or a reset.
 
-Never a short clean EOF: when hotlink gives up a stream, even by the death of a client, the
-app's connection is reset. A half-closed app still gets its answer, on that connection and
-not the next one. Short connections leave nothing behind.
+Never a short clean EOF: when hotlink gives up a stream, by the death of either client or of
+the relay, on the WebSocket path or the P2P path, the app's connection is reset. A half-closed
+app still gets its answer, on that connection and not the next one. Short connections leave
+nothing behind. (Slow, paused and frozen parties: test_client_slow_apps.py.)
 """
 
 from __future__ import annotations
@@ -18,27 +19,31 @@ from pathlib import Path
 import pytest
 
 from support.client_proc import (
-    REFERENCE_CHUNK,
     ClientProcess,
     Tunnel,
     await_telemetry,
-    check_reference_chunks,
     dial,
     read_to_eof,
     reference_chunk,
     start_tunnel,
 )
 from support.server_proc import ServerProcess
+from support.streams import Pattern, assert_reset, read_stream, send_stream
 
 from .conftest import DEBUG_ENV
 
-STREAM_CHUNKS = 16 * 1024  # 64 MiB of reference chunks: far more than is in flight at a kill
-KILL_AFTER = 2 * 1024 * 1024  # bytes the receiving app reads before a client is killed
+MIB = 1024 * 1024
+# Ways to lose a stream mid-way, on each path.
+KILLED = ["sender", "receiver", "relay"]
+PATHS = {
+    "ws": {"SYFTBOX_HOTLINK_WEBRTC": "0"},
+    "p2p": {"SYFTBOX_HOTLINK_WEBRTC_BACKEND": "libdatachannel"},
+}
 
 
 @pytest.fixture
 def tunnel(relay: ServerProcess, tmp_path: Path) -> Iterator[Tunnel]:
-    """A tunnel of its own for each test (some kill a client)."""
+    """A tunnel of its own for each test."""
     t = start_tunnel(relay.url, tmp_path, env=DEBUG_ENV)
     try:
         yield t
@@ -52,53 +57,39 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         await writer.wait_closed()
 
 
-async def _send_chunks(writer: asyncio.StreamWriter) -> None:
-    """Reference chunks until the connection is reset (by a dead client or by the proxy)."""
-    with contextlib.suppress(ConnectionError):
-        for i in range(STREAM_CHUNKS):
-            writer.write(reference_chunk(i))
-            await writer.drain()
-
-
-async def _read_until_reset(reader: asyncio.StreamReader, got: bytearray) -> None:
-    """Read into ``got`` until the connection ends: it must end with a reset, and what
-    arrived before it must be the stream's correct prefix."""
-    with pytest.raises(ConnectionResetError):
-        async with asyncio.timeout(60):
-            while data := await reader.read(1024 * 1024):
-                got += data
-    whole = len(got) // REFERENCE_CHUNK
-    check_reference_chunks(bytes(got[: whole * REFERENCE_CHUNK]), whole)
-
-
-@pytest.mark.parametrize("killed", ["receiver", "sender"])
-async def test_kill_9_of_a_client_mid_stream_resets_both_apps(tunnel: Tunnel, killed: str) -> None:
-    t = tunnel
-    bob_r, bob_w = await dial(t.bob_port)
-    await asyncio.sleep(0.2)  # bob's connection is the newest before alice writes
-    alice_r, alice_w = await dial(t.alice_port)
-    sender = asyncio.create_task(_send_chunks(alice_w))
-    got = bytearray()
+@pytest.mark.slow
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("killed", KILLED)
+async def test_kill_9_mid_stream_resets_both_apps(
+    relay: ServerProcess, tmp_path: Path, killed: str, path: str
+) -> None:
+    """kill -9 of the sending client, the receiving client or the relay while 1 GiB streams:
+    each app sees a reset after a correct prefix, never a clean EOF. The killed client's app
+    too: its socket was set to reset on close right at accept, so the kernel resets it when
+    the process dies."""
+    t = await asyncio.to_thread(start_tunnel, relay.url, tmp_path, env={**DEBUG_ENV, **PATHS[path]})
     try:
+        bob_r, bob_w = await dial(t.bob_port)
+        await asyncio.sleep(0.3)  # bob's connection is the newest before alice writes
+        alice_r, alice_w = await dial(t.alice_port)
+        pattern = Pattern()
+        sending = asyncio.create_task(send_stream(alice_w, 1024 * MIB, pattern))
+        # Bob's app reads at 20 MB/s, so a window of the stream is in flight at the kill.
+        reading = asyncio.create_task(read_stream(bob_r, pattern, [(20e6, 3600.0)]))
+        await t.bob.await_telemetry(lambda d: d["rx_bytes"] >= 8 * MIB, timeout=60)
+        victim = {"sender": t.alice, "receiver": t.bob, "relay": relay}[killed]
+        victim.signal(signal.SIGKILL)
         async with asyncio.timeout(60):
-            while len(got) < KILL_AFTER:
-                data = await bob_r.read(1024 * 1024)
-                assert data, f"the stream ended after {len(got)} bytes, before the kill"
-                got += data
-        (t.bob if killed == "receiver" else t.alice).signal(signal.SIGKILL)
-        # The killed client's app: its socket was set to reset on close right at accept, so
-        # the kernel resets it when the process dies. The surviving client's app: its
-        # client gives the stream up (the relay reports the peer gone) and resets it.
-        await _read_until_reset(bob_r, got)
-        with pytest.raises(ConnectionResetError):
-            await read_to_eof(alice_r)
-        async with asyncio.timeout(60):
-            await sender
-    finally:
-        sender.cancel()
-        await asyncio.gather(sender, return_exceptions=True)
+            got, sent = await reading, await sending
+        assert_reset(got)
+        assert sent.end == "reset"
+        # Alice's app, reading the other direction of its connection, is reset as well.
+        back = await read_stream(alice_r, pattern, timeout=60)
+        assert back.end == "reset" and back.size == 0
         await _close(alice_w)
         await _close(bob_w)
+    finally:
+        await asyncio.to_thread(t.stop)
 
 
 async def test_half_closed_app_gets_the_whole_answer_on_its_own_connection(

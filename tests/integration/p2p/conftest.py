@@ -103,13 +103,14 @@ async def stream_through(
     timeout: float = 120.0,
     on_progress: Any = None,
     eof: bool = True,
+    read_delay: float = 0.0,
 ) -> Transfer:
     """Send ``size`` pseudo-random bytes (every block differs) and hash what arrives.
 
     With ``eof`` the sender half-closes and the receiver reads to EOF (so a surplus byte
-    would show); without, the receiver reads exactly ``size`` bytes and both stay open (the
-    proxy fully closes an app connection that half-closes before a stream is bound to it,
-    which a two-way test must avoid).
+    would show); without, the receiver reads exactly ``size`` bytes and both stay open (a
+    two-way test then ends each direction's stream when it closes the connections). The
+    receiving app starts reading only after ``read_delay`` seconds.
     """
     base = os.urandom(block)
     sent = hashlib.sha256()
@@ -127,6 +128,7 @@ async def stream_through(
     async def receive() -> tuple[int, str]:
         got = hashlib.sha256()
         total = 0
+        await asyncio.sleep(read_delay)
         async with asyncio.timeout(timeout):
             while eof or total < size:
                 data = await receiver.read(1024 * 1024 if eof else min(1024 * 1024, size - total))

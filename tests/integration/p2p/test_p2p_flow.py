@@ -5,8 +5,6 @@ stream. Real relay, real clients, libdatachannel on both sides, 256 MiB per stre
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
 import time
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 
 from support.client_proc import ClientProcess, await_telemetry, dial
 from support.server_proc import ServerProcess
+from support.streams import Pattern, Phase, assert_whole, read_stream, send_stream
 
 from .conftest import close_writer, require_backend, tunnel_between
 
@@ -21,7 +20,6 @@ pytestmark = pytest.mark.slow
 
 MIB = 1024 * 1024
 SIZE = 256 * MIB
-BLOCK = MIB
 # Frames that may take the WebSocket before the channel is open (PROTOCOL.md §6.6).
 GRACE_FRAMES = 3
 PEAK_RSS_LIMIT = 300 * MIB
@@ -36,55 +34,10 @@ def peak_rss(client: ClientProcess) -> int:
     raise AssertionError("no VmHWM in /proc status")
 
 
-async def send_stream(writer: asyncio.StreamWriter, size: int) -> str:
-    """Write ``size`` bytes (every block different), half-close; the sha256 of what was sent."""
-    base = os.urandom(BLOCK)
-    digest = hashlib.sha256()
-    for i in range(size // BLOCK):
-        block = i.to_bytes(8, "big") + base[8:]
-        digest.update(block)
-        writer.write(block)
-        await writer.drain()
-    writer.write_eof()
-    return digest.hexdigest()
-
-
-async def paced_read(
-    reader: asyncio.StreamReader, phases: list[tuple[float | None, float]], timeout: float
-) -> tuple[int, str]:
-    """Read to EOF in phases of ``(bytes per second or None for full speed, seconds)``; a rate
-    of 0 is a pause. After the last phase, full speed. Returns (bytes, sha256)."""
-    digest = hashlib.sha256()
-    total = 0
-    loop = asyncio.get_running_loop()
-    async with asyncio.timeout(timeout):
-        for rate, seconds in phases:
-            end = loop.time() + seconds
-            if rate == 0:
-                await asyncio.sleep(seconds)
-                continue
-            started, taken = loop.time(), 0
-            while loop.time() < end:
-                data = await reader.read(64 * 1024)
-                if not data:
-                    return total, digest.hexdigest()
-                digest.update(data)
-                total += len(data)
-                taken += len(data)
-                if rate is not None:
-                    ahead = taken / rate - (loop.time() - started)
-                    if ahead > 0:
-                        await asyncio.sleep(ahead)
-        while data := await reader.read(MIB):
-            digest.update(data)
-            total += len(data)
-    return total, digest.hexdigest()
-
-
 async def run_paced_stream(
     relay: ServerProcess,
     tmp_path: Path,
-    phases: list[tuple[float | None, float]],
+    phases: list[Phase],
     env: dict[str, str] | None = None,
 ) -> dict[str, object]:
     require_backend("libdatachannel")
@@ -95,16 +48,16 @@ async def run_paced_stream(
         await asyncio.sleep(0.3)  # bob's connection is the one alice's stream goes to
         _alice_r, alice_w = await dial(t.alice_port)
         started = time.monotonic()
+        pattern = Pattern()
         try:
-            sent, (got_bytes, got) = await asyncio.gather(
-                send_stream(alice_w, SIZE), paced_read(bob_r, phases, timeout=600)
+            got, sent = await asyncio.gather(
+                read_stream(bob_r, pattern, phases), send_stream(alice_w, SIZE, pattern)
             )
         finally:
             await close_writer(alice_w)
             await close_writer(bob_w)
         seconds = time.monotonic() - started
-        assert got_bytes == SIZE, f"{got_bytes} of {SIZE} bytes, then a clean EOF"
-        assert got == sent
+        assert_whole(got, sent)
         doc = await await_telemetry(t.alice, lambda d: d["tx_bytes"] == SIZE)
         bob_doc = await await_telemetry(t.bob, lambda d: d["rx_bytes"] == SIZE)
         rss = {c.email: peak_rss(c) for c in t.clients}
@@ -121,7 +74,7 @@ def check_stayed_p2p(result: dict[str, object]) -> None:
     )
     assert doc["ws_fallbacks"] == 0
     assert doc["tx_ws_packets"] <= GRACE_FRAMES
-    assert doc["p2p_failed"] == 0 if "p2p_failed" in doc else True
+    assert doc.get("p2p_failed", 0) == 0
     assert doc["flow_waits"] >= 1  # the slow reader did slow the sender down
     rss = result["rss"]
     assert isinstance(rss, dict)

@@ -424,6 +424,23 @@ async def test_drain_waits_for_the_send_buffer_and_resends_nothing_if_the_channe
     await transport.close()
 
 
+async def test_the_receiver_closing_right_after_the_eof_is_no_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # After drain() the Close eof goes out; the receiver may close its channel before this
+    # session has ended here. That is the normal end: no p2p_failed, no warning, no resend.
+    transport, _backend, host, peer = await open_sender()
+    await send_p2p(transport, 1, 2, 3)
+    await transport.drain(SID)
+    with caplog.at_level(logging.INFO, logger="hotlink.webrtc"):
+        peer.events.on_channel_closed("remote closed")
+        await until(lambda: peer.closed)
+    assert host.telemetry.events.get("p2p_failed", 0) == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert host.ws == []
+    await transport.close()
+
+
 async def test_channel_closing_while_draining_resends_the_window_before_drain_returns() -> None:
     transport, _backend, host, peer = await open_sender()
     await send_p2p(transport, 1, 2, 3)
