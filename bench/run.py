@@ -1,10 +1,12 @@
 """The hotlink benchmark (``make bench`` / ``python -m bench.run [--quick]``).
 
 Side by side, on loopback and with the same payloads: a raw TCP connection (the floor),
-hotlink's WebSocket relay path, hotlink P2P with libdatachannel and with aiortc, and each
-backend's raw data channel. Then, as root, a WAN shape in network namespaces: P2P against
-the WebSocket relay. Writes ``bench/results/<timestamp>.json``, ``<timestamp>.png`` and
-``latest.md`` (the table for the README), and prints the table.
+hotlink's WebSocket relay path and P2P with libdatachannel (each with flow control on and
+off, bench/flow.py), P2P with aiortc, and each backend's raw data channel. Then flow control
+at work: slow readers on P2P, and two sessions on one WebSocket while one app stalls. Then,
+as root, a WAN shape in network namespaces: P2P against the WebSocket relay. Writes
+``bench/results/<timestamp>.json``, ``<timestamp>.png`` and ``latest.md`` (the table for the
+README), and prints the table.
 
 Never run from tests: these are measurements, not assertions.
 """
@@ -16,7 +18,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +26,7 @@ from pathlib import Path
 from hotlink.devstack import stop_on_signals
 
 from .chart import PALETTE, Bar, Panel, draw
+from .flow import FlowConfig, FlowResults, paired_paths, run_flow
 from .goals import evaluate
 from .paths import (
     BenchConfig,
@@ -36,6 +39,8 @@ from .report import machine_info, markdown
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ALL_PATHS = ("tcp", "ws", "p2p-libdatachannel", "p2p-aiortc", "raw-libdatachannel", "raw-aiortc")
+FLOW_STEPS = ("slow-reader", "shared-ws")
+ALL_STEPS = ALL_PATHS + FLOW_STEPS
 
 
 def _say(msg: str) -> None:
@@ -47,7 +52,9 @@ def _summary(r: PathResult) -> str:
         return f"FAILED ({r.error})"
     parts = []
     if r.throughput_mb_s is not None:
-        parts.append(f"{r.throughput_mb_s:.1f} MB/s")
+        n = len(r.throughput_samples)
+        median = f" (median of {n})" if n > 1 else ""
+        parts.append(f"{r.throughput_mb_s:.1f} MB/s{median}")
     for size, s in r.rtt.items():
         parts.append(f"rtt{size} p50 {s['p50_ms']:.3f} ms")
     if r.transport and r.kind in ("ws", "p2p"):
@@ -55,25 +62,30 @@ def _summary(r: PathResult) -> str:
     return ", ".join(parts) + f" [{r.seconds:.0f} s]"
 
 
-async def run_loopback(cfg: BenchConfig, only: Sequence[str]) -> list[PathResult]:
-    steps = {
-        "tcp": lambda: tcp_floor(cfg),
-        "ws": lambda: hotlink_path(cfg, "hotlink WS relay", ws_only=True),
-        "p2p-libdatachannel": lambda: hotlink_path(
-            cfg, "hotlink P2P libdatachannel", backend="libdatachannel"
+async def _one(row: Awaitable[PathResult]) -> list[PathResult]:
+    return [await row]
+
+
+async def run_loopback(cfg: BenchConfig, fcfg: FlowConfig, only: Sequence[str]) -> list[PathResult]:
+    steps: dict[str, Callable[[], Awaitable[list[PathResult]]]] = {
+        "tcp": lambda: _one(tcp_floor(cfg)),
+        # Flow control on and off, interleaved (bench/flow.py): two rows each.
+        "ws": lambda: paired_paths(cfg, "hotlink WS relay", repeats=fcfg.repeats, ws_only=True),
+        "p2p-libdatachannel": lambda: paired_paths(
+            cfg, "hotlink P2P libdatachannel", repeats=fcfg.repeats, backend="libdatachannel"
         ),
-        "p2p-aiortc": lambda: hotlink_path(cfg, "hotlink P2P aiortc", backend="aiortc"),
-        "raw-libdatachannel": lambda: raw_datachannel(cfg, "libdatachannel"),
-        "raw-aiortc": lambda: raw_datachannel(cfg, "aiortc"),
+        "p2p-aiortc": lambda: _one(hotlink_path(cfg, "hotlink P2P aiortc", backend="aiortc")),
+        "raw-libdatachannel": lambda: _one(raw_datachannel(cfg, "libdatachannel")),
+        "raw-aiortc": lambda: _one(raw_datachannel(cfg, "aiortc")),
     }
     results = []
     for key in ALL_PATHS:
         if key not in only:
             continue
         _say(f"bench: {key} ...")
-        result = await steps[key]()
-        _say(f"bench: {key}: {_summary(result)}")
-        results.append(result)
+        for result in await steps[key]():
+            _say(f"bench: {result.name}: {_summary(result)}")
+            results.append(result)
     return results
 
 
@@ -144,38 +156,52 @@ def _chart(results: Sequence[PathResult], path: Path, title: str) -> Path:
 
 
 async def collect(
-    args: argparse.Namespace, cfg: BenchConfig
-) -> tuple[list[PathResult], str | None]:
-    only = args.only.split(",") if args.only else list(ALL_PATHS)
-    results = await run_loopback(cfg, only)
+    args: argparse.Namespace, cfg: BenchConfig, fcfg: FlowConfig
+) -> tuple[list[PathResult], FlowResults, str | None]:
+    only = args.only.split(",") if args.only else list(ALL_STEPS)
+    results = await run_loopback(cfg, fcfg, only)
+    flow = await run_flow(fcfg, only)
     if args.no_wan:
-        return results, "WAN shape skipped (--no-wan)."
+        return results, flow, "WAN shape skipped (--no-wan)."
+    if args.only and "wan" not in only:
+        return results, flow, "WAN shape skipped (--only)."
     wan_results, wan_note = await run_wan(cfg)
-    return results + wan_results, wan_note
+    return results + wan_results, flow, wan_note
 
 
 def write_outputs(
     args: argparse.Namespace,
     cfg: BenchConfig,
+    fcfg: FlowConfig,
     results: list[PathResult],
+    flow: FlowResults,
     wan_note: str | None,
     seconds: float,
 ) -> None:
-    goals = evaluate(results)
+    goals = evaluate(results, flow)
     machine = machine_info()
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     png = _chart(results, out_dir / f"{stamp}.png", "hotlink benchmark")
     table = markdown(
-        results, goals, machine, cfg, quick=args.quick, wan_note=wan_note, chart=png.name
+        results,
+        goals,
+        machine,
+        cfg,
+        quick=args.quick,
+        wan_note=wan_note,
+        chart=png.name,
+        flow=flow,
+        flow_cfg=fcfg,
     )
     doc = {
         "machine": machine,
-        "config": asdict(cfg),
+        "config": {**asdict(cfg), "flow": asdict(fcfg)},
         "quick": args.quick,
         "seconds": seconds,
         "results": [r.to_json() for r in results],
+        "flow": flow.to_json(),
         "goals": [g.to_json() for g in goals],
         "wan_note": wan_note,
         "chart": png.name,
@@ -193,11 +219,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", help="payload one way, e.g. 64MiB (default 64MiB, quick 8MiB)")
     parser.add_argument("--rounds", type=int, help="ping-pong rounds per size (default 2000)")
     parser.add_argument("--no-wan", action="store_true", help="skip the namespace WAN shape")
-    parser.add_argument("--only", help=f"comma-separated subset of: {','.join(ALL_PATHS)}")
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated subset of: {','.join(ALL_STEPS)},wan (default: all)",
+    )
+    parser.add_argument(
+        "--flow-repeats",
+        type=int,
+        help="streams per row of each flow-control on/off pair (default 7, quick 3)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     args = parser.parse_args(argv)
     stop_on_signals()
     cfg = BenchConfig.quick() if args.quick else BenchConfig()
+    fcfg = FlowConfig.quick() if args.quick else FlowConfig()
+    if args.flow_repeats:
+        fcfg = replace(fcfg, repeats=max(1, args.flow_repeats))
     if args.size:
         from hotlink.demo.payload import parse_size
 
@@ -205,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds:
         cfg = replace(cfg, rounds=args.rounds)
     started = time.monotonic()
-    results, wan_note = asyncio.run(collect(args, cfg))
-    write_outputs(args, cfg, results, wan_note, time.monotonic() - started)
+    results, flow, wan_note = asyncio.run(collect(args, cfg, fcfg))
+    write_outputs(args, cfg, fcfg, results, flow, wan_note, time.monotonic() - started)
     return 0
 
 

@@ -41,12 +41,22 @@ TELEMETRY_KEYS = (
 )
 
 
-def client_env(backend: str = "auto", ws_only: bool = False) -> dict[str, str]:
+def client_env(
+    backend: str = "auto",
+    ws_only: bool = False,
+    *,
+    flow_control: bool = True,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """Client settings for a WebRTC backend (``auto``/``libdatachannel``/``aiortc``), or the
-    WebSocket relay path only."""
+    WebSocket relay path only; ``flow_control=False`` makes the clients neither grant nor
+    follow credit (as reference clients do); ``extra`` goes on top."""
     env = {"SYFTBOX_HOTLINK_WEBRTC_BACKEND": backend}
     if ws_only:
         env["SYFTBOX_HOTLINK_WEBRTC"] = "0"
+    if not flow_control:
+        env["SYFTBOX_HOTLINK_FLOW_CONTROL"] = "0"
+    env.update(extra or {})
     return env
 
 
@@ -106,15 +116,17 @@ async def open_tunnel(
     bob: ClientProc,
     *,
     connect: Connector | Mapping[str, Connector] | None = None,
+    channel: Channel | None = None,
     timeout: float = 30.0,
 ) -> TunnelSetup:
     """Write the channel into both trees, wait for both proxies, dial, first byte each way.
 
     ``connect`` opens connections to the proxy ports (default: loopback); a mapping gives
-    one per email (clients in different network namespaces)."""
+    one per email (clients in different network namespaces). ``channel`` (default: a new one
+    in the default flow folder) lets a second tunnel run between the same two clients."""
     connectors = connect if isinstance(connect, Mapping) else {}
     default = None if isinstance(connect, Mapping) else connect
-    channel = stack.channel(alice.email, bob.email)
+    channel = channel or stack.channel(alice.email, bob.email)
     marks = {c.email: c.log_mark() for c in (alice, bob)}
     marker_written = time.time()
     stack.write_channel(channel)
