@@ -17,15 +17,25 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..protocol.acl import MAX_ACL_BYTES as MAX_ACL_BYTES
 from ..protocol.messages import Ack, Error, FileWrite, Message, Nack
 from .edges.discovery import find_named
+from .localfs import FileTooLarge, read_regular_file
 
 log = logging.getLogger("hotlink.acl")
 
 ACL_FILE = "syft.pub.yaml"
-MAX_ACL_BYTES = 4 * 1024 * 1024
+# Bigger ACL files than MAX_ACL_BYTES (the relay's own bound, imported above) are never sent:
+# the relay would refuse them.
 ACK_TIMEOUT = 5.0
 POLL_INTERVAL = 0.25
+# A write that got no Ack is sent again after RETRY_FIRST s, doubling up to RETRY_MAX s.
+RETRY_FIRST = 1.0
+RETRY_MAX = 300.0
+# A failing round (an unexpected error) is reported at most this often.
+ROUND_ERROR_REPORT_INTERVAL = 60.0
+
+Stat = tuple[int, int, int]  # (inode, mtime_ns, size): a changed file changes one of them
 
 
 @dataclass(frozen=True)
@@ -35,31 +45,54 @@ class AclFile:
     etag: str  # MD5 hex, like the reference clients
 
 
-def scan_acl_files(datasites: Path, email: str) -> dict[str, tuple[int, int]]:
-    """``rel_path -> (mtime_ns, size)`` of every ACL file in our datasite."""
-    found: dict[str, tuple[int, int]] = {}
+def scan_acl_files(datasites: Path, email: str) -> dict[str, Stat]:
+    """``rel_path -> (inode, mtime_ns, size)`` of every ACL file in our datasite: regular
+    files only, never through a symlink (blocking I/O: run it off the loop)."""
+    found: dict[str, Stat] = {}
     for full, rel in find_named(datasites, ACL_FILE, under=datasites / email):
         try:
-            st = os.stat(full)
+            st = os.lstat(full)
         except OSError:
             continue
-        found[rel] = (st.st_mtime_ns, st.st_size)
+        found[rel] = (st.st_ino, st.st_mtime_ns, st.st_size)
     return found
 
 
-def read_acl_file(datasites: Path, rel_path: str) -> AclFile | None:
-    try:
-        content = (datasites / rel_path).read_bytes()
-    except OSError:
-        return None
+def read_acl_file(datasites: Path, rel_path: str) -> AclFile:
+    """The file's content, read safely (a regular file below ``datasites`` reached without a
+    symlink, at most :data:`MAX_ACL_BYTES`); raises OSError (see :mod:`.edges.localfs`)."""
+    content = read_regular_file(datasites / rel_path, MAX_ACL_BYTES, root=datasites)
     return AclFile(rel_path, content, hashlib.md5(content).hexdigest())
+
+
+@dataclass
+class _Failed:
+    """Why a version of a file is not published, and when it may be sent again."""
+
+    stat: Stat
+    etag: str  # "" when it was never read (too big, unreadable)
+    refused: bool  # the server said no (or it cannot be sent): wait for the file to change
+    attempts: int = 0  # sends in a row that got no Ack
+    retry_at: float = 0.0
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before the next send of a file whose last ``attempts`` sends got no Ack."""
+    return min(RETRY_MAX, RETRY_FIRST * 2.0 ** max(0, attempts - 1))
 
 
 SendFn = Callable[[Message], Awaitable[None]]
 
 
 class AclPublisher:
-    """Owns one task per connection: publish everything, then poll for changes."""
+    """Owns one task per connection: publish everything, then poll for changes.
+
+    A file the server refused (Nack or Error) is not sent again until it changes; one that
+    got no Ack (a silent server, or the connection dropped) is sent again after
+    :func:`retry_delay`, also across reconnects, so a file that upsets the server cannot make
+    us send it in a loop. A file over :data:`MAX_ACL_BYTES` is never sent (one warning).
+    Reads run off the event loop.
+    """
 
     def __init__(
         self,
@@ -81,8 +114,11 @@ class AclPublisher:
         # What this connection's server has from us: rel_path -> etag.
         self.published: dict[str, str] = {}
         self.rounds = 0
+        self.passes = 0  # polls done on any connection (tests wait on it)
         # Set once this connection's first publish round is over (Opens wait for it).
         self._first_round = asyncio.Event()
+        # Files not published and why; kept across connections (see the class docstring).
+        self.failed: dict[str, _Failed] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -142,38 +178,103 @@ class AclPublisher:
     # ------------------------------------------------------------ work
 
     async def _run(self) -> None:
-        seen: dict[str, tuple[int, int]] = {}
+        loop = asyncio.get_running_loop()
+        seen: dict[str, Stat] = {}  # what this connection's server has, by file version
         first = True
+        reported_at: float | None = None
         while True:
-            current = scan_acl_files(self.datasites, self.email)
-            changed = sorted(p for p, stat in current.items() if seen.get(p) != stat)
-            failed = {rel for rel in changed if not await self._publish(rel)}
-            for rel in set(seen) - set(current):
-                log.info("acl removed locally (the server keeps it until deleted): %s", rel)
-            # Failed files are retried on the next poll.
-            seen = {p: s for p, s in current.items() if p not in failed}
-            ok = not failed
+            try:
+                current = await asyncio.to_thread(scan_acl_files, self.datasites, self.email)
+                for rel in sorted(current):
+                    if seen.get(rel) != current[rel] and await self._publish(rel, current[rel]):
+                        seen[rel] = current[rel]
+                for rel in set(seen) - set(current):
+                    log.info("acl removed locally (the server keeps it until deleted): %s", rel)
+                    del seen[rel]
+                for rel in set(self.failed) - set(current):
+                    del self.failed[rel]
+            except Exception as exc:  # one bad round must not stop publishing for good
+                now = loop.time()
+                if reported_at is None or now - reported_at >= ROUND_ERROR_REPORT_INTERVAL:
+                    reported_at = now
+                    log.error("acl publishing round failed: %s", exc, exc_info=exc)
+                current = {}
             if first:
                 first = False
                 self.rounds += 1
+                refused = sum(1 for f in self.failed.values() if f.refused)
+                waiting = len(self.failed) - refused
                 log.info(
-                    "acls published: %d of %d files%s",
+                    "acls published: %d of %d files%s%s",
                     len(self.published),
                     len(current),
-                    "" if ok else " (some failed, will retry)",
+                    f" ({refused} refused until changed)" if refused else "",
+                    f" ({waiting} waiting to retry)" if waiting else "",
                 )
                 self._first_round.set()
+            self.passes += 1
             await asyncio.sleep(self.poll_interval)
 
-    async def _publish(self, rel: str) -> bool:
-        acl = read_acl_file(self.datasites, rel)
-        if acl is None:
+    def _hold(self, rel: str, stat: Stat, etag: str, reason: str) -> None:
+        """This version is not sent again until the file changes."""
+        self.failed[rel] = _Failed(stat, etag, refused=True)
+        log.warning("acl %s is not published: %s (not sent again until it changes)", rel, reason)
+
+    async def _publish(self, rel: str, stat: Stat) -> bool:
+        """Publish one file if it should be; True when the server has this version."""
+        loop = asyncio.get_running_loop()
+        failed = self.failed.get(rel)
+        if failed is not None and failed.stat == stat:
+            if failed.refused or loop.time() < failed.retry_at:
+                return False
+        if stat[2] > MAX_ACL_BYTES:
+            self._hold(rel, stat, "", f"{stat[2]} bytes; the limit is {MAX_ACL_BYTES}")
+            return False
+        try:
+            acl = await asyncio.to_thread(read_acl_file, self.datasites, rel)
+        except FileNotFoundError:
+            return False  # removed meanwhile
+        except FileTooLarge as exc:
+            self._hold(rel, stat, "", str(exc))
+            return False
+        except OSError as exc:  # a link, a FIFO, unreadable
+            self._hold(rel, stat, "", str(exc))
             return False
         if self.published.get(rel) == acl.etag:
             return True
-        if len(acl.content) > MAX_ACL_BYTES:
-            log.warning("acl %s is %d bytes; the limit is %d", rel, len(acl.content), MAX_ACL_BYTES)
-            return False
+        if failed is not None and failed.etag == acl.etag:
+            failed.stat = stat  # touched, same content
+            if failed.refused or loop.time() < failed.retry_at:
+                return False
+            attempts = failed.attempts + 1
+        else:
+            attempts = 1  # new content: send it now
+        # Recorded before sending: if the connection drops meanwhile (this task is then
+        # cancelled), the next connection waits for the back-off too.
+        self.failed[rel] = _Failed(
+            stat, acl.etag, refused=False, attempts=attempts,
+            retry_at=loop.time() + retry_delay(attempts),
+        )  # fmt: skip
+        outcome, refused = await self._send_and_wait(acl)
+        if outcome == "ok":
+            del self.failed[rel]
+            self.published[rel] = acl.etag
+            log.info("acl published %s", rel)
+            return True
+        if refused:
+            self._hold(rel, stat, acl.etag, f"refused by the server: {outcome}")
+        else:
+            log.warning(
+                "acl publish failed for %s: %s (retrying in %.0f s)",
+                rel,
+                outcome,
+                retry_delay(attempts),
+            )
+        return False
+
+    async def _send_and_wait(self, acl: AclFile) -> tuple[str, bool]:
+        """``("ok", False)``, or the failure and whether the server refused the file."""
+        rel = acl.rel_path
         message = Message.new(FileWrite(rel, acl.etag, len(acl.content), acl.content))
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._by_id[message.id] = fut
@@ -190,9 +291,4 @@ class AclPublisher:
             self._by_id.pop(message.id, None)
             if self._by_path.get(rel) is fut:
                 del self._by_path[rel]
-        if outcome != "ok":
-            log.warning("acl publish failed for %s: %s", rel, outcome)
-            return False
-        self.published[rel] = acl.etag
-        log.info("acl published %s", rel)
-        return True
+        return outcome, outcome.startswith(("nack:", "error "))

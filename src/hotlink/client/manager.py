@@ -5,6 +5,8 @@ session per folder for all its files, while each TCP-proxy app connection opens 
 (``open_stream``), closing any older one for that folder. Inbound sessions are keyed by sid.
 Every frame is offered to the peer transport first and goes over the WebSocket otherwise;
 every received frame, whichever path it took, enters the session's one reorder buffer.
+What inbound sessions hold is charged to one :class:`~.session.budget.MemoryBudget`, per peer
+and in total; an Open past a peer's session cap is Rejected before anything is made for it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..protocol.acl import short_path
 from ..protocol.errors import ProtocolError
 from ..protocol.flow import FLOW_KIND, parse_credit_token
 from ..protocol.frames import Frame
@@ -41,7 +44,8 @@ from ..protocol.messages import (
 )
 from .connection import NotConnected
 from .p2p.transport import NullPeerTransport, PeerSendError, PeerTransport, SessionInfo
-from .session.base import FlowConfig, SessionClosed, Sink, short_sid
+from .session.base import FlowConfig, SessionClosed, Sink, short_reason, short_sid
+from .session.budget import BudgetExceeded, BudgetLease, BudgetLimits, MemoryBudget
 from .session.inbound import InboundSession
 from .session.outbound import ACCEPT_TIMEOUT, OutboundSession
 from .telemetry import Telemetry
@@ -69,11 +73,19 @@ class TunnelRegistry(Protocol):
         """The channel whose writer keys include ``path`` and whose peer is ``peer``."""
 
 
+class IpcSink(Sink, Protocol):
+    """An inbound session's lease on the IPC endpoint of its folder."""
+
+    def release(self) -> None:
+        """The session ended: the endpoint may close once nothing else uses it."""
+
+
 class IpcRegistry(Protocol):
     """The IPC hub as the manager sees it."""
 
-    async def endpoint_for(self, folder: Path) -> Sink:
-        """The IPC endpoint (listener + marker) of a session folder; raises OSError."""
+    async def endpoint_for(self, folder: Path) -> IpcSink:
+        """A lease on the IPC endpoint (listener + marker) of a session folder, which it
+        creates inside the datasites without following links; raises OSError."""
 
 
 @dataclass
@@ -81,6 +93,9 @@ class ManagerConfig:
     accept_timeout: float = ACCEPT_TIMEOUT
     debug: bool = False
     flow: FlowConfig = field(default_factory=FlowConfig)
+    # What inbound sessions may hold, per peer and in total; None: the defaults for the flow
+    # window (BudgetLimits.for_window).
+    budget: BudgetLimits | None = None
 
 
 # Waits up to ``within`` s until Opens may be sent; False if that did not happen in time.
@@ -122,6 +137,10 @@ class HotlinkManager:
         # The daemon's gate also waits for our ACLs to be re-published after a (re)connect.
         self._ready: ReadyGate = ready or wire.wait_connected
         self._bad_credit_logged = False
+        # One ledger for the memory every inbound session holds (session/budget.py).
+        self.budget = MemoryBudget(
+            self.config.budget or BudgetLimits.for_window(self.config.flow.window)
+        )
         self.tunnels: TunnelRegistry | None = None
         self.ipc: IpcRegistry | None = None
         self.outbound: dict[str, OutboundSession] = {}  # folder -> session
@@ -129,6 +148,8 @@ class HotlinkManager:
         self.inbound: dict[str, InboundSession] = {}  # sid -> session
         # Live outbound sessions the peer sent P2P frames on (dropped, logged once each).
         self._reverse_logged: set[str] = set()
+        self._ipc_sinks: dict[str, IpcSink] = {}  # inbound sid -> its IPC endpoint lease
+        self._ipc_refused = 0
         self._open_lock = asyncio.Lock()
         self._closing = False
         self.transport.bind(self)
@@ -197,6 +218,9 @@ class HotlinkManager:
             self._reverse_logged.discard(session.sid)
         elif self.inbound.get(session.sid) is session:
             del self.inbound[session.sid]
+            ipc_sink = self._ipc_sinks.pop(session.sid, None)
+            if ipc_sink is not None:
+                ipc_sink.release()
         self.telemetry.changed()
         await self._hook(self.transport.on_session_closed, session.sid)
 
@@ -351,29 +375,76 @@ class HotlinkManager:
                     msg.pth,
                 )
                 return
-            self._start_inbound(msg, folder, "tcp", sink, None)
+            lease = self._lease(msg)
+            if lease is not None:
+                self._start_inbound(msg, folder, "tcp", sink, None, lease)
             return
         if not is_hotlink_path(msg.pth):
             log.info("ignoring hotlink open for non-request path %s", msg.pth)
             return
         folder_abs = local_path(self.datasites, folder)
         assert folder_abs is not None
+        # Refused before anything is made on disk for it.
+        lease = self._lease(msg)
+        if lease is None:
+            return
         try:
             if self.ipc is None:
                 raise OSError("ipc is off")
-            folder_abs.mkdir(parents=True, exist_ok=True)
+            # Makes the folder one segment at a time, refusing links out of the datasites.
             sink = await self.ipc.endpoint_for(folder_abs)
         except OSError as exc:
-            log.warning("ipc unavailable for %s: %s", folder, exc)
-            try:
-                self.send_control(HotlinkReject(msg.sid, "ipc unavailable"))
-            except NotConnected:
-                pass
+            lease.close()
+            self._ipc_refused += 1
+            # An Open per refusal could fill the log: the first and every 100th.
+            if self._ipc_refused == 1 or self._ipc_refused % 100 == 0:
+                log.warning(
+                    "ipc unavailable for %s: %s (%d refused so far)",
+                    short_path(folder),
+                    exc,
+                    self._ipc_refused,
+                )
+            self._reject(msg.sid, "ipc unavailable")
             return
-        self._start_inbound(msg, folder, "ipc", sink, folder_abs / ACCEPT_MARKER)
+        except BaseException:
+            lease.close()  # no session will own it
+            raise
+        self._ipc_sinks[msg.sid] = sink
+        self._start_inbound(msg, folder, "ipc", sink, folder_abs / ACCEPT_MARKER, lease)
+
+    def _lease(self, msg: HotlinkOpen) -> BudgetLease | None:
+        """The new session's share of the memory budget, or None: Rejected (too many sessions
+        from this peer, or in all). Other sessions are not touched."""
+        try:
+            return self.budget.open(msg.frm)
+        except BudgetExceeded as exc:
+            refused = self.budget.refused_opens
+            # A peer that keeps opening could fill the log: the first and every 100th.
+            if refused == 1 or refused % 100 == 0:
+                log.warning(
+                    "refusing hotlink open %s from %s: %s (%d refused so far)",
+                    short_sid(msg.sid),
+                    msg.frm,
+                    exc.reason,
+                    refused,
+                )
+            self._reject(msg.sid, exc.reason)
+            return None
+
+    def _reject(self, sid: str, reason: str) -> None:
+        try:
+            self.send_control(HotlinkReject(sid, reason))
+        except NotConnected:
+            pass
 
     def _start_inbound(
-        self, msg: HotlinkOpen, folder: str, kind: str, sink: Sink, accept_marker: Path | None
+        self,
+        msg: HotlinkOpen,
+        folder: str,
+        kind: str,
+        sink: Sink,
+        accept_marker: Path | None,
+        lease: BudgetLease,
     ) -> None:
         session = InboundSession(
             self,
@@ -385,6 +456,7 @@ class HotlinkManager:
             sink=sink,
             accept_marker=accept_marker,
             flow=self.config.flow,
+            lease=lease,
         )
         self.inbound[msg.sid] = session
         session.start()
@@ -400,13 +472,14 @@ class HotlinkManager:
     async def _on_reject(self, msg: HotlinkReject) -> None:
         outbound = self.outbound_by_sid.get(msg.sid)
         if outbound is not None:
-            log.info("hotlink session %s rejected: %s", short_sid(msg.sid), msg.rsn or "-")
-            outbound.on_reject(msg.rsn)
+            reason = short_reason(msg.rsn)
+            log.info("hotlink session %s rejected: %s", short_sid(msg.sid), reason or "-")
+            outbound.on_reject(reason)
             return
         inbound = self.inbound.get(msg.sid)
         if inbound is not None:
             # The server refused our Accept (permission denied, already accepted, ...).
-            await inbound.close(f"rejected: {msg.rsn or '-'}", notify=False)
+            await inbound.close(f"rejected: {short_reason(msg.rsn) or '-'}", notify=False)
 
     async def _on_data(self, msg: HotlinkData) -> None:
         session = self.inbound.get(msg.sid)
@@ -435,7 +508,7 @@ class HotlinkManager:
     async def _on_close(self, msg: HotlinkClose) -> None:
         outbound = self.outbound_by_sid.get(msg.sid)
         if outbound is not None:
-            await outbound.close(f"closed by peer: {msg.rsn or '-'}", notify=False)
+            await outbound.close(f"closed by peer: {short_reason(msg.rsn) or '-'}", notify=False)
             return
         inbound = self.inbound.get(msg.sid)
         if inbound is None:
@@ -444,7 +517,7 @@ class HotlinkManager:
             # The stream ends cleanly: its channel closing from now on is not a failure.
             self.transport.stream_ending(msg.sid)
         else:
-            await inbound.close(msg.rsn or "closed by peer", notify=False)
+            await inbound.close(short_reason(msg.rsn) or "closed by peer", notify=False)
 
     # ------------------------------------------------------------ lifecycle
 

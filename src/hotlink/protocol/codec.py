@@ -5,7 +5,9 @@ Binary frames carry the SB envelope ``53 42 01 <enc>`` followed by a msgpack map
 JSON bytes when ``enc`` is 0). Text frames carry ``{"id", "typ", "dat"}`` JSON with base64
 bytes. Decoding is lenient where the reference peers differ (any int width, str or bin,
 unknown keys, the msgpack timestamp extension) and strict about everything else: all bad
-input raises :class:`ProtocolError` with a message that says what was wrong.
+input raises :class:`ProtocolError` with a message that says what was wrong. That includes
+a message without ``typ`` (not a System message) and text with no UTF-8 form (a lone
+surrogate from a JSON escape), which no receiver could be sent.
 """
 
 from __future__ import annotations
@@ -165,6 +167,8 @@ def _as_str(value: Any, where: str) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
+        if not value.isascii():
+            _check_unicode(value, where)
         return value
     if isinstance(value, (bytes, bytearray)):
         try:
@@ -172,6 +176,20 @@ def _as_str(value: Any, where: str) -> str:
         except UnicodeDecodeError as exc:
             raise ProtocolError(f"{where}: bytes are not valid UTF-8") from exc
     raise ProtocolError(f"{where}: expected a string, got {_what(value)}")
+
+
+def _check_unicode(text: str, where: str) -> None:
+    """Refuse text that has no UTF-8 form: a lone surrogate, from a JSON ``\\udXXX`` escape.
+
+    Such a string would fail later, when the relay encodes it for another receiver (or
+    aiohttp encodes a text frame), far from the frame that carried it.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ProtocolError(
+            f"{where}: text is not valid Unicode (lone surrogate at character {exc.start})"
+        ) from None
 
 
 def _as_int(value: Any, where: str, *, lo: int, hi: int) -> int:
@@ -312,6 +330,9 @@ def payload_from_obj(typ: MsgType, obj: Any, *, json_form: bool) -> Payload:
 
 
 def _msg_type(raw: Any) -> MsgType:
+    if raw is None:
+        # Not the zero value (System): a message without a type is not a message.
+        raise ProtocolError("message has no typ")
     typ = _as_int(raw, "typ", lo=0, hi=0xFFFF)
     try:
         return MsgType(typ)
@@ -362,7 +383,7 @@ def decode_json(text: str | bytes) -> Message:
         raise ProtocolError(f"malformed JSON: {exc}") from exc
     outer = _wire_map(obj, "message")
     raw_typ = outer.get("typ")
-    if not isinstance(raw_typ, (int, float)) or isinstance(raw_typ, bool):
+    if raw_typ is not None and (not isinstance(raw_typ, (int, float)) or isinstance(raw_typ, bool)):
         raise ProtocolError(f"typ must be a JSON number, got {_what(raw_typ)}")
     typ = _msg_type(raw_typ)
     msg_id = _as_str(outer.get("id"), "id")

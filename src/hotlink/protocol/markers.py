@@ -70,9 +70,15 @@ class TcpMarker:
     ports: dict[str, int]
 
 
+def _short(value: Any) -> str:
+    """A value for an error message, cut short: a marker may hold anything."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
 def _port(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
-        raise ProtocolError(f"{where} must be a port number 0-65535, got {value!r}")
+        raise ProtocolError(f"{where} must be a port number 0-65535, got {_short(value)}")
     return value
 
 
@@ -81,11 +87,21 @@ def parse_tcp_marker(text: str, source: str) -> TcpMarker:
 
     Like Go we require JSON (Rust's bare ``port`` / ``host:port`` forms would also match the
     TCP-mode IPC marker of the same name, PROTOCOL.md §11.12).
+
+    Anyone who can drop a file can write a marker, so every failure of the JSON parser
+    becomes a ProtocolError: ``[`` repeated 100,000 times raises RecursionError, which must
+    not end the caller's discovery loop.
     """
     try:
         obj = json.loads(text)
+    except RecursionError:
+        raise ProtocolError(f"{source}: TCP marker is nested too deeply") from None
     except ValueError as exc:
-        raise ProtocolError(f"{source}: TCP marker is not valid JSON: {exc}") from exc
+        raise ProtocolError(f"{source}: TCP marker is not valid JSON: {exc}") from None
+    except Exception as exc:  # whatever else the parser may raise on hostile input
+        raise ProtocolError(
+            f"{source}: TCP marker could not be parsed ({type(exc).__name__})"
+        ) from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"{source}: TCP marker must be a JSON object")
     emails = []
@@ -98,7 +114,9 @@ def parse_tcp_marker(text: str, source: str) -> TcpMarker:
     raw_ports = obj.get("ports") or {}
     if not isinstance(raw_ports, dict):
         raise ProtocolError(f"{source}: 'ports' must map emails to port numbers")
-    ports = {str(k).strip(): _port(v, f"{source}: ports[{k!r}]") for k, v in raw_ports.items()}
+    ports = {
+        str(k).strip(): _port(v, f"{source}: ports[{_short(k)}]") for k, v in raw_ports.items()
+    }
     return TcpMarker(emails[0], emails[1], port, ports)
 
 

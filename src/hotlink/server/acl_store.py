@@ -3,6 +3,11 @@
 Fed by clients' FileWrites of their own ACL files and by ``--acl-dir`` at start-up (a folder
 holding datasite-relative trees: ``DIR/<email>/.../syft.pub.yaml``). The router and the file
 handler only ask ``can_access``; a path that cannot be normalised is simply denied.
+
+A FileWrite is loaded in three steps so that the costly middle one can run on a worker
+thread: :meth:`ACLStore.check` (path and count, on the event loop), :func:`prepare_acl`
+(parse and compile, pure, bounded by the ``MAX_ACL_*`` limits), :meth:`ACLStore.install`
+(on the event loop, cheap).
 """
 
 from __future__ import annotations
@@ -11,7 +16,18 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..protocol.acl import ACL_FILE, Access, ACLError, ACLTree, acl_dir, is_acl_path, parse_acl
+from ..protocol.acl import (
+    ACL_FILE,
+    MAX_ACL_BYTES,
+    Access,
+    ACLError,
+    ACLTree,
+    CompiledACL,
+    acl_dir,
+    is_acl_path,
+    prepare_acl,
+    short_path,
+)
 from ..protocol.acl import normalize_path as _normalize
 from ..protocol.errors import ProtocolError
 
@@ -19,7 +35,7 @@ log = logging.getLogger("hotlink.server")
 
 # A datasite cannot grow the server's memory without bound by uploading ACL files.
 MAX_ACL_FILES_PER_DATASITE = 10_000
-MAX_ACL_FILE_BYTES = 1024 * 1024
+MAX_ACL_FILE_BYTES = MAX_ACL_BYTES  # --acl-dir files get the same bound as uploads
 
 
 def normalize_path(path: str) -> str:
@@ -54,23 +70,41 @@ class ACLStore:
             return False
 
     def load(self, path: str, text: str) -> str:
-        """Parse and load one ACL file; returns its normalised path. Raises ACLError."""
+        """Parse and load one ACL file here and now; returns its normalised path.
+
+        For ``--acl-dir`` and tests: a FileWrite uses :meth:`check`, :func:`prepare_acl` on a
+        worker thread and :meth:`install`. Raises ACLError.
+        """
+        norm = self.check(path)
+        self.install(norm, prepare_acl(text, norm))
+        return norm
+
+    def check(self, path: str) -> str:
+        """The normalised path of an ACL file that may be loaded; raises ACLError if it is not
+        an ACL path or its datasite already has the most ACL files it may have."""
         try:
             norm = normalize_path(path)
         except ProtocolError as exc:
             raise ACLError(str(exc)) from None
         if not is_acl_path(norm):
-            raise ACLError(f"{path}: not an ACL file (must be named {ACL_FILE})")
+            raise ACLError(f"{short_path(path)}: not an ACL file (must be named {ACL_FILE})")
         owner = owner_of(norm)
         files = self._files.get(owner, set())
         if norm not in files and len(files) >= self.max_files_per_datasite:
             raise ACLError(
-                f"{norm}: {owner} already has {self.max_files_per_datasite} ACL files loaded"
+                f"{short_path(norm)}: {short_path(owner, 60)} already has "
+                f"{self.max_files_per_datasite} ACL files loaded"
             )
-        ruleset = parse_acl(text, norm)
-        self.tree.load(acl_dir(norm), ruleset)
-        self._files.setdefault(owner, set()).add(norm)
         return norm
+
+    def install(self, norm: str, compiled: CompiledACL) -> None:
+        """Load what :func:`prepare_acl` made of the file at ``norm`` (checked again: another
+        upload may have taken the datasite's last free place meanwhile)."""
+        self.check(norm)
+        if compiled.directory != acl_dir(norm):
+            raise ValueError(f"rules compiled for {compiled.directory!r}, not for {norm!r}")
+        self.tree.install(compiled)
+        self._files.setdefault(owner_of(norm), set()).add(norm)
 
     def remove(self, path: str) -> bool:
         """Forget an ACL file; False if it was not loaded."""

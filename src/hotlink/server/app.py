@@ -8,6 +8,12 @@ only while the handler reads) keeps answering the sender's pings. Pacing is the 
 job (per-session credit windows); a receiver whose queue overflows anyway is not reading
 at all and is disconnected (see ``Relay._deliver``). Because a connection's frames are
 handled one after another, its messages are forwarded in order.
+
+Limits against hostile or broken peers (all in :class:`RelayConfig`): a connection must
+send its HTTP request within ``header_timeout``; WebSocket connections are capped in total
+and per user (refused before the upgrade with 503 or 429 and a JSON body); a user may hold
+``max_sessions_per_user`` open sessions over all its connections; a failed ``accept()`` (out
+of file descriptors) is logged once per interval while asyncio retries every second.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import signal
 import time
 from collections.abc import Callable
@@ -26,25 +33,34 @@ from urllib.parse import urlsplit
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from .. import __version__
-from ..protocol.codec import choose_encoding, decode, encode
+from ..protocol.codec import Encoding, choose_encoding, decode, encode
 from ..protocol.errors import ProtocolError
-from ..protocol.messages import HOTLINK_TYPES, Message, MsgType, System
+from ..protocol.messages import HOTLINK_TYPES, HotlinkOpen, HotlinkReject, Message, MsgType, System
 from ..settings import ServerSettings
 from .acl_store import ACLStore
 from .auth import MIN_SECRET_BYTES, AuthError, dev_identity, token_identity, weak_secret
 from .decisions import ConnectionTable, Outcome, Send, error_reply
-from .files import FileHandler
+from .files import ACLUpload, FileHandler
 from .hub import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_USER,
     DEFAULT_QUEUE_BYTES,
     DEFAULT_QUEUE_MESSAGES,
     DEFAULT_WRITE_TIMEOUT,
+    LIMIT_LOG_INTERVAL,
+    Admission,
     Connection,
+    Frame,
     Hub,
+    Refusal,
+    TextFrame,
+    Throttle,
+    accept_error_handler,
     new_conn_id,
 )
 from .ice_headers import advertised_ice_servers, ice_headers, static_turn_password_ignored
 from .metrics import CONTENT_TYPE_LATEST, RelayMetrics
-from .router import IGNORED, UNKNOWN_SESSION, HotlinkRouter
+from .router import IGNORED, TOO_MANY_SESSIONS, UNKNOWN_SESSION, HotlinkRouter
 
 log = logging.getLogger("hotlink.server")
 
@@ -52,6 +68,13 @@ MAX_MESSAGE_SIZE = 8 * 1024 * 1024  # PROTOCOL.md §1.10
 EVENTS_PATH = "/api/v1/events"
 FILE_TYPES = frozenset({MsgType.FILE_WRITE, MsgType.FILE_DELETE, MsgType.ACL_MANIFEST})
 BAD_INPUT_LOG_BURST = 20  # per connection per minute; the rest is counted, not logged
+# A slow or silent client may hold a socket this long before its HTTP request is complete
+# (and an idle keep-alive HTTP connection as long between requests).
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_MAX_SESSIONS_PER_USER = 4096
+# Descriptors the relay needs besides its WebSocket connections (listener, log, HTTP
+# probes, upgrades in flight); below cap + this, ``ulimit -n`` binds before the cap does.
+FD_HEADROOM = 100
 
 
 @dataclass(frozen=True)
@@ -62,6 +85,10 @@ class RelayConfig:
     queue_bytes: int = DEFAULT_QUEUE_BYTES
     write_timeout: float = DEFAULT_WRITE_TIMEOUT
     max_sessions_per_conn: int = 1024
+    max_sessions_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_user: int = DEFAULT_MAX_CONNECTIONS_PER_USER
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
     # Pings find dead peers so their sessions are cleaned up (the reference never pings).
     heartbeat: float | None = 30.0
     max_message_size: int = MAX_MESSAGE_SIZE
@@ -108,6 +135,8 @@ class Relay:
         )
         self.files = FileHandler(self.acls, self.connections)
         self.hub = Hub()
+        self.admission = Admission(config.max_connections, config.max_connections_per_user)
+        self._refusal_log = Throttle(LIMIT_LOG_INTERVAL)
         self._bad_logs: dict[str, _BadInputLog] = {}
         self.app = web.Application()
         self.app[RELAY_KEY] = self
@@ -173,6 +202,29 @@ class Relay:
                 request.headers.get("Origin"),
             )
             return web.Response(status=403, text="request origin not allowed\n")
+        refusal = self.admission.admit(user)
+        if refusal is not None:
+            return self._refuse(request, user, refusal)
+        try:
+            return await self._upgrade(request, user)
+        finally:
+            self.admission.release(user)
+
+    def _refuse(self, request: web.Request, user: str, refusal: Refusal) -> web.Response:
+        self.metrics.connections_refused.labels(refusal.code).inc()
+        skipped = self._refusal_log.ready()
+        if skipped is not None:
+            log.warning(
+                "refused WebSocket from %s (%s): %d %s%s",
+                request.remote,
+                user,
+                refusal.status,
+                refusal.message,
+                f" ({skipped} more upgrades refused since the last report)" if skipped else "",
+            )
+        return web.json_response(refusal.body(), status=refusal.status)
+
+    async def _upgrade(self, request: web.Request, user: str) -> web.StreamResponse:
         ws = web.WebSocketResponse(
             # aiohttp refuses a frame of exactly its limit; the reference allows 8 MiB itself.
             max_msg_size=self.config.max_message_size + 1,
@@ -218,10 +270,13 @@ class Relay:
         return ws
 
     async def _read_loop(self, conn: Connection) -> None:
-        # The one await of a read loop: handling a frame is synchronous by design.
+        # Handling a frame is synchronous by design; the only other await is this
+        # connection's own ACL upload, parsed on a worker thread (no other connection waits).
         async for item in conn.ws:
             if item.type is WSMsgType.TEXT or item.type is WSMsgType.BINARY:
-                self._handle_frame(conn, item.data)
+                upload = self._handle_frame(conn, item.data)
+                if upload is not None:
+                    await self._load_acl(conn, upload, item.data)
             elif item.type is WSMsgType.ERROR:
                 exc = item.data
                 if getattr(exc, "code", None) == WSCloseCode.MESSAGE_TOO_BIG:
@@ -235,7 +290,8 @@ class Relay:
                     log.info("%r: WebSocket error: %s", conn, exc)
                 return
 
-    def _handle_frame(self, conn: Connection, frame: bytes | str) -> None:
+    def _handle_frame(self, conn: Connection, frame: bytes | str) -> ACLUpload | None:
+        """Handle one frame now; an ACL FileWrite to parse is returned for the read loop."""
         kind = "text" if isinstance(frame, str) else "binary"
         try:
             message = decode(frame)
@@ -243,12 +299,12 @@ class Relay:
             self.metrics.bad_input.labels("decode").inc()
             self._log_bad(conn, f"dropped undecodable {kind} frame ({len(frame)} bytes): {exc}")
             self._deliver([error_reply(conn.id, 400, f"bad message: {exc}")])
-            return
+            return None
         except Exception as exc:  # e.g. RecursionError from absurdly nested JSON
             self.metrics.bad_input.labels("decode").inc()
             self._log_bad(conn, f"dropped undecodable {kind} frame ({len(frame)} bytes): {exc!r}")
             self._deliver([error_reply(conn.id, 400, "bad message: cannot decode")])
-            return
+            return None
         self.metrics.received(message.typ, len(frame))
         try:
             outcome = self._route(conn, message)
@@ -256,21 +312,56 @@ class Relay:
             self.metrics.internal_errors.inc()
             log.exception("%r: internal error handling %s %s", conn, message.typ.name, message.id)
             self._deliver([error_reply(conn.id, 500, "internal server error")])
-            return
+            return None
+        if isinstance(outcome, ACLUpload):
+            return outcome
         self._report(conn, message, outcome)
         if outcome.sends:
             self._deliver(outcome.sends, received=(message, frame))
         self.metrics.sessions.set(len(self.router.sessions))
+        return None
 
-    def _route(self, conn: Connection, message: Message) -> Outcome:
+    async def _load_acl(self, conn: Connection, upload: ACLUpload, frame: bytes | str) -> None:
+        """Parse an ACL FileWrite off the loop, then answer it as :meth:`_handle_frame` would."""
+        try:
+            outcome = await self.files.load_acl(upload)
+        except Exception:
+            self.metrics.internal_errors.inc()
+            log.exception("%r: internal error loading ACL file %s", conn, upload.message.id)
+            self._deliver([error_reply(conn.id, 500, "internal server error")])
+            return
+        self.metrics.acl_files.set(len(self.acls))
+        self._report(conn, upload.message, outcome)
+        if outcome.sends:
+            self._deliver(outcome.sends, received=(upload.message, frame))
+
+    def _route(self, conn: Connection, message: Message) -> Outcome | ACLUpload:
         if message.typ in HOTLINK_TYPES:
-            return self.router.handle(conn.id, message)
+            return self._over_session_cap(conn, message) or self.router.handle(conn.id, message)
         if message.typ in FILE_TYPES:
             outcome = self.files.handle(conn.id, message)
             self.metrics.acl_files.set(len(self.acls))
             return outcome
         return Outcome().refuse(
             IGNORED, f"ignored {message.typ.name} message (clients do not send it to the server)"
+        )
+
+    def _over_session_cap(self, conn: Connection, message: Message) -> Outcome | None:
+        """Reject an Open of a new session from a user who holds the most it may.
+
+        The router caps sessions per connection; this cap spans all of a user's
+        connections, which the per-user connection cap alone would multiply.
+        """
+        p = message.payload
+        if not isinstance(p, HotlinkOpen) or p.sid in self.router.sessions:
+            return None
+        cap = self.config.max_sessions_per_user
+        if self.router.sessions.count_opened_by_user(conn.user) < cap:
+            return None
+        out = Outcome()
+        out.send(conn.id, Message.new(HotlinkReject(sid=p.sid, rsn=TOO_MANY_SESSIONS)))
+        return out.refuse(
+            TOO_MANY_SESSIONS, f"open {p.sid}: {conn.user} already has {cap} open sessions"
         )
 
     def _report(self, conn: Connection, message: Message, outcome: Outcome) -> None:
@@ -300,32 +391,47 @@ class Relay:
     ) -> None:
         """Queue each message on its connection, encoded once per encoding; never waits.
 
-        A direct send (forwarded Accept, Data, Close, Signal, a reply) that does not fit
-        means its receiver is not reading at all (clients never have more than their
+        "Fits" means the receiver's queued bytes, the bytes still in its socket's write
+        buffer and this frame stay under its byte bound (and its queue under the message
+        bound). A direct send (forwarded Accept, Data, Close, Signal, a reply) that does not
+        fit means its receiver is not reading at all (clients never have more than their
         sessions' windows in flight and never stop reading): that receiver is disconnected
         with 1013 and the frame dropped. Waiting for room instead would stop this read loop,
         stalling the sender's other sessions and leaving its pings unanswered. A broadcast
         (Open fan-out, FileWrite, ACL manifest) that does not fit is dropped, as in the
-        reference (PROTOCOL.md §1.10), and the receiver kept.
+        reference (PROTOCOL.md §1.10), and the receiver kept: it says nothing about the
+        receiver's sessions, whose direct traffic must not be cut by a third party.
 
-        A forwarded message goes out as the very frame it came in as when the receiver
-        uses that form (msgpack envelope or JSON text): it decoded cleanly, and re-encoding
-        a large Data payload is the relay's main cost.
+        Every receiver of one encoding gets the same bytes object (see ``hub``), and a
+        forwarded message goes out as the very frame it came in as when the receiver uses
+        that form (msgpack envelope or JSON text): it decoded cleanly, and re-encoding a
+        large Data payload is the relay's main cost.
         """
-        frames: dict[tuple[int, str], bytes | str] = {}
+        frames: dict[tuple[int, str], Frame] = {}
         if received is not None:
             form = _frame_form(received[1])
             if form is not None:
-                frames[(id(received[0]), form)] = received[1]
+                raw = received[1]
+                frames[(id(received[0]), form)] = (
+                    TextFrame(raw, "utf-8") if isinstance(raw, str) else raw
+                )
         for send in sends:
             target = self.hub.get(send.conn)
             if target is None or target.closing:
                 continue
             key = (id(send.message), target.encoding)
-            cached = frames.get(key)
-            frame = encode(send.message, target.encoding) if cached is None else cached
-            frames[key] = frame
-            if target.queue.try_put(frame):
+            frame = frames.get(key)
+            if frame is None:
+                try:
+                    frame = _encode_frame(send.message, target.encoding)
+                except Exception:
+                    # Decoding refuses what cannot be encoded; if something slips through,
+                    # it costs this one message, not the sender's read loop.
+                    self.metrics.internal_errors.inc()
+                    log.exception("%r: cannot encode %s", target, send.message.typ.name)
+                    continue
+                frames[key] = frame
+            if target.try_put(frame):
                 self.metrics.relayed(send.message.typ, len(frame))
             elif send.broadcast:
                 self._drop_broadcast(target, send.message)
@@ -334,9 +440,10 @@ class Relay:
 
     def _drop_broadcast(self, target: Connection, message: Message) -> None:
         self.metrics.queue_drops.inc()
+        self.metrics.broadcast_drops.inc()
         self._log_bad(
             target,
-            f"send queue full ({len(target.queue)} messages, {target.queue.nbytes} bytes); "
+            f"send queue full ({len(target.queue)} messages, {target.backlog} bytes); "
             f"dropped broadcast {message.typ.name} {message.id}",
         )
 
@@ -347,7 +454,7 @@ class Relay:
             "%r: send queue full (%d messages, %d bytes) for %s; disconnecting the slow reader",
             target,
             len(target.queue),
-            target.queue.nbytes,
+            target.backlog,
             message.typ.name,
         )
         # kill only starts the close (in its own task); this read loop goes on at once.
@@ -379,6 +486,11 @@ class Relay:
 
     async def _on_shutdown(self, app: web.Application) -> None:
         self.hub.kill_all("server shutdown", WSCloseCode.GOING_AWAY)
+
+
+def _encode_frame(message: Message, encoding: Encoding) -> Frame:
+    wire = encode(message, encoding)
+    return TextFrame(wire, "utf-8") if isinstance(wire, str) else wire
 
 
 def _frame_form(frame: bytes | str) -> str | None:
@@ -417,10 +529,26 @@ async def serve(
         )
     if settings.auth_enabled and weak_secret(settings.access_token_secret):
         log.warning("the access-token secret is shorter than %d bytes", MIN_SECRET_BYTES)
-    runner = web.AppRunner(relay.app, access_log=None, handle_signals=False)
+    _warn_if_fd_limit_binds(config.max_connections)
+    loop = asyncio.get_running_loop()
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(accept_error_handler(relay.metrics.accept_errors.inc))
+    # aiohttp closes a connection that has not sent a complete request within its
+    # keep-alive timeout, from the connection's start (and between keep-alive requests).
+    runner = web.AppRunner(
+        relay.app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=config.header_timeout,
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, shutdown_timeout=5.0)
-    await site.start()
+    try:
+        await site.start()
+    except BaseException:
+        loop.set_exception_handler(previous_handler)
+        await runner.cleanup()
+        raise
     addresses = runner.addresses
     port = addresses[0][1] if addresses else settings.port
     ice = advertised_ice_servers(settings)
@@ -437,7 +565,6 @@ async def serve(
         _write_ready_file(ready_file, settings.host, port)
     own_stop = stop is None
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
     if own_stop:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -449,7 +576,22 @@ async def serve(
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         await runner.cleanup()
+        loop.set_exception_handler(previous_handler)
     log.info("stopped")
+
+
+def _warn_if_fd_limit_binds(max_connections: int) -> None:
+    """Say so when ``ulimit -n`` is reached before the connection cap: accept() then fails
+    (logged once per interval) instead of upgrades being refused with 503."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < max_connections + FD_HEADROOM:
+        log.warning(
+            "the file descriptor limit (%d) is below the connection cap (%d) plus %d; "
+            "raise ulimit -n or lower --max-connections",
+            soft,
+            max_connections,
+            FD_HEADROOM,
+        )
 
 
 def run(config: RelayConfig, *, ready_file: Path | None = None) -> None:

@@ -4,6 +4,12 @@ Dev mode (the default) trusts ``?user=<email>`` (or ``?x-syft-from=``); token mo
 HS256 access JWT whose ``sub`` is the email. Both are pure functions of the query and the
 headers, so they are tested without a server; the app turns :class:`AuthError` into the
 reference's HTTP 401 JSON body.
+
+An identity is also refused when it holds a character the ACL matcher reads
+(:data:`hotlink.protocol.acl.IDENTITY_SPECIAL_CHARS`: ``*``, ``?``, brackets, braces,
+backslash and ``/``). RFC 5322 allows ``*@example.com``, but a user by that name would
+otherwise match templated rules such as ``{{.UserEmail}}/**`` as a glob. Such names get the
+same 401 as any invalid email, and ``hotlink token issue`` will not mint a token for one.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from email.headerregistry import Address
 
 import jwt
 from jwt.warnings import InsecureKeyLengthWarning
+
+from ..protocol.acl import identity_problem
 
 INVALID_REQUEST = "E_INVALID_REQUEST"
 INVALID_CREDENTIALS = "E_AUTH_INVALID_CREDENTIALS"
@@ -59,10 +67,15 @@ def is_valid_email(value: str) -> bool:
         return False
 
 
+def is_valid_identity(value: str) -> bool:
+    """A valid email (:func:`is_valid_email`) with no character ACL patterns read."""
+    return is_valid_email(value) and identity_problem(value) is None
+
+
 def dev_identity(query: Mapping[str, str]) -> str:
     """Dev mode: ``user``, else ``x-syft-from``; headers are not trusted for identity."""
     user = (query.get("user") or "").strip() or (query.get("x-syft-from") or "").strip()
-    if not is_valid_email(user):
+    if not is_valid_identity(user):
         raise AuthError(INVALID_REQUEST, "invalid email")
     return user
 
@@ -102,7 +115,7 @@ def user_from_access_token(token: str, secret: str) -> str:
             f"invalid token: type is {claims.get('type')!r}, an access token is required",
         )
     sub = claims.get("sub")
-    if not isinstance(sub, str) or not is_valid_email(sub):
+    if not isinstance(sub, str) or not is_valid_identity(sub):
         raise AuthError(INVALID_CREDENTIALS, "invalid token: sub is not a valid email")
     return sub
 
@@ -120,6 +133,9 @@ def issue_access_token(
         raise ValueError("a token needs a non-empty secret")
     if not is_valid_email(email):
         raise ValueError(f"not a valid email: {email!r}")
+    problem = identity_problem(email)
+    if problem is not None:
+        raise ValueError(f"{email!r} cannot be a user: it {problem}")
     issued = int(time.time() if now is None else now)
     claims: dict[str, object] = {
         "type": token_type,

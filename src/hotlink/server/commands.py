@@ -70,7 +70,39 @@ def server(
     ] = None,
     queue_bytes: Annotated[
         int | None,
-        typer.Option(help="Bytes per connection send queue (default 64 MiB).", min=1),
+        typer.Option(
+            help="Bytes per connection held for its peer, queued or in the socket buffer "
+            "(default 64 MiB).",
+            min=1,
+        ),
+    ] = None,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            help="WebSocket connections in total (default 10000); more are refused with 503.",
+            min=1,
+        ),
+    ] = None,
+    max_connections_per_user: Annotated[
+        int | None,
+        typer.Option(
+            help="WebSocket connections per user (default 8); more are refused with 429.", min=1
+        ),
+    ] = None,
+    max_sessions_per_user: Annotated[
+        int | None,
+        typer.Option(
+            help="Open hotlink sessions per user over all its connections (default 4096); "
+            "more Opens get Reject 'too many sessions'.",
+            min=1,
+        ),
+    ] = None,
+    header_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a connection may take to send its HTTP request (default 10).",
+            min=0.1,
+        ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
@@ -106,11 +138,19 @@ def server(
         logging.getLogger("hotlink.server").info(
             "--send-timeout is ignored: the relay never waits for a slow receiver"
         )
+    limits = {
+        "queue_messages": queue_size,
+        "queue_bytes": queue_bytes,
+        "max_connections": max_connections,
+        "max_connections_per_user": max_connections_per_user,
+        "max_sessions_per_user": max_sessions_per_user,
+        "header_timeout": header_timeout,
+    }
     config = RelayConfig(settings=settings, acl_dir=acl_dir)
-    if queue_size is not None:
-        config = dataclasses.replace(config, queue_messages=queue_size)
-    if queue_bytes is not None:
-        config = dataclasses.replace(config, queue_bytes=queue_bytes)
+    config = dataclasses.replace(
+        config,
+        **{name: value for name, value in limits.items() if value is not None},  # type: ignore[arg-type]
+    )
     run(config, ready_file=ready_file)
 
 

@@ -6,6 +6,14 @@ kept. ACL files are the exception that matters: a client's FileWrite of ``<its o
 datasite>/.../syft.pub.yaml`` is parsed and loaded into the ACL store before the Ack, so the
 hotlink messages that follow are checked against it.
 
+An ACL file comes from a user and may be hostile, so it is parsed off the event loop: for an
+ACL FileWrite that passes the cheap checks (owner, size, UTF-8, path) :meth:`FileHandler.handle`
+returns an :class:`ACLUpload`, and the app awaits :meth:`FileHandler.load_acl` in that
+connection's read loop. So at most one parse per connection is in flight (its next frames
+wait for it, and are judged by the new rules), at most :data:`MAX_ACL_PARSES` run at once on
+worker threads, and no other connection waits. A refusal's Nack says what was wrong in a few
+words and never repeats the file.
+
 Where we differ from the reference: only the datasite owner may change its ACL files (the
 reference also lets Admin users); an ACL that does not parse gets a Nack with the parse
 error (the reference Acks and only logs); a write refusal is an ``Error{cod:403}`` like the
@@ -15,9 +23,11 @@ out; and a FileDelete of one's own ACL file removes its rules.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+from dataclasses import dataclass
 
-from ..protocol.acl import Access, ACLError, is_acl_path
+from ..protocol.acl import MAX_ACL_BYTES, Access, ACLError, is_acl_path, prepare_acl, short_path
 from ..protocol.errors import ProtocolError
 from ..protocol.messages import (
     Ack,
@@ -35,6 +45,22 @@ WRITE_DENIED = "permission denied for write operation"
 INVALID_ACL = "invalid acl"
 INVALID_PATH = "invalid path"
 
+# ACL parses running at once on worker threads, relay-wide. Each is bounded (milliseconds for
+# a real file, a few tenths of a second for the worst allowed one) and holds the GIL in turns
+# with the event loop, so a small number keeps the loop responsive while many users upload.
+MAX_ACL_PARSES = 2
+
+
+@dataclass(frozen=True)
+class ACLUpload:
+    """An ACL FileWrite that passed the cheap checks; :meth:`FileHandler.load_acl` parses it."""
+
+    conn: ConnId
+    user: str
+    message: Message
+    path: str  # normalised
+    text: str
+
 
 def hash_principal(principal: str) -> str:
     """``public`` for ``*``, else hex of the first 8 bytes of SHA-256 (PROTOCOL.md §1.9)."""
@@ -47,8 +73,11 @@ class FileHandler:
     def __init__(self, acls: ACLStore, connections: ConnectionTable) -> None:
         self.acls = acls
         self.connections = connections
+        self._parse_slots = asyncio.Semaphore(MAX_ACL_PARSES)
 
-    def handle(self, conn: ConnId, message: Message) -> Outcome:
+    def handle(self, conn: ConnId, message: Message) -> Outcome | ACLUpload:
+        """Decide on one file message; an ACL FileWrite to parse comes back as an
+        :class:`ACLUpload` for :meth:`load_acl`."""
         user = self.connections.user(conn)
         if user is None:
             return Outcome().refuse(IGNORED, "message from a connection that is already gone")
@@ -61,17 +90,21 @@ class FileHandler:
             return self._manifest(conn, user, message, payload)
         return Outcome().refuse(IGNORED, f"unhandled {message.typ.name} message")
 
-    def _write(self, conn: ConnId, user: str, message: Message, p: FileWrite) -> Outcome:
+    def _write(
+        self, conn: ConnId, user: str, message: Message, p: FileWrite
+    ) -> Outcome | ACLUpload:
         out = Outcome()
         try:
             path = normalize_path(p.pth)
         except ProtocolError as exc:
             out.send(conn, Message.new(Nack(oid=message.id, err=f"invalid path: {exc}")))
-            return out.refuse(INVALID_PATH, f"file write {p.pth!r}: {exc}")
+            return out.refuse(INVALID_PATH, f"file write: {exc}")
         if is_acl_path(path):
             return self._write_acl(conn, user, message, p, path)
         if not self.acls.can_access(path, user, Access.WRITE):
-            return self._denied(out, conn, message, p.pth, f"{user} may not write {path}")
+            return self._denied(
+                out, conn, message, p.pth, f"{user} may not write {short_path(path)}"
+            )
         out.send(conn, Message.new(Ack(oid=message.id)))
         readable: dict[str, bool] = {}
         for peer, peer_user in self.connections.items():
@@ -81,38 +114,68 @@ class FileHandler:
                 readable[peer_user] = self.acls.can_access(path, peer_user, Access.READ)
             if readable[peer_user]:
                 out.send(peer, message, broadcast=True)
-        out.detail = f"file write {path} ({len(p.con)} bytes) sent to {len(out.sends) - 1} conn(s)"
+        out.detail = (
+            f"file write {short_path(path)} ({len(p.con)} bytes) "
+            f"sent to {len(out.sends) - 1} conn(s)"
+        )
         return out
 
     def _write_acl(
         self, conn: ConnId, user: str, message: Message, p: FileWrite, path: str
-    ) -> Outcome:
-        out = Outcome()
+    ) -> Outcome | ACLUpload:
         owner = owner_of(path)
         if owner != user:
+            shown = short_path(owner, 60)
             return self._denied(
-                out,
+                Outcome(),
                 conn,
                 message,
                 p.pth,
-                f"{user} may not change ACL files of {owner}",
-                nack=f"permission denied: only {owner} may change ACL files under {owner}/",
+                f"{user} may not change ACL files of {shown}",
+                nack=f"permission denied: only {shown} may change ACL files under {shown}/",
+            )
+        # Size first: nothing else is done with an oversized file, not even decoding it.
+        if len(p.con) > MAX_ACL_BYTES:
+            return self._acl_refused(
+                conn, message, f"{short_path(path)}: larger than {MAX_ACL_BYTES} bytes"
             )
         try:
             text = p.con.decode("utf-8")
-            self.acls.load(path, text)
+            self.acls.check(path)
         except (UnicodeDecodeError, ACLError) as exc:
-            reason = str(exc) if isinstance(exc, ACLError) else f"{path}: not UTF-8 text"
-            out.send(conn, Message.new(Nack(oid=message.id, err=reason)))
-            return out.refuse(INVALID_ACL, f"ACL file not loaded: {reason}")
-        out.send(conn, Message.new(Ack(oid=message.id)))
+            reason = str(exc) if isinstance(exc, ACLError) else f"{short_path(path)}: not UTF-8"
+            return self._acl_refused(conn, message, reason)
+        return ACLUpload(conn, user, message, path, text)
+
+    async def load_acl(self, upload: ACLUpload) -> Outcome:
+        """Parse and compile an upload on a worker thread, then load it and answer.
+
+        Awaited by the uploading connection's read loop; cancelling it (the connection
+        closed) leaves the thread to finish its bounded work and loads nothing.
+        """
+        async with self._parse_slots:
+            try:
+                compiled = await asyncio.to_thread(prepare_acl, upload.text, upload.path)
+            except ACLError as exc:
+                return self._acl_refused(upload.conn, upload.message, str(exc))
+        try:
+            self.acls.install(upload.path, compiled)
+        except ACLError as exc:
+            return self._acl_refused(upload.conn, upload.message, str(exc))
+        out = Outcome()
+        out.send(upload.conn, Message.new(Ack(oid=upload.message.id)))
         # ACL files go to every other user unchecked, as in the reference: clients need them
         # to know what they may send.
         for peer, peer_user in self.connections.items():
-            if peer_user != user:
-                out.send(peer, message, broadcast=True)
-        out.detail = f"loaded ACL file {path}"
+            if peer_user != upload.user:
+                out.send(peer, upload.message, broadcast=True)
+        out.detail = f"loaded ACL file {short_path(upload.path)}"
         return out
+
+    def _acl_refused(self, conn: ConnId, message: Message, reason: str) -> Outcome:
+        out = Outcome()
+        out.send(conn, Message.new(Nack(oid=message.id, err=reason)))
+        return out.refuse(INVALID_ACL, f"ACL file not loaded: {reason}")
 
     def _denied(
         self,
@@ -133,18 +196,19 @@ class FileHandler:
         try:
             path = normalize_path(p.pth)
         except ProtocolError as exc:
-            return out.refuse(INVALID_PATH, f"file delete {p.pth!r}: {exc}")
+            return out.refuse(INVALID_PATH, f"file delete: {exc}")
         if is_acl_path(path) and owner_of(path) == user:
             if self.acls.remove(path):
-                out.detail = f"removed ACL file {path}"
+                out.detail = f"removed ACL file {short_path(path)}"
             return out
-        return out.refuse(IGNORED, f"file delete {path}: the relay stores no files")
+        return out.refuse(IGNORED, f"file delete {short_path(path)}: the relay stores no files")
 
     def _manifest(self, conn: ConnId, user: str, message: Message, p: ACLManifest) -> Outcome:
         out = Outcome()
         if p.datasite != user:
             return out.refuse(
-                PERMISSION_DENIED, f"ACL manifest for {p.datasite!r} from {user}: dropped"
+                PERMISSION_DENIED,
+                f"ACL manifest for {short_path(p.datasite, 60)!r} from {user}: dropped",
             )
         for peer, peer_user in self.connections.items():
             if peer_user == user:

@@ -1,4 +1,5 @@
-"""Live WebSocket connections, each with one bounded send queue and one writer task.
+"""Live WebSocket connections, each with one bounded send queue and one writer task, and the
+limits on how many there may be.
 
 Every frame for a client goes through its :class:`SendQueue`, bounded in messages *and*
 bytes, and one writer task drains it onto the socket. Putting a frame never waits: the
@@ -6,8 +7,20 @@ relay must not stop reading one connection because another is behind (a sender w
 loop stalls stops answering pings and its client drops the connection). Clients grant each
 session a window of a few MiB and never stop reading their WebSocket, so a queue only
 overflows when its reader is not reading at all; the relay then drops that reader (direct
-sends) or the frame (broadcasts). Memory per connection stays under the queue bound
-whatever the clients do.
+sends) or the frame (broadcasts).
+
+The byte bound covers what a connection holds in its queue *and* in its socket's write
+buffer (a peer that stops reading leaves the last frames there), so memory per connection
+stays under the bound whatever the clients do. A frame is encoded once and the very same
+bytes object is queued for every receiver; aiohttp writes a frame over 16 KiB to the
+transport as is, and Python's socket transports keep a reference to unsent data, not a
+copy, so a large broadcast to many idle readers costs one frame, not one per reader. Text
+(JSON) frames are kept as UTF-8 bytes (:class:`TextFrame`) for the same reason: sending a
+``str`` would encode a fresh copy per connection.
+
+:class:`Admission` caps WebSocket connections in total and per user;
+:func:`accept_error_handler` turns the event loop's report of a failed ``accept()`` (out
+of file descriptors) into one log line per interval.
 
 Ownership: the WebSocket handler owns its :class:`Connection`. It calls ``start()`` after
 the upgrade and ``finish()`` on the way out, which cancels and awaits the writer and any
@@ -18,18 +31,29 @@ full); it only starts the close, the owner still awaits it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import secrets
-from collections import deque
-from collections.abc import Iterator
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..protocol.codec import Encoding
 
 log = logging.getLogger("hotlink.server")
 
-Frame = bytes | str
+
+class TextFrame(bytes):
+    """The UTF-8 bytes of a text (JSON) frame, encoded once for every receiver."""
+
+    __slots__ = ()
+
+
+Frame = bytes  # a binary frame, or a TextFrame
 
 # Room for several flow-controlled sessions toward one receiver that is behind but reading
 # (each has at most its credit window, 8 MiB by default, in flight); the reference's 256
@@ -39,6 +63,12 @@ DEFAULT_QUEUE_MESSAGES = 16384
 DEFAULT_QUEUE_BYTES = 64 * 1024 * 1024
 DEFAULT_WRITE_TIMEOUT = 20.0  # the reference's per-message write timeout
 CLOSE_TIMEOUT = 2.0
+# A client daemon holds one connection; a few more cover reconnects the relay has not yet
+# noticed as closed (a dead peer is found by the heartbeat) and tools run by the same user.
+DEFAULT_MAX_CONNECTIONS_PER_USER = 8
+DEFAULT_MAX_CONNECTIONS = 10_000
+# How often at most a refused upgrade or a failed accept() is logged (the rest are counted).
+LIMIT_LOG_INTERVAL = 10.0
 
 
 def new_conn_id() -> str:
@@ -72,13 +102,17 @@ class SendQueue:
     def closed(self) -> bool:
         return self._closed
 
-    def _fits(self, size: int) -> bool:
-        if not self._frames:
+    def _fits(self, size: int, unsent: int) -> bool:
+        if not self._frames and not unsent:
             return True
-        return len(self._frames) < self.max_messages and self._bytes + size <= self.max_bytes
+        if len(self._frames) >= self.max_messages:
+            return False
+        return unsent + self._bytes + size <= self.max_bytes
 
-    def try_put(self, frame: Frame) -> bool:
-        if self._closed or not self._fits(len(frame)):
+    def try_put(self, frame: Frame, unsent: int = 0) -> bool:
+        """Queue ``frame`` if it fits; ``unsent``: bytes already written but not yet sent
+        (the socket's write buffer), which count against the same byte bound."""
+        if self._closed or not self._fits(len(frame), unsent):
             return False
         self._frames.append(frame)
         self._bytes += len(frame)
@@ -140,6 +174,25 @@ class Connection:
     def closing(self) -> bool:
         return self._closer is not None or self.queue.closed
 
+    @property
+    def unsent(self) -> int:
+        """Bytes written to the socket that its peer has not taken yet."""
+        if self.transport is None:
+            return 0
+        try:
+            return self.transport.get_write_buffer_size()
+        except Exception:  # a transport torn down under us holds nothing
+            return 0
+
+    @property
+    def backlog(self) -> int:
+        """Bytes this connection holds for its peer: queued plus unsent."""
+        return self.queue.nbytes + self.unsent
+
+    def try_put(self, frame: Frame) -> bool:
+        """Queue ``frame`` unless the queue and the socket buffer together are full."""
+        return self.queue.try_put(frame, self.unsent)
+
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.id}")
 
@@ -150,8 +203,9 @@ class Connection:
                 return
             try:
                 async with asyncio.timeout(self.write_timeout):
-                    if isinstance(frame, str):
-                        await self.ws.send_str(frame)
+                    if isinstance(frame, TextFrame):
+                        # Already UTF-8: send_str would encode a copy for this connection.
+                        await self.ws.send_frame(frame, WSMsgType.TEXT)
                     else:
                         await self.ws.send_bytes(frame)
             except TimeoutError:
@@ -246,3 +300,123 @@ class Hub:
     def kill_all(self, reason: str, code: int) -> None:
         for conn in self:
             conn.kill(reason, code)
+
+
+# ---------------------------------------------------------------- limits on connections
+
+
+class Throttle:
+    """At most one log line per ``interval`` seconds; counts the ones left out."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._last: float | None = None
+        self._skipped = 0
+
+    def ready(self) -> int | None:
+        """None: stay quiet. Else log now; the value is how many were left out before."""
+        now = self._clock()
+        if self._last is not None and now - self._last < self.interval:
+            self._skipped += 1
+            return None
+        self._last = now
+        skipped, self._skipped = self._skipped, 0
+        return skipped
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why an upgrade is refused: the HTTP status and a JSON body (like an auth refusal)."""
+
+    status: int
+    code: str
+    message: str
+
+    def body(self) -> dict[str, str]:
+        return {"code": self.code, "error": self.message}
+
+
+class Admission:
+    """Caps on WebSocket connections, in total and per user.
+
+    A slot is taken before the upgrade (``admit``) and given back when the handler ends
+    (``release``), so upgrades in flight count too and no burst can slip past the caps.
+    """
+
+    def __init__(self, max_total: int, max_per_user: int) -> None:
+        self.max_total = max_total
+        self.max_per_user = max_per_user
+        self._per_user: Counter[str] = Counter()
+        self._total = 0
+
+    def __len__(self) -> int:
+        return self._total
+
+    def held_by(self, user: str) -> int:
+        return self._per_user[user]
+
+    def admit(self, user: str) -> Refusal | None:
+        """Take a slot for ``user``, or say why not."""
+        if self._total >= self.max_total:
+            return Refusal(
+                503, "server_busy", f"the relay is at its limit of {self.max_total} connections"
+            )
+        if self._per_user[user] >= self.max_per_user:
+            return Refusal(
+                429,
+                "too_many_connections",
+                f"{user} already has {self.max_per_user} connections to this relay",
+            )
+        self._per_user[user] += 1
+        self._total += 1
+        return None
+
+    def release(self, user: str) -> None:
+        if self._per_user[user] <= 0:
+            return
+        self._total -= 1
+        self._per_user[user] -= 1
+        if not self._per_user[user]:
+            del self._per_user[user]
+
+
+# What asyncio's accept loop reports when the process (or system) is out of descriptors or
+# buffers. It already stops accepting for a second and retries; it also logs a traceback
+# for every attempt, thousands of lines a second under a connection flood.
+ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+LoopExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]
+
+
+def accept_error_handler(
+    on_failure: Callable[[], None] | None = None, interval: float = LIMIT_LOG_INTERVAL
+) -> LoopExceptionHandler:
+    """An event-loop exception handler that logs failed accepts once per ``interval``.
+
+    Everything else goes to the loop's default handler. ``on_failure`` is called for every
+    failed accept (a metric).
+    """
+    throttle = Throttle(interval)
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if (
+            "socket" not in context
+            or not isinstance(exc, OSError)
+            or exc.errno not in ACCEPT_RESOURCE_ERRNOS
+        ):
+            loop.default_exception_handler(context)
+            return
+        if on_failure is not None:
+            on_failure()
+        skipped = throttle.ready()
+        if skipped is None:
+            return
+        log.warning(
+            "cannot accept new connections: %s; retrying every second%s",
+            exc.strerror or exc,
+            f" ({skipped} more failed accepts since the last report)" if skipped else "",
+        )
+
+    return handle

@@ -60,6 +60,22 @@ class RelayMetrics:
             "Messages dropped because the receiver's send queue was full",
             registry=r,
         )
+        self.broadcast_drops = Counter(
+            "hotlink_broadcast_drops",
+            "Broadcasts (Open fan-out, FileWrite, ACL manifest) dropped for a full receiver",
+            registry=r,
+        )
+        self.connections_refused = Counter(
+            "hotlink_connections_refused",
+            "Upgrades refused by a connection cap (server_busy, too_many_connections)",
+            ["code"],
+            registry=r,
+        )
+        self.accept_errors = Counter(
+            "hotlink_accept_errors",
+            "accept() failures for lack of file descriptors or memory",
+            registry=r,
+        )
         self.slow_disconnects = Counter(
             "hotlink_slow_reader_disconnects",
             "Connections closed because a direct message did not fit their send queue",

@@ -8,9 +8,10 @@ refused, a label and a sentence for the log. Access checks go through an ``Acces
 Where we differ from the reference, and why:
 
 * Sessions die with their connections (#18); the reference keeps them forever.
-* Reject and Close are accepted only from participants (#20). A participant is the opener's
-  user, an accepted connection, or a user the Open was (or would have been) offered to: the
-  receiver of an Open may refuse it without accepting first.
+* Reject and Close are accepted only from participants (#20): the opener's user and the
+  accepted connections. Before anyone accepted, a user the Open was (or would have been)
+  offered to is a participant too, so a receiver may refuse without accepting first; once
+  a connection accepted, a bystander who was merely offered the Open can no longer end it.
 * A message for a session the sender is not part of gets ``Error{cod:403}`` rather than a
   silent drop, so a confused client learns why; clients ignore Error, so it cannot upset a
   well-behaved peer.
@@ -23,7 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from ..protocol.acl import Access
+from ..protocol.acl import Access, normalize_path, short_path
+from ..protocol.errors import ProtocolError
 from ..protocol.messages import (
     HotlinkAccept,
     HotlinkClose,
@@ -117,20 +119,30 @@ class HotlinkRouter:
 
     def _open(self, conn: ConnId, user: str, message: Message, p: HotlinkOpen) -> Outcome:
         out = Outcome()
-        if not self._can(p.pth, user, Access.WRITE):
-            return self._reject_to(
-                out, conn, p.sid, PERMISSION_DENIED, f"open {p.sid}: {user} may not write {p.pth}"
-            )
-        to = p.to.strip()
-        if to == user:
-            to = ""
-        if to and not self._can(p.pth, to, Access.READ):
+        # The session, the checks and the forwarded Open all use the normalised path, so a
+        # receiver sees the path that was judged (``a/./b``, ``/a//b`` and ``a/b`` are one).
+        try:
+            path = normalize_path(p.pth)
+        except ProtocolError:
+            path = ""
+        if not path or not self._can(path, user, Access.WRITE):
             return self._reject_to(
                 out,
                 conn,
                 p.sid,
                 PERMISSION_DENIED,
-                f"open {p.sid}: target {to} may not read {p.pth}",
+                f"open {p.sid}: {user} may not write {short_path(p.pth)!r}",
+            )
+        to = p.to.strip()
+        if to == user:
+            to = ""
+        if to and not self._can(path, to, Access.READ):
+            return self._reject_to(
+                out,
+                conn,
+                p.sid,
+                PERMISSION_DENIED,
+                f"open {p.sid}: target {short_path(to, 60)} may not read {short_path(path)}",
             )
         existing = self.sessions.get(p.sid)
         if existing is not None and existing.from_user != user:
@@ -149,23 +161,23 @@ class HotlinkRouter:
                 TOO_MANY_SESSIONS,
                 f"open {p.sid}: connection already has {self.max_sessions_per_conn} open sessions",
             )
-        replaced = self.sessions.put(Session(p.sid, p.pth, user, to, conn))
+        replaced = self.sessions.put(Session(p.sid, path, user, to, conn))
         if replaced is not None:
             # The opener reused its own session id (the reference overwrites too): whoever
             # accepted the old session must hear that it ended, or it would wait forever.
             for peer in replaced.accepted:
                 out.send(peer, _closed(p.sid, SUPERSEDED))
         # Same id as the opener's message; frm is always the authenticated user.
-        forward = Message(message.id, HotlinkOpen(sid=p.sid, pth=p.pth, frm=user, to=to))
+        forward = Message(message.id, HotlinkOpen(sid=p.sid, pth=path, frm=user, to=to))
         readable: dict[str, bool] = {}
         for peer, peer_user in self.connections.items():
             if peer_user == user or (to and peer_user != to):
                 continue
             if peer_user not in readable:
-                readable[peer_user] = self._can(p.pth, peer_user, Access.READ)
+                readable[peer_user] = self._can(path, peer_user, Access.READ)
             if readable[peer_user]:
                 out.send(peer, forward, broadcast=True)
-        out.detail = f"open {p.sid} {p.pth} offered to {len(out.sends)} connection(s)"
+        out.detail = f"open {p.sid} {short_path(path)} offered to {len(out.sends)} connection(s)"
         return out
 
     def _accept(self, conn: ConnId, user: str, message: Message, p: HotlinkAccept) -> Outcome:
@@ -271,9 +283,16 @@ class HotlinkRouter:
         return self.access.can_access(path, user, level)
 
     def _participates(self, session: Session, conn: ConnId, user: str) -> bool:
-        """An acceptor, or a user the Open was offered to (may refuse before accepting)."""
+        """An acceptor; or, while nobody has accepted, a user the Open was offered to.
+
+        The second lets a receiver refuse an Open it cannot serve ("ipc unavailable")
+        without accepting it first. Once a connection accepted, another receiver of the
+        same Open must not be able to end the session it did not take.
+        """
         if conn in session.accepted:
             return True
+        if session.accepted:
+            return False
         if session.to_user and user != session.to_user:
             return False
         return self._can(session.path, user, Access.READ)

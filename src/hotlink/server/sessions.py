@@ -35,6 +35,8 @@ class SessionStore:
         self._sessions: dict[str, Session] = {}
         self._opened: dict[ConnId, set[str]] = {}
         self._accepted: dict[ConnId, set[str]] = {}
+        # Open sessions per opening user, over all of its connections (a per-user cap).
+        self._per_user: dict[str, int] = {}
 
     def get(self, sid: str) -> Session | None:
         return self._sessions.get(sid)
@@ -44,6 +46,7 @@ class SessionStore:
         old = self.remove(session.sid)
         self._sessions[session.sid] = session
         self._opened.setdefault(session.from_conn, set()).add(session.sid)
+        self._per_user[session.from_user] = self._per_user.get(session.from_user, 0) + 1
         return old
 
     def remove(self, sid: str) -> Session | None:
@@ -51,6 +54,11 @@ class SessionStore:
         if session is None:
             return None
         _discard(self._opened, session.from_conn, sid)
+        left = self._per_user.get(session.from_user, 0) - 1
+        if left > 0:
+            self._per_user[session.from_user] = left
+        else:
+            self._per_user.pop(session.from_user, None)
         for conn in session.accepted:
             _discard(self._accepted, conn, sid)
         return session
@@ -73,6 +81,9 @@ class SessionStore:
 
     def count_opened_by(self, conn: ConnId) -> int:
         return len(self._opened.get(conn, ()))
+
+    def count_opened_by_user(self, user: str) -> int:
+        return self._per_user.get(user, 0)
 
     def __len__(self) -> int:
         return len(self._sessions)

@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hotlink.client.edges.ipc import LOST_MARK, IpcEndpoint, IpcHub, SendFn, unix_socket_path
+from hotlink.client.edges.ipc import (
+    LOST_MARK,
+    MAX_IPC_ENDPOINTS,
+    IpcEndpoint,
+    IpcHub,
+    IpcLimitReached,
+    SendFn,
+    unix_socket_path,
+)
+from hotlink.client.localfs import UnsafePath
 from hotlink.client.session.base import SessionClosed
 from hotlink.protocol.frames import Frame, FrameDecoder, encode_frame
-from unit.client.client_fakes import ALICE, until
+from unit.client.client_fakes import ALICE, BOB, until
+from unit.client.hostile_files import exists, fifo_guard, make_fifo, names
 
 FOLDER = f"{ALICE}/app_data/app/rpc/ep"
 
@@ -121,7 +133,8 @@ async def test_hub_finds_sender_markers_and_fills_them_in(tmp_path: Path, socket
         await hub.scan_once()
         assert marker.read_text() != ""
         # Receivers reuse the same endpoint for a folder (created once, pitfall 7).
-        assert await hub.endpoint_for(marker.parent) is hub.endpoints[marker.parent]
+        lease = await hub.endpoint_for(marker.parent)
+        assert lease.endpoint is hub.endpoints[marker.parent]
     finally:
         await hub.close()
     assert hub.endpoints == {}
@@ -240,3 +253,267 @@ async def test_app_that_closes_gets_a_clean_end(tmp_path: Path, sockets: Path) -
         writer.close()
     finally:
         await endpoint.close()
+
+
+# ---------------------------------------------------------------- endpoints are released
+
+
+def _hub(tmp_path: Path, sockets: Path, **kwargs: Any) -> IpcHub:
+    (tmp_path / "datasites").mkdir(exist_ok=True)
+    return IpcHub(
+        datasites=tmp_path / "datasites", local_email=ALICE, mode="unix",
+        tcp_addr="127.0.0.1:0", send=Sent(), socket_dir=sockets, **kwargs,
+    )  # fmt: skip
+
+
+def _inbound_folder(tmp_path: Path, n: int = 0) -> Path:
+    """A session folder of bob's, as bob's Opens name it in our tree (not there yet)."""
+    return tmp_path / "datasites" / BOB / "app_data" / "app" / "rpc" / f"ep{n}"
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_inbound_endpoint_closes_once_its_sessions_ended(
+    tmp_path: Path, sockets: Path
+) -> None:
+    hub = _hub(tmp_path, sockets, idle_grace=0.0)
+    folder = _inbound_folder(tmp_path)
+    try:
+        first = await hub.endpoint_for(folder)
+        second = await hub.endpoint_for(folder)  # two sessions, one endpoint
+        endpoint = first.endpoint
+        assert second.endpoint is endpoint
+        socket_path = Path(endpoint.address)
+        assert endpoint.marker.read_text() == str(socket_path) and exists(socket_path)
+        first.release()
+        first.release()  # twice is harmless
+        await hub.close_idle()
+        assert hub.endpoints == {folder: endpoint}  # the second session still uses it
+        second.release()
+        await hub.close_idle()
+        assert hub.endpoints == {}
+        # Listener, socket file, marker, and the folders made for it are gone.
+        assert not exists(socket_path)
+        assert not (tmp_path / "datasites" / BOB).exists()
+        with pytest.raises(OSError):
+            await asyncio.open_unix_connection(str(socket_path))
+    finally:
+        await hub.close()
+
+
+async def test_an_idle_endpoint_is_reused_within_the_grace(tmp_path: Path, sockets: Path) -> None:
+    hub = _hub(tmp_path, sockets)  # the default grace (30 s)
+    folder = _inbound_folder(tmp_path)
+    try:
+        lease = await hub.endpoint_for(folder)
+        lease.release()
+        await hub.close_idle()
+        again = await hub.endpoint_for(folder)
+        assert again.endpoint is lease.endpoint  # the session came back in time
+    finally:
+        await hub.close()
+    assert not (tmp_path / "datasites" / BOB).exists()  # shutdown cleans up too
+
+
+async def test_a_connected_app_keeps_its_endpoint(tmp_path: Path, sockets: Path) -> None:
+    hub = _hub(tmp_path, sockets, idle_grace=0.0)
+    folder = _inbound_folder(tmp_path)
+    try:
+        lease = await hub.endpoint_for(folder)
+        reader, writer = await _dial(lease.endpoint)
+        await until(lambda: bool(lease.endpoint.connections))
+        lease.release()
+        await hub.close_idle()
+        assert folder in hub.endpoints
+        writer.close()
+        await until(lambda: not lease.endpoint.connections)
+        await hub.close_idle()
+        assert hub.endpoints == {}
+        assert await reader.read() == b""
+    finally:
+        await hub.close()
+
+
+async def test_endpoints_are_capped_and_idle_ones_make_room(tmp_path: Path, sockets: Path) -> None:
+    hub = _hub(tmp_path, sockets, max_endpoints=2)  # grace 30 s: nothing closes by itself
+    try:
+        a = await hub.endpoint_for(_inbound_folder(tmp_path, 1))
+        await hub.endpoint_for(_inbound_folder(tmp_path, 2))
+        with pytest.raises(IpcLimitReached) as refused:
+            await hub.endpoint_for(_inbound_folder(tmp_path, 3))
+        assert isinstance(refused.value, OSError) and "all 2 ipc endpoints" in str(refused.value)
+        assert not _inbound_folder(tmp_path, 3).exists()
+        a.release()  # idle now, though within its grace: closed early to make room
+        c = await hub.endpoint_for(_inbound_folder(tmp_path, 3))
+        assert set(hub.endpoints) == {_inbound_folder(tmp_path, 2), c.endpoint.folder}
+        assert not exists(Path(a.endpoint.address))
+    finally:
+        await hub.close()
+
+
+async def test_many_opens_from_another_user_do_not_exhaust_fds(
+    tmp_path: Path, sockets: Path
+) -> None:
+    """D5: 1,500 Opens left 1,500 listeners; now at most MAX_IPC_ENDPOINTS live at once, and
+    all of them go once their sessions ended."""
+    hub = _hub(tmp_path, sockets, idle_grace=0.0)
+    before = _open_fds()
+    leases = []
+    refused = 0
+    try:
+        for n in range(MAX_IPC_ENDPOINTS + 44):
+            try:
+                leases.append(await hub.endpoint_for(_inbound_folder(tmp_path, n)))
+            except OSError:
+                refused += 1  # the manager answers Reject "ipc unavailable"
+        assert len(leases) == MAX_IPC_ENDPOINTS and refused == 44
+        assert _open_fds() - before <= MAX_IPC_ENDPOINTS + 8
+        for lease in leases:
+            lease.release()
+        await hub.close_idle()
+        assert hub.endpoints == {}
+        assert _open_fds() - before <= 8
+        assert names(sockets) == []
+        assert not (tmp_path / "datasites" / BOB).exists()
+        # Room again for new sessions.
+        (await hub.endpoint_for(_inbound_folder(tmp_path, 0))).release()
+    finally:
+        await hub.close()
+
+
+async def test_a_sender_endpoint_stays_while_its_marker_exists(
+    tmp_path: Path, sockets: Path
+) -> None:
+    datasites = tmp_path / "datasites"
+    marker = datasites / FOLDER / "stream.sock"
+    marker.parent.mkdir(parents=True)
+    marker.write_text("")
+    hub = _hub(tmp_path, sockets, idle_grace=0.0)
+    try:
+        await hub.scan_once()
+        await hub.scan_once()
+        endpoint = hub.endpoints[marker.parent]  # idle, but the app asked for it
+        socket_path = Path(endpoint.address)
+        marker.unlink()  # the app is done
+        await hub.scan_once()
+        assert hub.endpoints == {} and not exists(socket_path)
+        assert marker.parent.is_dir()  # the app's folder is the app's
+        marker.write_text("")
+        await hub.scan_once()
+    finally:
+        await hub.close()
+    assert marker.read_text() != ""  # an app's marker outlives a shutdown
+
+
+# ---------------------------------------------------------------- hostile local files
+
+
+async def test_an_open_through_a_symlinked_folder_creates_nothing_outside(
+    tmp_path: Path, sockets: Path
+) -> None:
+    outside = tmp_path / "outside"
+    (outside / "app_data" / "app" / "rpc" / "ep0").mkdir(parents=True)
+    (tmp_path / "datasites").mkdir()
+    (tmp_path / "datasites" / BOB).symlink_to(outside)
+    hub = _hub(tmp_path, sockets)
+    try:
+        with pytest.raises(UnsafePath):
+            await hub.endpoint_for(_inbound_folder(tmp_path, 0))
+        with pytest.raises(UnsafePath):
+            await hub.endpoint_for(_inbound_folder(tmp_path, 1))
+        with pytest.raises(UnsafePath):
+            await hub.endpoint_for(tmp_path / "elsewhere" / "x")  # not in the tree at all
+        assert hub.endpoints == {}
+        assert names(outside / "app_data" / "app" / "rpc") == ["ep0"]
+        assert names(outside / "app_data" / "app" / "rpc" / "ep0") == []
+        assert names(sockets) == []
+    finally:
+        await hub.close()
+
+
+async def test_sender_markers_behind_links_are_not_served(tmp_path: Path, sockets: Path) -> None:
+    datasites = tmp_path / "datasites"
+    outside = tmp_path / "outside"
+    (outside / "x").mkdir(parents=True)
+    (outside / "x" / "stream.sock").write_text("")
+    (outside / "target").write_text("keep me")
+    own = datasites / ALICE
+    (own / "shared" / "flows" / "f" / "r" / "_mpc").mkdir(parents=True)
+    (own / "shared" / "flows" / "f" / "r" / "_mpc" / "0_to_1").symlink_to(outside / "x")
+    (own / "app_data" / "app").mkdir(parents=True)
+    (own / "app_data" / "app" / "linked").symlink_to(outside / "x")
+    (own / "app_data" / "app" / "ep").mkdir()
+    (own / "app_data" / "app" / "ep" / "stream.sock").symlink_to(outside / "target")
+    hub = _hub(tmp_path, sockets)
+    try:
+        await hub.scan_once()
+        assert hub.endpoints == {}
+        assert (outside / "x" / "stream.sock").read_text() == ""
+        assert (outside / "target").read_text() == "keep me"
+    finally:
+        await hub.close()
+    # A whole app_data that is a link is not searched either.
+    (own / "app_data").rename(tmp_path / "moved")
+    (own / "app_data").symlink_to(tmp_path / "moved")
+    (tmp_path / "moved" / "real").mkdir()
+    (tmp_path / "moved" / "real" / "stream.sock").write_text("")
+    hub = _hub(tmp_path, sockets)
+    try:
+        await hub.scan_once()
+        assert hub.endpoints == {}
+        assert (tmp_path / "moved" / "real" / "stream.sock").read_text() == ""
+    finally:
+        await hub.close()
+
+
+async def test_a_planted_temp_link_is_not_written_through(tmp_path: Path, sockets: Path) -> None:
+    folder = tmp_path / "datasites" / FOLDER
+    folder.mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (folder / ".stream.sock.tmp").symlink_to(victim)  # the old fixed temp name
+    endpoint = IpcEndpoint(
+        folder, mode="unix", tcp_host="127.0.0.1", tcp_port=0, send=Sent(), socket_dir=sockets
+    )
+    await endpoint.start()
+    try:
+        assert victim.read_text() == "keep me"
+        assert endpoint.marker.read_text() == endpoint.address
+    finally:
+        await endpoint.close()
+
+
+async def test_a_linked_socket_dir_is_refused(tmp_path: Path, sockets: Path) -> None:
+    link = Path(tempfile.mkdtemp(prefix="hl-", dir="/tmp")) / "s"
+    link.symlink_to(sockets)
+    folder = tmp_path / "datasites" / FOLDER
+    folder.mkdir(parents=True)
+    endpoint = IpcEndpoint(
+        folder, mode="unix", tcp_host="127.0.0.1", tcp_port=0, send=Sent(), socket_dir=link
+    )
+    try:
+        with pytest.raises(UnsafePath):
+            await endpoint.start()
+    finally:
+        await endpoint.close()
+        shutil.rmtree(link.parent)
+    assert names(sockets) == []
+
+
+async def test_fifo_markers_do_not_block(tmp_path: Path, sockets: Path) -> None:
+    datasites = tmp_path / "datasites"
+    sender_fifo = make_fifo(datasites / FOLDER / "stream.sock")
+    inbound_fifo = make_fifo(_inbound_folder(tmp_path) / "stream.sock")
+    hub = _hub(tmp_path, sockets)
+    with fifo_guard(sender_fifo, inbound_fifo) as guard:
+        try:
+            await hub.scan_once()
+            assert hub.endpoints == {}  # an app's FIFO is no request for a socket
+            lease = await hub.endpoint_for(inbound_fifo.parent)
+            # Our marker replaced the FIFO (it was never opened for a blocking read).
+            assert lease.endpoint.marker.read_text() == lease.endpoint.address
+        finally:
+            await hub.close()
+    assert not guard.fired

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hotlink.client.manager import HotlinkManager, local_path
+from hotlink.client.manager import HotlinkManager, ManagerConfig, local_path
+from hotlink.client.session.budget import BudgetLimits
 from hotlink.client.session.outbound import OutboundSession
 from hotlink.client.telemetry import Telemetry
 from hotlink.protocol.flow import FLOW_KIND, Credit, credit_token
@@ -46,17 +47,33 @@ class Tunnels:
 
 
 class Ipc:
+    """The IPC hub: makes the folder (as the real one does, safely) and leases its sink."""
+
     def __init__(self, sink: FakeSink) -> None:
         self.sink = sink
         self.folders: list[Path] = []
+        self.released = 0
 
-    async def endpoint_for(self, folder: Path) -> FakeSink:
+    async def endpoint_for(self, folder: Path) -> Ipc:
         self.folders.append(folder)
-        return self.sink
+        folder.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - a test fake
+        return self
+
+    async def wait_writer(self, within: float) -> FakeWriter | None:
+        return await self.sink.wait_writer(within)
+
+    def writer_now(self) -> FakeWriter | None:
+        return self.sink.writer_now()
+
+    def release(self) -> None:
+        self.released += 1
 
 
 def _manager(
-    tmp_path: Path, transport: FakeTransport | None = None, email: str = BOB
+    tmp_path: Path,
+    transport: FakeTransport | None = None,
+    email: str = BOB,
+    config: ManagerConfig | None = None,
 ) -> tuple[HotlinkManager, FakeWire]:
     wire = FakeWire()
     manager = HotlinkManager(
@@ -65,6 +82,7 @@ def _manager(
         wire=wire,
         telemetry=Telemetry(None),
         transport=transport or FakeTransport(),
+        config=config,
     )
     return manager, wire
 
@@ -130,6 +148,7 @@ async def test_ipc_open_creates_the_folder_and_waits_for_stream_accept(tmp_path:
     accept.write_text("1")
     await until(lambda: wire.payloads(HotlinkAccept), timeout=5)
     await manager.close()
+    assert ipc.released == 1  # the session's end gives its endpoint lease back
 
 
 async def test_ipc_open_without_ipc_is_rejected(tmp_path: Path) -> None:
@@ -353,3 +372,145 @@ async def test_an_eof_close_tells_the_transport_the_stream_is_ending(tmp_path: P
     await manager.handle_message(msg(HotlinkClose(SID, "eof:0")))
     assert ("ending", SID) in transport.events
     await manager.close()
+
+
+# ---------------------------------------------------------------- memory bounds
+
+CAROL = "carol@example.com"
+MIB = 1024 * 1024
+
+
+def tunnel_path(owner: str, i: int) -> str:
+    return f"{owner}/shared/flows/x/_mpc/{i}_to_1/stream.tcp.request"
+
+
+class AllTunnels:
+    """Every tunnel path has a channel, with its own app connection."""
+
+    def __init__(self) -> None:
+        self.writers: dict[str, FakeWriter] = {}
+
+    def sink_for(self, path: str, peer: str) -> FakeSink:
+        return FakeSink(self.writers.setdefault(path, FakeWriter()))
+
+
+async def test_opens_past_a_peers_session_cap_are_rejected_and_others_still_get_in(
+    tmp_path: Path,
+) -> None:
+    manager, wire = _manager(tmp_path)
+    manager.tunnels = AllTunnels()
+    for i in range(64):
+        await manager.handle_message(msg(HotlinkOpen(f"a{i:015d}", tunnel_path(ALICE, i), ALICE)))
+    assert len(manager.inbound) == 64
+    await manager.handle_message(
+        msg(HotlinkOpen("a-one-too-many00", tunnel_path(ALICE, 64), ALICE))
+    )
+    assert "a-one-too-many00" not in manager.inbound
+    (reject,) = wire.payloads(HotlinkReject)
+    assert reject == HotlinkReject(
+        "a-one-too-many00", f"too many sessions from {ALICE} (at most 64 at once)"
+    )
+    # Another peer is not affected, and neither are alice's live sessions.
+    await manager.handle_message(msg(HotlinkOpen("c000000000000000", tunnel_path(CAROL, 0), CAROL)))
+    assert "c000000000000000" in manager.inbound
+    assert not any(s.ended for s in manager.inbound.values())
+    # A session that ends frees its slot.
+    await manager.handle_message(msg(HotlinkClose(f"a{0:015d}", "error")))
+    await manager.handle_message(
+        msg(HotlinkOpen("a-next0000000000", tunnel_path(ALICE, 65), ALICE))
+    )
+    assert "a-next0000000000" in manager.inbound
+    await manager.close()
+    assert (manager.budget.sessions, manager.budget.held) == (0, 0)
+
+
+async def test_a_refused_ipc_open_makes_nothing_on_disk(tmp_path: Path) -> None:
+    config = ManagerConfig(budget=BudgetLimits(sessions_per_peer=1))
+    manager, wire = _manager(tmp_path, config=config)
+    ipc = Ipc(FakeSink())
+    manager.ipc = ipc
+    first, second = (f"{ALICE}/app_data/app/rpc/ep{i}" for i in range(2))
+    await manager.handle_message(msg(HotlinkOpen(SID, f"{first}/x.request", frm=ALICE)))
+    await manager.handle_message(msg(HotlinkOpen("1" * 16, f"{second}/x.request", frm=ALICE)))
+    assert wire.payloads(HotlinkReject) == [
+        HotlinkReject("1" * 16, f"too many sessions from {ALICE} (at most 1 at once)")
+    ]
+    assert ipc.folders == [tmp_path / "datasites" / first]
+    assert not (tmp_path / "datasites" / second).exists()
+    await manager.close()
+
+
+async def test_a_failed_ipc_endpoint_gives_its_session_slot_back(tmp_path: Path) -> None:
+    manager, wire = _manager(
+        tmp_path, config=ManagerConfig(budget=BudgetLimits(sessions_per_peer=1))
+    )
+
+    class Broken(Ipc):
+        async def endpoint_for(self, folder: Path) -> FakeSink:
+            raise OSError("no room")
+
+    manager.ipc = Broken(FakeSink())
+    for sid in ("1" * 16, "2" * 16):
+        await manager.handle_message(
+            msg(HotlinkOpen(sid, f"{ALICE}/app_data/a/x.request", frm=ALICE))
+        )
+    assert [r.rsn for r in wire.payloads(HotlinkReject)] == ["ipc unavailable"] * 2
+    assert manager.budget.sessions == 0
+
+
+async def test_a_peer_holding_frames_behind_holes_in_many_sessions_is_bounded(
+    tmp_path: Path,
+) -> None:
+    # A sender that ignores credit opens 12 sessions and sends 20 MiB to each behind a
+    # missing seq 1 (within each session's own 24 MiB bound): alice's sessions together
+    # never hold more than her budget, the sessions past it are closed loudly, and another
+    # peer's stream is delivered whole meanwhile.
+    manager, wire = _manager(tmp_path)
+    tunnels = AllTunnels()
+    manager.tunnels = tunnels
+    limit = manager.budget.limits.bytes_per_peer
+    sids = [f"h{i:015d}" for i in range(12)]
+    for i, sid in enumerate(sids):
+        await manager.handle_message(msg(HotlinkOpen(sid, tunnel_path(ALICE, i), ALICE)))
+    await until(lambda: all(manager.inbound[sid].accepted for sid in sids))
+    await manager.handle_message(msg(HotlinkOpen(SID, tunnel_path(CAROL, 0), CAROL)))
+    await until(lambda: manager.inbound[SID].accepted)
+    payload = b"h" * MIB  # one object: the test itself holds 1 MiB, the ledger counts all
+    peak = 0
+    for i, sid in enumerate(sids):
+        for seq in range(2, 22):
+            await manager.handle_message(
+                msg(HotlinkData(sid, seq, tunnel_path(ALICE, i), "", payload))
+            )
+            peak = max(peak, manager.budget.held_by(ALICE))
+            await asyncio.sleep(0)
+        good = f"carol's chunk {i}".encode()
+        await manager.handle_message(msg(HotlinkData(SID, i + 1, tunnel_path(CAROL, 0), "", good)))
+    assert peak <= limit
+    await until(lambda: sum(sid in manager.inbound for sid in sids) <= limit // (20 * MIB))
+    closes = [c for c in wire.payloads(HotlinkClose) if c.sid in sids]
+    assert len(closes) >= 12 - limit // (20 * MIB)
+    assert all(c.rsn.startswith(f"memory budget of {ALICE} reached") for c in closes)
+    # The first sessions, which fit, are untouched.
+    assert all(sid in manager.inbound for sid in sids[:5])
+    await manager.handle_message(msg(HotlinkClose(SID, "eof:12")))
+    await until(lambda: SID not in manager.inbound)
+    writer = tunnels.writers[tunnel_path(CAROL, 0)]
+    assert bytes(writer.data) == b"".join(f"carol's chunk {i}".encode() for i in range(12))
+    assert writer.finished and writer.failed is None
+    await manager.close()
+    assert (manager.budget.sessions, manager.budget.held) == (0, 0)
+
+
+async def test_a_close_with_an_absurd_eof_seq_ends_the_stream_loudly(tmp_path: Path) -> None:
+    manager, _wire = _manager(tmp_path)
+    writer = FakeWriter()
+    manager.tunnels = Tunnels(FakeSink(writer))
+    await manager.handle_message(msg(HotlinkOpen(SID, TUNNEL, frm=ALICE)))
+    await until(lambda: manager.inbound[SID].accepted)
+    await manager.handle_message(msg(HotlinkData(SID, 1, TUNNEL, "", b"one")))
+    await until(lambda: writer.data)
+    await manager.handle_message(msg(HotlinkClose(SID, "eof:" + "9" * 5000)))
+    assert SID not in manager.inbound
+    assert writer.failed is not None and not writer.finished  # a reset, not a clean end
+    assert len(writer.failed) < 300  # the peer's text is cut short in our logs

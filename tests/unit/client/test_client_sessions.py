@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 
 import pytest
 
 from hotlink.client.p2p.transport import PeerSendError
 from hotlink.client.session import inbound
-from hotlink.client.session.base import FlowConfig, SessionClosed, eof_reason, parse_eof
+from hotlink.client.session.base import (
+    FlowConfig,
+    SessionClosed,
+    eof_reason,
+    parse_eof,
+    short_reason,
+)
+from hotlink.client.session.budget import BudgetLimits, MemoryBudget, held_cost
 from hotlink.client.session.inbound import InboundSession, path_within
 from hotlink.client.session.outbound import OutboundSession
 from hotlink.protocol.flow import DEFAULT_WINDOW as WINDOW
@@ -44,10 +52,12 @@ def _inbound(
     path: str = TUNNEL,
     accept_marker: Path | None = None,
     flow: FlowConfig | None = None,
+    budget: MemoryBudget | None = None,
+    sid: str = "fedcba9876543210",
 ) -> InboundSession:
     return InboundSession(
         host,
-        sid="fedcba9876543210",
+        sid=sid,
         path=path,
         peer=BOB,
         folder=folder,
@@ -55,6 +65,7 @@ def _inbound(
         sink=sink,  # type: ignore[arg-type]
         accept_marker=accept_marker,
         flow=flow,
+        lease=budget.open(BOB) if budget is not None else None,
     )
 
 
@@ -70,6 +81,44 @@ def test_eof_reason_round_trip() -> None:
     assert parse_eof("eof") == (True, None)
     assert parse_eof("eof:x") == (False, None)
     assert parse_eof("fallback") == (False, None)
+    assert parse_eof(f"eof:{2**64 - 1}") == (True, 2**64 - 1)
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "eof:" + "9" * 5000,  # int() refuses more than 4300 digits with a ValueError
+        "eof:" + "1" * 21,
+        f"eof:{2**64}",
+        "eof:",
+        "eof:-1",
+        "eof:\u0663",  # an Arabic-Indic 3: str.isdigit() says yes
+        "eof:\u00b2",  # a superscript 2: isdigit() yes, int() raises
+    ],
+)
+def test_an_absurd_eof_seq_is_not_an_eof(reason: str) -> None:
+    assert parse_eof(reason) == (False, None)
+
+
+async def test_a_close_with_an_absurd_eof_seq_ends_the_stream_loudly() -> None:
+    host, writer = FakeHost(), FakeWriter()
+    s = _inbound(host, FakeSink(writer))
+    s.start()
+    await until(lambda: s.accepted)
+    s.receive(_frame(1, b"a"))
+    await until(lambda: writer.data)
+    reason = "eof:" + "7" * 5000
+    assert not s.peer_closed(reason)  # no traceback; the manager then closes it
+    await s.close(short_reason(reason), notify=False)
+    assert not writer.finished and writer.failed is not None  # a reset, not a clean end
+    assert len(s.close_reason) < 300
+
+
+def test_short_reason_keeps_log_lines_readable() -> None:
+    assert short_reason("eof") == "eof"
+    long = short_reason("x" * 10_000)
+    assert long.startswith("x" * 200) and long.endswith("(10000 characters)")
+    assert short_reason("bad\nline\x00") == "bad\\nline\\x00"
 
 
 def test_path_within_folder() -> None:
@@ -542,3 +591,96 @@ async def test_receive_never_waits_even_for_an_app_that_does_not_read() -> None:
     assert s.credit.buffered == 100 * 60_000
     assert not s.ended
     await s.close("done", notify=False)
+
+
+# ---------------------------------------------------------------- what a session holds
+
+
+def _chunk(seq: int, size: int = 8 * 1024) -> bytes:
+    return seq.to_bytes(4, "big") * (size // 4)
+
+
+async def test_frames_that_fit_the_budget_before_seq_1_all_reach_a_connected_app() -> None:
+    # 2,900 x 8 KiB (23 MiB, within the 24 MiB a session may hold with the default window)
+    # arrive before seq 1 while an app is connected: the reorder buffer and the delivery
+    # queue share one bound, so what was taken in is delivered, in order, without a close.
+    host, writer = FakeHost(), FakeWriter()
+    s = _inbound(host, FakeSink(writer))
+    s.start()
+    await until(lambda: s.accepted)
+    last = 2901
+    for seq in range(2, last + 1):
+        s.receive(_frame(seq, _chunk(seq)))
+    assert s.credit.buffered <= s.credit.hard_limit
+    s.receive(_frame(1, _chunk(1)))
+    assert s.peer_closed(eof_reason(last))
+    assert await s.wait_closed() == "eof"
+    expected = hashlib.sha256(b"".join(_chunk(seq) for seq in range(1, last + 1))).hexdigest()
+    assert hashlib.sha256(writer.data).hexdigest() == expected
+    assert writer.finished and writer.failed is None
+    assert not any(isinstance(p, HotlinkClose) for p in host.control)
+
+
+async def test_a_session_charges_what_it_holds_and_gives_it_back_as_the_app_reads() -> None:
+    budget = MemoryBudget()
+    host, sink = FakeHost(), FakeSink()
+    s = _inbound(host, sink, budget=budget)
+    s.start()
+    await until(lambda: s.accepted)
+    for seq in (3, 2, 1):
+        s.receive(_frame(seq, b"x" * 1000))
+    s.receive(_frame(2, b"x" * 1000))  # a duplicate costs nothing
+    assert budget.held_by(BOB) == 3 * held_cost(1000)
+    writer = FakeWriter()
+    sink.connect(writer)
+    await until(lambda: len(writer.data) == 3000)
+    assert budget.held_by(BOB) == 0
+    s.receive(_frame(5, b"y" * 10))  # held behind the missing seq 4 ...
+    assert budget.held == held_cost(10)
+    await s.close("done", notify=False)
+    assert (budget.held, budget.sessions) == (0, 0)  # ... and given back when it ends
+
+
+async def test_a_frame_past_the_peers_budget_closes_only_that_session_loudly() -> None:
+    # Two sessions of one peer hold frames behind a hole (a sender that ignores credit);
+    # the frame that would take the peer past its budget closes the session it was for.
+    budget = MemoryBudget(BudgetLimits(bytes_per_peer=320_000, bytes_total=10**9))
+    host = FakeHost()
+    writers = [FakeWriter(), FakeWriter()]
+    first, second = (
+        _inbound(host, FakeSink(w), budget=budget, sid=f"{i}" * 16) for i, w in enumerate(writers)
+    )
+    for s in (first, second):
+        s.start()
+    await until(lambda: first.accepted and second.accepted)
+    for seq in range(2, 4):
+        first.receive(_frame(seq, b"a" * 100_000))
+    second.receive(_frame(2, b"b" * 60_000))
+    assert not second.ended
+    second.receive(_frame(3, b"b" * 60_000))  # 320 KB + overheads: past the budget
+    reason = await second.wait_closed()
+    assert reason.startswith("memory budget of bob@example.com reached")
+    assert HotlinkClose("1" * 16, reason) in host.control
+    assert not writers[1].finished  # never a clean end
+    assert not first.ended  # the other session keeps its frames and its stream
+    assert budget.held_by(BOB) == 2 * held_cost(100_000)
+    first.receive(_frame(1, b"a" * 100_000))
+    assert first.peer_closed(eof_reason(3))
+    assert await first.wait_closed() == "eof"
+    assert bytes(writers[0].data) == b"a" * 300_000
+    assert (budget.held, budget.sessions) == (0, 0)
+
+
+async def test_tiny_frames_are_charged_for_the_memory_they_really_cost() -> None:
+    # A flood of 1-byte frames to an app that does not read: the flow-control bound counts
+    # payload bytes only, the budget also the objects each frame needs.
+    budget = MemoryBudget(BudgetLimits(bytes_per_peer=100 * held_cost(1)))
+    host = FakeHost()
+    s = _inbound(host, FakeSink(), budget=budget)
+    s.start()
+    await until(lambda: s.accepted)
+    for seq in range(1, 102):
+        s.receive(_frame(seq, b"z"))
+    reason = await s.wait_closed()
+    assert reason.startswith("memory budget of bob@example.com reached")
+    assert s.credit.buffered == 100

@@ -14,16 +14,19 @@ from pathlib import Path
 
 import pytest
 
+from hotlink.client.edges.listener import ListenerHub
 from hotlink.client.edges.tcp_proxy import (
     MarkerScanner,
     TcpProxy,
     TunnelChannel,
     tunnel_path_matches,
 )
+from hotlink.client.localfs import MARKER_MAX_BYTES
 from hotlink.client.session.outbound import OutboundSession
 from hotlink.protocol.markers import TcpMarker, proxy_channel
 from hotlink.protocol.messages import HotlinkClose
 from unit.client.client_fakes import ALICE, BOB, FakeHost, until
+from unit.client.hostile_files import NESTED_JSON, fifo_guard, make_fifo
 
 
 async def read_to_eof(reader: asyncio.StreamReader) -> bytes:
@@ -330,3 +333,88 @@ async def test_marker_removal_stops_the_listener(tmp_path: Path) -> None:
         assert proxy.channels == {}
         with pytest.raises(OSError):
             await asyncio.open_connection("127.0.0.1", port)
+
+
+# ---------------------------------------------------------------- hostile markers
+
+
+def _channel_folder(datasites: Path, run: str) -> Path:
+    folder = datasites / ALICE / f"shared/flows/t/{run}/_mpc/0_to_1"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_a_deeply_nested_marker_is_skipped_and_the_others_still_work(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (_channel_folder(tmp_path, "a-nested") / "stream.tcp").write_text(NESTED_JSON)
+    (_channel_folder(tmp_path, "b-dicts") / "stream.tcp").write_text('{"a":' * 20_000)
+    _marker(tmp_path, ALICE)
+    scanner = MarkerScanner(tmp_path, BOB)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert list(scanner.scan()) == [CANONICAL]
+    assert sum("nested too deeply" in r.getMessage() for r in caplog.records) == 1
+    assert all(len(r.getMessage()) < 500 for r in caplog.records)  # no echo of the input
+
+
+def test_linked_fifo_and_oversize_markers_are_not_read(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    good = json.dumps({"from": ALICE, "to": BOB, "ports": {ALICE: 9100, BOB: 9200}})
+    (outside / "stream.tcp").write_text(good)
+    (_channel_folder(tmp_path, "linked") / "stream.tcp").symlink_to(outside / "stream.tcp")
+    linked_dir = tmp_path / ALICE / "shared/flows/t/linkdir/_mpc"
+    linked_dir.mkdir(parents=True)
+    (linked_dir / "0_to_1").symlink_to(outside)
+    big = good[:-1] + ', "pad": "' + "x" * MARKER_MAX_BYTES + '"}'
+    (_channel_folder(tmp_path, "big") / "stream.tcp").write_text(big)
+    fifo = make_fifo(_channel_folder(tmp_path, "pipe") / "stream.tcp")
+    with fifo_guard(fifo) as guard:
+        assert MarkerScanner(tmp_path, BOB).scan() == {}
+    assert not guard.fired
+
+
+async def test_the_proxy_scan_reads_markers_off_the_loop(tmp_path: Path) -> None:
+    opener, port = Opener(), _free_port()
+    fifo = make_fifo(_channel_folder(tmp_path, "pipe") / "stream.tcp")
+    with fifo_guard(fifo) as guard:
+        async with _proxy(tmp_path, opener, port) as proxy:
+            (_channel_folder(tmp_path, "nested") / "stream.tcp").write_text(NESTED_JSON)
+            await proxy.scan_once()
+            assert list(proxy.channels) == [CANONICAL]
+    assert not guard.fired
+
+
+class FlakyHub(ListenerHub):
+    """Scans that raise (as a marker that trips a parser bug would) before they work."""
+
+    def __init__(self, failures: int) -> None:
+        self.scan_interval = 0.0
+        self.failures = failures
+        self.scans = 0
+        self.closed = False
+
+    async def scan_once(self) -> None:
+        self.scans += 1
+        if self.scans <= self.failures:
+            raise RecursionError("maximum recursion depth exceeded")
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_failing_scan_never_ends_the_discovery_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = FlakyHub(failures=50)
+    with caplog.at_level(logging.ERROR, logger="hotlink.edges"):
+        task = asyncio.create_task(hub.run())
+        try:
+            await until(lambda: hub.scans > 60)
+            assert not task.done()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert hub.closed
+    assert len(caplog.records) == 1  # reported once, not once per scan

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from hotlink.client.p2p.signaling import (
+    MAX_CANDIDATE_TOKEN,
+    MAX_SDP_TOKEN,
     PendingSignals,
     RecentSids,
     ReplayWindow,
+    SignalQuota,
     is_legacy_kind,
+    oversized,
+    signal_size,
     transport_kind,
 )
 from hotlink.client.p2p.webrtc_transport import config_from_settings
@@ -51,6 +56,64 @@ def test_pending_signals_are_bounded_per_session_and_in_sessions() -> None:
     assert "a" not in pending
     assert len(pending) == 2
     assert pending.overflowed == 3
+
+
+def test_signals_too_large_to_be_a_real_peers_are_named() -> None:
+    sdp = "v=0\r\n" + "a=x\r\n" * 2000  # about 12 KiB: a rich but real SDP
+    assert oversized(HotlinkSignal("s", "sdp_offer", tok=sdp)) == ""
+    assert oversized(HotlinkSignal("s", "sdp_answer", tok="x" * MAX_SDP_TOKEN)) == ""
+    assert "token" in oversized(HotlinkSignal("s", "sdp_offer", tok="x" * (MAX_SDP_TOKEN + 1)))
+    cand = '{"candidate":"candidate:1 1 udp 2122260223 192.0.2.1 50000 typ host"}'
+    assert oversized(HotlinkSignal("s", "ice_candidate", tok=cand)) == ""
+    big = "x" * (MAX_CANDIDATE_TOKEN + 1)
+    assert "token" in oversized(HotlinkSignal("s", "ice_candidate", tok=big))
+    assert "error" in oversized(HotlinkSignal("s", "webrtc_error", err="e" * 5000))
+    assert "session id" in oversized(HotlinkSignal("s" * 1000, "ice_candidate"))
+    assert "kind" in oversized(HotlinkSignal("s", "k" * 1000))
+    assert "token" in oversized(HotlinkSignal("s", "something_new", tok="x" * (8 << 20)))
+
+
+def test_pending_signals_are_bounded_in_bytes_per_session_and_in_all() -> None:
+    def big(sid: str) -> HotlinkSignal:
+        return HotlinkSignal(sid=sid, knd="sdp_offer", tok="o" * 1000)
+
+    size = signal_size(big("a"))
+    pending = PendingSignals(per_sid_bytes=2 * size, max_bytes=3 * size)
+    assert pending.add(big("a"), 0.0) and pending.add(big("a"), 0.0)
+    assert not pending.add(big("a"), 0.0)  # session "a" holds its share
+    assert pending.add(big("b"), 0.0)
+    assert not pending.add(big("c"), 0.0)  # all sessions together hold the total
+    assert "c" not in pending  # a refused first signal leaves no empty entry
+    assert pending.nbytes == 3 * size
+    pending.take("a", 0.0)
+    assert pending.nbytes == size
+    assert pending.add(big("c"), 0.0)
+    pending.discard("b")
+    pending.expire(100.0)
+    assert (pending.nbytes, len(pending)) == (0, 0)
+    assert pending.overflowed == 2
+
+
+def test_pending_signals_default_bounds_hold_far_less_than_a_flood() -> None:
+    # 200 candidates of 8 MiB for one unknown session, then many small ones for many
+    # sessions: what is held stays within the byte bound whatever gets in.
+    pending = PendingSignals()
+    flood = HotlinkSignal(sid="a", knd="ice_candidate", tok="c" * (8 << 20))
+    for _ in range(200):
+        pending.add(flood, 0.0)
+    assert pending.nbytes == 0
+    for n in range(10_000):
+        pending.add(HotlinkSignal(sid=f"s{n % 300}", knd="sdp_offer", tok="o" * 60_000), 0.0)
+        assert pending.nbytes <= pending.max_bytes
+
+
+def test_signal_quota_is_shared_and_never_negative() -> None:
+    quota = SignalQuota(100)
+    assert quota.take(60)
+    assert not quota.take(41)
+    assert quota.take(40)
+    quota.give(500)
+    assert quota.used == 0
 
 
 def test_recent_sids_forget_the_oldest() -> None:

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from hotlink.client.p2p.signaling import SESSION_SIGNAL_BYTES, SignalQuota, signal_size
 from hotlink.client.p2p.transport import PeerSendError
 from hotlink.protocol.frames import decode_frame
 from hotlink.protocol.ice import (
@@ -156,6 +157,63 @@ async def test_quic_and_unknown_kinds_are_ignored() -> None:
     await settle()
     assert backend.peers == [] and host.signals == []
     await transport.close()
+
+
+async def test_signals_too_large_to_be_real_are_dropped_at_the_door(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # 200 candidates of 8 MiB, for a live session and for one we do not know yet: none is
+    # held, one warning says so, and the session's real signals still work.
+    transport, backend, host = make_transport()
+    await transport.on_inbound_accepted(host.add(SID, "inbound"))
+    await until(lambda: host.kinds() == ["sdp_offer"])
+    flood = "c" * (8 << 20)
+    with caplog.at_level(logging.WARNING, logger="hotlink.webrtc"):
+        for sid in (SID, SID2):
+            for _ in range(100):
+                await transport.on_signal(HotlinkSignal(sid=sid, knd="ice_candidate", tok=flood))
+    assert transport.dropped_signals == 200
+    warnings = [r for r in caplog.records if "dropping a webrtc signal" in r.getMessage()]
+    assert len(warnings) == 3  # the first, the 100th and the 200th
+    assert SID2 not in transport._pending and transport._pending.nbytes == 0
+    assert transport.signal_quota.used == 0
+    await transport.on_signal(answer_signal())
+    await transport.on_signal(cand_signal(CAND_1))
+    peer = backend.peers[0]
+    await until(lambda: peer.remote_candidates == [CAND_1])
+    assert peer.calls[:2] == ["create_offer", "set_answer:True"]
+    await transport.close()
+
+
+async def test_a_sessions_signal_queue_is_bounded_in_bytes() -> None:
+    transport, _backend, host = make_transport()
+    info = host.add(SID, "outbound")
+    await transport.on_outbound_accepted(info)
+    offer = HotlinkSignal(sid=SID, knd="sdp_offer", tok="o" * 60_000)
+    # No await in between: the session's task has not taken any of them yet.
+    for _ in range(10):
+        transport._sessions[SID].push_signal(offer)
+    queued = transport._sessions[SID]._signals.qsize()
+    assert queued == SESSION_SIGNAL_BYTES // signal_size(offer)
+    assert transport.signal_quota.used == queued * signal_size(offer)
+    await transport.close()
+    assert transport.signal_quota.used == 0  # what was queued is given back on close
+
+
+async def test_all_sessions_signal_queues_share_one_byte_bound() -> None:
+    transport, _backend, host = make_transport()
+    transport.signal_quota = SignalQuota(150_000)
+    for sid in (SID, SID2):
+        await transport.on_outbound_accepted(host.add(sid, "outbound"))
+    offer = HotlinkSignal(sid=SID, knd="sdp_offer", tok="o" * 60_000)
+    for sid in (SID, SID2):
+        for _ in range(2):
+            transport._sessions[sid].push_signal(offer)
+    sizes = [transport._sessions[sid]._signals.qsize() for sid in (SID, SID2)]
+    assert sizes == [2, 0]
+    assert transport.signal_quota.used <= 150_000
+    await transport.close()
+    assert transport.signal_quota.used == 0
 
 
 async def test_webrtc_error_while_negotiating_ends_p2p_for_that_session_only() -> None:

@@ -6,18 +6,29 @@ import hashlib
 from datetime import UTC, datetime
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import hotlink.protocol.acl as acl_module
 from hotlink.protocol.acl import (
     ACL_FILE,
+    MAX_ACL_BYTES,
+    MAX_ACL_DEPTH,
+    MAX_ACL_PRINCIPALS,
+    MAX_ACL_RULES,
+    MAX_ERROR_CHARS,
     Access,
     ACLError,
     ACLTree,
     Rule,
     RuleSet,
     acl_dir,
+    identity_problem,
     is_acl_path,
     normalize_path,
     parse_acl,
+    prepare_acl,
     render_template,
     specificity,
     user_hash,
@@ -481,3 +492,279 @@ def test_acl_paths() -> None:
     assert not is_acl_path(f"{ALICE}/syft.pub.yaml.bak")
     assert acl_dir(f"{ALICE}/x/syft.pub.yaml") == f"{ALICE}/x"
     assert acl_dir(f"{ALICE}/syft.pub.yaml") == ALICE
+
+
+# ---------------------------------------------------------------- hostile identities (D1)
+
+INBOX = f"{ALICE}/inbox"
+PER_USER = """
+rules:
+  - pattern: '{{.UserEmail}}/**'
+    access: {read: ['USER'], write: ['USER']}
+"""
+
+
+def _inbox_tree(text: str = PER_USER) -> ACLTree:
+    return _tree({f"{INBOX}/syft.pub.yaml": text})
+
+
+@pytest.mark.parametrize(
+    "user",
+    [
+        "*@example.com",
+        "b*@example.com",
+        "?ob@example.com",
+        "bo?@example.com",
+        "[b]ob@example.com",
+        "{bob,x}@example.com",
+        "{bob}@example.com",
+        "**",
+        "*",
+    ],
+)
+def test_a_glob_shaped_user_gets_nothing_from_another_users_template_folder(user: str) -> None:
+    tree = _inbox_tree()
+    for level in (R, W):
+        assert not tree.can_access(f"{INBOX}/{BOB}/note.request", user, level)
+        assert not tree.can_access(f"{INBOX}/{BOB}", user, level)
+    # Its own folder, taken literally, is still its own.
+    assert tree.can_access(f"{INBOX}/{user}/note.request", user, W)
+
+
+def test_a_templated_glob_matches_values_literally() -> None:
+    text = """
+rules:
+  - pattern: '{{.UserEmail}}/*.request'
+    access: {read: ['USER']}
+  - pattern: 'x-{{.UserEmail}}.txt'
+    access: {read: ['USER']}
+"""
+    tree = _inbox_tree(text)
+    user = "b-{c,d}*@example.com"
+    assert tree.can_access(f"{INBOX}/{user}/a.request", user, R)
+    assert not tree.can_access(f"{INBOX}/b-c-x@example.com/a.request", user, R)
+    assert tree.can_access(f"{INBOX}/x-{user}.txt", user, R)  # exact: no glob in its own text
+    assert not tree.can_access(f"{INBOX}/x-b-cz@example.com.txt", user, R)
+
+
+@pytest.mark.parametrize("user", ["a/b@example.com", f"{BOB}/..", "x/../" + BOB])
+def test_a_rendered_value_never_spans_folders(user: str) -> None:
+    tree = _inbox_tree()
+    assert not tree.can_access(f"{INBOX}/{user}/f", user, R)
+    assert not tree.can_access(f"{INBOX}/{BOB}/f", user, R)
+
+
+_IDENTITY_CHARS = "ab.@-+_*?[]{},!\\/|~()^$%'\"" + "bob"
+
+
+@settings(max_examples=300, deadline=None)
+@given(user=st.text(alphabet=_IDENTITY_CHARS, min_size=1, max_size=16), data=st.data())
+def test_property_a_rendered_identity_only_reaches_its_literal_folder(
+    user: str, data: st.DataObject
+) -> None:
+    """For any identity, ``{{.UserEmail}}/**`` grants nothing outside ``<dir>/<identity>``."""
+    tree = _inbox_tree()
+    # Paths a glob reading of the identity could reach: each special character replaced by
+    # something else, and other users' folders.
+    replaced = "".join(
+        data.draw(st.sampled_from(["", "b", "bo", "x", "b/x", ","])) if ch in "*?[]{},\\" else ch
+        for ch in user
+    )
+    candidates = [replaced, BOB, "bob", "b", "x", "", "a", user + "x", "x" + user]
+    literal = f"{INBOX}/{user}"
+    for segment in candidates:
+        for path in (f"{INBOX}/{segment}", f"{INBOX}/{segment}/f.request"):
+            try:
+                norm = normalize_path(path)
+            except ProtocolError:
+                continue
+            inside = norm == literal or norm.startswith(literal + "/")
+            if not inside and norm.split("/", 1)[0] != user:
+                assert not tree.can_access(path, user, R), (user, path)
+
+
+@pytest.mark.parametrize(
+    "user,bad",
+    [
+        ("*@example.com", "*"),
+        ("a?b@example.com", "?"),
+        ("[a]@example.com", "["),
+        ("x@[127.0.0.1]", "]"),
+        ("{a}@example.com", "{"),
+        ("a\\b@example.com", "\\"),
+        ("a/b@example.com", "/"),
+    ],
+)
+def test_identity_problem_names_the_character(user: str, bad: str) -> None:
+    problem = identity_problem(user)
+    assert problem is not None and repr(bad) in problem
+
+
+@pytest.mark.parametrize(
+    "user", [ALICE, "a.b+tag@sub.example.org", "o'brien@example.com", "x-1_2@a-b.example"]
+)
+def test_ordinary_identities_have_no_problem(user: str) -> None:
+    assert identity_problem(user) is None
+
+
+# ---------------------------------------------------------------- hostile files (D3, D4)
+
+SOURCE = f"{ALICE}/app/syft.pub.yaml"
+
+
+def _laughs(levels: int) -> str:
+    """The classic: each level is nine references to the one before."""
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, levels):
+        refs = ",".join([f"*a{i - 1}"] * 9)
+        lines.append(f"a{i}: &a{i} [{refs}]")
+    lines.append(f"rules: [{{pattern: '**', access: {{read: [*a{levels - 1}]}}}}]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(params=["libyaml", "python"])
+def loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both YAML loaders: libyaml's parser when installed, and PyYAML's own."""
+    if request.param == "python":
+        monkeypatch.setattr(acl_module, "_Loader", acl_module._PyLoader)
+    elif not yaml.__with_libyaml__:
+        pytest.skip("PyYAML without libyaml")
+    return str(request.param)
+
+
+def _refusal(text: str) -> str:
+    with pytest.raises(ACLError) as info:
+        parse_acl(text, SOURCE)
+    message = str(info.value)
+    assert SOURCE in message
+    assert len(message) <= MAX_ERROR_CHARS
+    return message
+
+
+def test_aliases_are_refused_without_expanding_them(loader: str) -> None:
+    message = _refusal(_laughs(5))  # 9**5 "lol"s if expanded; its repr alone is 400 KB
+    assert "alias" in message and "lol" not in message
+
+
+@pytest.mark.timeout(20)  # a failure guard: expanding it would take many seconds and GBs
+def test_a_billion_laughs_is_refused_at_once(loader: str) -> None:
+    text = _laughs(9)
+    assert len(text) < 512  # a few hundred bytes that would expand to 9**9 strings
+    assert "alias" in _refusal(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "rules: &r []\n",  # an anchor alone
+        "a: &x 1\nrules: [{pattern: '**', access: {read: [*x]}}]\n",
+        "rules:\n  - pattern: *txt\n    access: {}\n",  # an unquoted pattern is an alias
+        "base: &b {read: ['*']}\nrules: [{pattern: '**', access: {<<: *b}}]\n",  # merge key
+    ],
+)
+def test_anchors_and_aliases_are_refused(loader: str, text: str) -> None:
+    assert "alias" in _refusal(text)
+
+
+def test_a_file_over_the_size_limit_is_refused(loader: str) -> None:
+    padding = "# " + "x" * (MAX_ACL_BYTES) + "\n"
+    assert "larger than" in _refusal(padding + PUBLIC_RW)
+    # The limit is in bytes: multi-byte characters count as what they weigh.
+    assert "larger than" in _refusal("# " + "é" * (MAX_ACL_BYTES // 2) + "\n")
+    # Just under it is fine.
+    parse_acl("#" * (MAX_ACL_BYTES - len(PUBLIC_RW) - 1) + "\n" + PUBLIC_RW, SOURCE)
+
+
+@pytest.mark.parametrize("depth", [MAX_ACL_DEPTH, 100, 12_000])
+@pytest.mark.parametrize("opener,closer", [("[", "]"), ("{a: ", "}")])
+def test_deep_nesting_is_refused(loader: str, opener: str, closer: str, depth: int) -> None:
+    message = _refusal("rules: " + opener * depth + "1" + closer * depth + "\n")
+    # Ours, or libyaml's own bound (1000 levels) when it trips first.
+    assert f"deeper than {MAX_ACL_DEPTH}" in message or "nesting depth" in message
+
+
+def test_nesting_up_to_the_limit_is_read(loader: str) -> None:
+    deep = "[" * (MAX_ACL_DEPTH - 2) + "1" + "]" * (MAX_ACL_DEPTH - 2)  # + document + key
+    parse_acl(f"other: {deep}\n", SOURCE)
+
+
+def _rules(n: int, access: str = "{read: ['*']}") -> str:
+    return "rules:\n" + "".join(
+        f"  - pattern: 'p{i}/*.txt'\n    access: {access}\n" for i in range(n)
+    )
+
+
+def test_too_many_rules_are_refused(loader: str) -> None:
+    parse_acl(_rules(MAX_ACL_RULES), SOURCE)
+    assert f"more than {MAX_ACL_RULES} rules" in _refusal(_rules(MAX_ACL_RULES + 1))
+
+
+def test_too_many_users_are_refused(loader: str) -> None:
+    users = ", ".join(f"'u{i}@example.com'" for i in range(MAX_ACL_PRINCIPALS + 1))
+    message = _refusal(f"rules: [{{pattern: '**', access: {{read: [{users}]}}}}]\n")
+    assert f"more than {MAX_ACL_PRINCIPALS} users" in message
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        # One glob that alternates its way to 2**6 patterns.
+        ("rules: [{pattern: '*{a,b}{a,b}{a,b}{a,b}{a,b}{a,b}', access: {}}]", "expands"),
+        ("rules: [{pattern: 'x', access: {read: ['*{a,b}{a,b}{a,b}{a,b}{a,b}']}}]", "expands"),
+        # Many modest ones.
+        (_rules(MAX_ACL_RULES, "{read: ['*@{a,b,c}.com']}"), "in total"),
+        # Templated globs, compiled once per user checked, have their own small budget.
+        (
+            "rules:\n"
+            + "".join(
+                f"  - pattern: 'd{i}/{{{{.UserEmail}}}}/**'\n    access: {{}}\n" for i in range(9)
+            ),
+            "templated",
+        ),
+    ],
+)
+def test_glob_expansion_is_bounded(loader: str, text: str, needle: str) -> None:
+    message = _refusal(text)
+    assert needle in message or "expand" in message
+
+
+@pytest.mark.parametrize(
+    "text,secret",
+    [
+        ("rules: !!python/object:os.system_SECRET_PAYLOAD x\n", "SECRET"),
+        ("rules: !SECRET x\n", "SECRET"),
+        ("terminal: ['SECRET', 'PAYLOAD']\n", "SECRET"),
+        ("rules: [{pattern: x, access: {read: [['SECRET' , 'x']]}}]\n", "SECRET"),
+        ("rules: [{pattern: x, access: {read: {SECRET: 1}}}]\n", "SECRET"),
+        ("rules: [{pattern: 'a/[SECRET" + "{a,b}" * 9 + "', access: {}}]\n", "SECRET"),
+        ("rules: 1" + "1" * 5000 + "\n", "1111"),  # an int Python will not convert
+        ("rules: [\n  SECRET: \t 'x'\n", "SECRET"),
+    ],
+)
+def test_errors_never_repeat_the_input(loader: str, text: str, secret: str) -> None:
+    assert secret not in _refusal(text)
+
+
+def test_a_long_file_name_is_shortened_in_errors() -> None:
+    source = f"{ALICE}/" + "d/" * 5000 + ACL_FILE
+    with pytest.raises(ACLError) as info:
+        parse_acl("rules: 5\n", source)
+    assert len(str(info.value)) <= MAX_ERROR_CHARS and ACL_FILE in str(info.value)
+
+
+def test_prepare_acl_compiles_what_install_loads() -> None:
+    tree = ACLTree()
+    tree.install(prepare_acl(PUBLIC_RW, f"{ALICE}/pub/{ACL_FILE}"))
+    assert tree.can_access(f"{ALICE}/pub/x", BOB, W)
+    assert not tree.can_access(f"{ALICE}/x", BOB, R)
+
+
+def test_template_decisions_are_cached_per_day() -> None:
+    now = [datetime(2026, 2, 7, 23, 59, tzinfo=UTC).timestamp()]
+    tree = ACLTree(clock=lambda: now[0])
+    text = "rules: [{pattern: 'logs/{{.Year}}-{{.Month}}-{{.Date}}/*', access: {read: ['*']}}]"
+    tree.load(ALICE, parse_acl(text, "f"))
+    assert tree.can_access(f"{ALICE}/logs/2026-02-07/f", BOB, R)
+    now[0] += 120  # past midnight UTC: yesterday's folder is closed, today's open
+    assert not tree.can_access(f"{ALICE}/logs/2026-02-07/f", BOB, R)
+    assert tree.can_access(f"{ALICE}/logs/2026-02-08/f", BOB, R)

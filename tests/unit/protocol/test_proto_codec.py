@@ -412,6 +412,13 @@ BAD_FRAMES: list[tuple[str, bytes | str]] = [
     ("binary json garbage", b"SB\x01\x00{not json"),
     ("binary json bad utf8", b"SB\x01\x00\xff\xfe"),
     ("msgpack deep nesting", b"SB\x01\x01" + b"\x91" * 100_000 + b"\xc0"),
+    ("typ missing", _mp({"id": "x", "dat": b"\x80"})),
+    ("typ nil", _mp({"id": "x", "typ": None, "dat": b"\x80"})),
+    ("json lone surrogate sid", '{"id":"x","typ":10,"dat":{"sid":"\\ud800"}}'),
+    ("json lone surrogate id", '{"id":"\\udfff","typ":10,"dat":{}}'),
+    ("json lone surrogate key", '{"id":"x","typ":10,"dat":{"\\ud800":1}}'),
+    ("json lone surrogate in map", '{"id":"x","typ":6,"dat":{"headers":{"a":"\\ud800"}}}'),
+    ("binary json surrogate bytes", b'SB\x01\x00{"id":"x","typ":10,"dat":{"sid":"\xed\xa0\x80"}}'),
 ]
 
 
@@ -484,3 +491,38 @@ def test_system_greeting_round_trip() -> None:
     msg = Message.new(System(ver="0.1.0", msg="ok"))
     assert len(msg.id) == 6
     assert codec.decode(codec.encode_json(msg)) == msg
+
+
+# ---------------------------------------------------------------- what the relay must never forward
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"id":"x","typ":9,"dat":{"sid":"s","pth":"a@b.c/\\ud800.request"}}',
+        '{"id":"x","typ":12,"dat":{"sid":"\\udc00","seq":1,"pth":"p"}}',
+        b'SB\x01\x00{"id":"x","typ":12,"dat":{"sid":"s","pth":"\xed\xb0\x80"}}',
+    ],
+    ids=["json-open-path", "json-data-sid", "envelope-json-bytes"],
+)
+def test_text_without_a_utf8_form_is_refused_with_a_clear_reason(frame: bytes | str) -> None:
+    """A lone surrogate decodes from JSON but cannot be encoded for any receiver."""
+    with pytest.raises(ProtocolError, match="not valid Unicode"):
+        codec.decode(frame)
+
+
+def test_non_ascii_text_is_still_accepted() -> None:
+    text = '{"id":"x","typ":9,"dat":{"sid":"s","pth":"a@b.c/caf\u00e9/\U0001f600.request"}}'
+    assert codec.decode(text).payload == HotlinkOpen(
+        sid="s", pth="a@b.c/caf\u00e9/\U0001f600.request"
+    )
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [_mp({"id": "x", "dat": b"\x80"}), '{"id":"x","dat":{}}', '{"id":"x","typ":null,"dat":{}}'],
+    ids=["msgpack", "json", "json-null"],
+)
+def test_a_message_without_typ_is_refused_not_read_as_system(frame: bytes | str) -> None:
+    with pytest.raises(ProtocolError, match="no typ"):
+        codec.decode(frame)

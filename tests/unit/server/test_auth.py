@@ -15,6 +15,7 @@ from hotlink.server.auth import (
     AuthError,
     dev_identity,
     is_valid_email,
+    is_valid_identity,
     issue_access_token,
     token_identity,
 )
@@ -130,3 +131,56 @@ def test_cli_token_issue_refuses_a_bad_email():
     result = CliRunner().invoke(app, ["token", "issue", "--secret", SECRET, "--email", "bob"])
     assert result.exit_code == 2
     assert "not a valid email" in result.output
+
+
+# ---------------------------------------------------------------- glob-shaped identities (D1)
+
+GLOB_USERS = [
+    "*@example.com",
+    "b*b@example.com",
+    "bo?@example.com",
+    "{bob}@example.com",
+    "a/b@example.com",
+    "x@[127.0.0.1]",  # a valid RFC 5322 domain literal, and a character class
+]
+
+
+@pytest.mark.parametrize("user", GLOB_USERS)
+def test_glob_shaped_identities_are_valid_emails_but_not_identities(user):
+    assert is_valid_email(user)  # RFC 5322 allows them: the check has to be our own
+    assert not is_valid_identity(user)
+
+
+@pytest.mark.parametrize("user", GLOB_USERS)
+def test_dev_mode_refuses_a_glob_shaped_user_with_the_invalid_email_body(user):
+    for key in ("user", "x-syft-from"):
+        with pytest.raises(AuthError) as info:
+            dev_identity({key: user})
+        assert info.value.body() == {"code": INVALID_REQUEST, "error": "invalid email"}
+
+
+@pytest.mark.parametrize("user", GLOB_USERS)
+def test_token_mode_refuses_a_glob_shaped_sub(user):
+    # Signed with the right secret, as a token minted before this check would be.
+    claims = {"type": "access", "sub": user, "iss": "hotlink", "iat": int(time.time())}
+    token = jwt.encode(claims, SECRET, algorithm="HS256")
+    assert _token_error({"Authorization": f"Bearer {token}"}) == {
+        "code": INVALID_CREDENTIALS,
+        "error": "invalid token: sub is not a valid email",
+    }
+
+
+@pytest.mark.parametrize("user", GLOB_USERS)
+def test_no_token_is_issued_for_a_glob_shaped_user(user):
+    with pytest.raises(ValueError, match="cannot be a user"):
+        issue_access_token(SECRET, user)
+
+
+def test_cli_token_issue_refuses_a_glob_shaped_email_with_exit_code_2():
+    result = CliRunner().invoke(
+        app, ["token", "issue", "--secret", SECRET, "--email", "*@example.com"]
+    )
+    assert result.exit_code == 2
+    assert "'*@example.com' cannot be a user" in result.output
+    assert "wildcard" in result.output
+    assert "ey" not in result.stdout  # no token was printed

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
+import os
 
 from hotlink.protocol.flow import DEFAULT_WINDOW
 from hotlink.protocol.ice import ICE_SERVERS_HEADER, TURN_PASS_HEADER, TURN_USER_HEADER
 from hotlink.protocol.messages import MsgType
-from hotlink.server.hub import DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_MESSAGES, SendQueue
+from hotlink.server.hub import (
+    DEFAULT_QUEUE_BYTES,
+    DEFAULT_QUEUE_MESSAGES,
+    Admission,
+    SendQueue,
+    Throttle,
+    accept_error_handler,
+)
 from hotlink.server.ice_headers import ice_headers, static_turn_password_ignored
 from hotlink.server.metrics import RelayMetrics
 from hotlink.settings import ServerSettings
@@ -34,8 +44,8 @@ async def test_queue_is_bounded_by_bytes_but_always_takes_one_frame():
 async def test_queue_keeps_fifo_order():
     q = SendQueue(10, 1000)
     for i in range(5):
-        q.try_put(str(i))
-    assert [await q.get() for _ in range(5)] == ["0", "1", "2", "3", "4"]
+        q.try_put(b"%d" % i)
+    assert [await q.get() for _ in range(5)] == [b"0", b"1", b"2", b"3", b"4"]
 
 
 async def test_a_full_queue_says_no_at_once_and_takes_frames_again_after_a_get():
@@ -108,3 +118,110 @@ def test_each_relay_has_its_own_metrics_registry():
     assert 'hotlink_relayed_bytes_total{type="HOTLINK_DATA"} 100.0' in text
     assert 'hotlink_rejects_total{reason="permission denied"} 1.0' in text
     assert "HOTLINK_DATA" not in two.render().decode()
+
+
+# ---------------------------------------------------------------- bytes not yet sent
+
+
+def test_bytes_in_the_socket_buffer_count_against_the_byte_bound():
+    q = SendQueue(max_messages=100, max_bytes=100)
+    assert not q.try_put(b"x" * 30, unsent=80)  # 80 + 30 > 100
+    assert q.try_put(b"x" * 20, unsent=80)
+    assert not q.try_put(b"x", unsent=80)
+
+
+def test_an_empty_queue_with_unsent_bytes_does_not_take_an_oversized_frame():
+    q = SendQueue(max_messages=100, max_bytes=100)
+    assert not q.try_put(b"x" * 150, unsent=1)
+    assert q.try_put(b"x" * 150, unsent=0)  # nothing held: any one frame goes
+
+
+# ---------------------------------------------------------------- connection caps
+
+
+def test_admission_caps_connections_per_user_with_429():
+    admission = Admission(max_total=100, max_per_user=2)
+    assert admission.admit("a@example.com") is None
+    assert admission.admit("a@example.com") is None
+    refusal = admission.admit("a@example.com")
+    assert refusal is not None and refusal.status == 429
+    assert refusal.body()["code"] == "too_many_connections"
+    assert "a@example.com" in refusal.body()["error"]
+    assert admission.admit("b@example.com") is None  # other users are not affected
+    admission.release("a@example.com")
+    assert admission.admit("a@example.com") is None
+    assert admission.held_by("a@example.com") == 2 and len(admission) == 3
+
+
+def test_admission_caps_connections_in_total_with_503():
+    admission = Admission(max_total=2, max_per_user=8)
+    assert admission.admit("a@example.com") is None
+    assert admission.admit("b@example.com") is None
+    refusal = admission.admit("c@example.com")
+    assert refusal is not None and refusal.status == 503
+    assert refusal.body()["code"] == "server_busy"
+    admission.release("b@example.com")
+    assert admission.admit("c@example.com") is None
+
+
+def test_admission_release_of_an_unknown_user_changes_nothing():
+    admission = Admission(max_total=1, max_per_user=1)
+    admission.release("nobody@example.com")
+    assert len(admission) == 0
+    assert admission.admit("a@example.com") is None
+    assert admission.admit("b@example.com") is not None
+
+
+# ---------------------------------------------------------------- accept() out of descriptors
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_throttle_speaks_once_per_interval_and_counts_the_rest():
+    clock = Clock()
+    throttle = Throttle(10.0, clock)
+    assert throttle.ready() == 0
+    assert [throttle.ready() for _ in range(5)] == [None] * 5
+    clock.now += 10.0
+    assert throttle.ready() == 5
+    assert throttle.ready() is None
+
+
+def _accept_failure(code: int = errno.EMFILE) -> dict[str, object]:
+    """What asyncio's accept loop passes to the exception handler."""
+    return {
+        "message": "socket.accept() out of system resource",
+        "exception": OSError(code, os.strerror(code)),
+        "socket": object(),
+    }
+
+
+async def test_a_flood_of_failed_accepts_is_one_log_line(caplog):
+    failures: list[int] = []
+    handler = accept_error_handler(lambda: failures.append(1), interval=60.0)
+    loop = asyncio.get_running_loop()
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(1000):
+            handler(loop, _accept_failure())
+    lines = [r for r in caplog.records if "accept" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].exc_info is None
+    assert "Too many open files" in lines[0].getMessage()
+    assert len(failures) == 1000
+
+
+async def test_other_loop_errors_still_reach_the_default_handler(caplog):
+    handler = accept_error_handler(interval=60.0)
+    loop = asyncio.get_running_loop()
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        handler(loop, {"message": "something else", "exception": ValueError("boom")})
+        handler(loop, {"message": "refused", "exception": OSError(errno.ECONNREFUSED, "x")})
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == [
+        "something else",
+        "refused",
+    ]

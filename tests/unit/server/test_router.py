@@ -133,6 +133,34 @@ def test_forwarded_open_keeps_id_and_carries_the_authenticated_opener(router):
         assert send.message.payload == HotlinkOpen(sid=SID, pth=PATH, frm=ALICE, to="")
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        f"/{ALICE}/app_data/chat/rpc/hotlink/x.request",
+        f"{ALICE}/app_data/./chat/rpc//hotlink/x.request",
+        f"{ALICE}/app_data/other/../chat/rpc/hotlink/x.request",
+        f"{ALICE}\\app_data\\chat\\rpc\\hotlink\\x.request",
+    ],
+)
+def test_open_is_judged_stored_and_forwarded_with_its_normalised_path(router, raw):
+    """Readers get the path that was checked, not the opener's spelling of it."""
+    out = router.handle("a1", msg(HotlinkOpen(sid=SID, pth=raw, to=BOB), "op0001"))
+    assert targets(out) == ["b1", "b2"]
+    assert {s.message.payload.pth for s in out.sends} == {PATH}  # type: ignore[attr-defined]
+    assert router.sessions.get(SID).path == PATH
+    # Data on the session is checked against that same path.
+    accept(router, "b1")
+    data = router.handle("a1", msg(HotlinkData(sid=SID, seq=1, pth=raw, pay=b"x")))
+    assert targets(data) == ["b1"]
+
+
+@pytest.mark.parametrize("raw", [f"{ALICE}/../../etc/passwd", "..", "", "/", "."])
+def test_open_of_a_path_outside_every_datasite_is_rejected(router, raw):
+    out = router.handle("a1", msg(HotlinkOpen(sid=SID, pth=raw)))
+    assert only(out) == ("a1", HotlinkReject(sid=SID, rsn=PERMISSION_DENIED))
+    assert SID not in router.sessions
+
+
 def test_open_with_to_goes_only_to_the_target_user(router):
     out = open_session(router, to=f"  {BOB} ")
     assert targets(out) == ["b1", "b2"]
@@ -476,3 +504,49 @@ def test_a_message_from_a_removed_connection_is_ignored(router):
     router.connections.remove("b1")
     out = router.handle("b1", msg(HotlinkOpen(sid=SID, pth=f"{BOB}/x.request")))
     assert out.sends == [] and out.refusal == IGNORED
+
+
+# ---------------------------------------------------------------- ending a session someone took
+
+
+@pytest.mark.parametrize("kind", ["reject", "close"])
+def test_an_offered_bystander_cannot_end_a_session_another_user_accepted(router, kind):
+    """carol was offered the Open too (she may read the path), but bob took it."""
+    open_session(router)
+    accept(router, "b1")
+    payload = HotlinkReject(sid=SID, rsn="nope") if kind == "reject" else HotlinkClose(sid=SID)
+    out = router.handle("c1", msg(payload))
+    conn, reply = only(out)
+    assert conn == "c1" and isinstance(reply, Error) and reply.cod == 403
+    assert out.refusal == NOT_PARTICIPANT
+    # Nothing reached alice; bob's session goes on.
+    assert router.sessions.get(SID).accepted == {"b1": BOB}
+    assert targets(router.handle("a1", data(1))) == ["b1"]
+
+
+@pytest.mark.parametrize("kind", ["reject", "close"])
+def test_another_connection_of_the_acceptor_cannot_end_the_session(router, kind):
+    open_session(router)
+    accept(router, "b1")
+    payload = HotlinkReject(sid=SID) if kind == "reject" else HotlinkClose(sid=SID)
+    out = router.handle("b2", msg(payload))
+    assert targets(out) == ["b2"] and out.refusal == NOT_PARTICIPANT
+    assert router.sessions.get(SID).accepted == {"b1": BOB}
+
+
+def test_the_accepted_connection_and_the_opener_may_still_end_it(router):
+    open_session(router)
+    accept(router, "b1")
+    rejection = msg(HotlinkReject(sid=SID, rsn="app gone"), "rj0002")
+    assert [(s.conn, s.message) for s in router.handle("b1", rejection).sends] == [
+        ("a1", rejection)
+    ]
+    close = msg(HotlinkClose(sid=SID, rsn="eof:0"), "cl0003")
+    assert [(s.conn, s.message) for s in router.handle("a2", close).sends] == [("b1", close)]
+    assert SID not in router.sessions
+
+
+def test_before_anyone_accepted_an_offered_user_may_still_close(router):
+    open_session(router)
+    close = msg(HotlinkClose(sid=SID, rsn="ipc unavailable"), "cl0004")
+    assert [(s.conn, s.message) for s in router.handle("c1", close).sends] == [("a1", close)]

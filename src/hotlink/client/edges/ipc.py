@@ -9,8 +9,10 @@ newest one receives the frames of inbound sessions. TCP-tunnel paths are refused
 proxy and IPC never mix (pitfall 4). A connection on which frames were lost ends loudly: a
 reset over TCP, a cut-off frame header over a UNIX socket (:class:`IpcConnection`).
 
-Endpoints come from two places: the receiver side creates one when a HotlinkOpen arrives,
-and the sender side finds markers apps drop into our own datasite's ``app_data`` folders.
+Endpoints come from two places: the receiver side creates one when a HotlinkOpen arrives
+(and closes it when its sessions are over), and the sender side finds markers apps drop into
+our own datasite's ``app_data`` folders (kept while the marker exists). Markers and folders
+are written through :mod:`.localfs` (no symlinks, nothing outside the datasites folder).
 """
 
 from __future__ import annotations
@@ -33,6 +35,16 @@ from ...protocol.markers import (
     is_tcp_proxy_path,
     parse_channel_dir,
 )
+from ..localfs import (
+    MARKER_MAX_BYTES,
+    ensure_private_dir,
+    make_folder_within,
+    read_regular_file,
+    rel_segments,
+    remove_empty_folders_within,
+    remove_file_within,
+    write_file_within,
+)
 from ..session.base import SessionClosed
 from .discovery import find_named
 from .listener import ListenerHub, LocalConnection, LocalListener
@@ -46,6 +58,10 @@ READ_SIZE = 64 * 1024
 # socket (which has no reset) ends when frames were lost (see IpcConnection).
 LOST_MARK = MAGIC + bytes([VERSION])
 LOST_FLUSH = 10.0  # how long the frames before the mark may take to reach a slow app
+# Endpoints hold a listening socket each: at most this many at once (IpcHub).
+MAX_IPC_ENDPOINTS = 256
+# An endpoint nobody uses (no session, no app, no app marker) closes after this many seconds.
+IDLE_GRACE = 30.0
 
 SendFn = Callable[[str, bytes, str], Awaitable[None]]
 IpcMode = Literal["unix", "tcp"]
@@ -161,7 +177,12 @@ class IpcConnection(LocalConnection):
 
 
 class IpcEndpoint(LocalListener[IpcConnection]):
-    """A listener for one folder plus its marker file."""
+    """A listener for one folder plus its marker file.
+
+    The marker and the folder are reached through :mod:`.localfs` below ``root`` (the
+    datasites folder; by default the folder's parent): a symlink on the way is refused, so
+    neither the marker nor the socket's announcement ever lands outside the tree.
+    """
 
     def __init__(
         self,
@@ -172,6 +193,8 @@ class IpcEndpoint(LocalListener[IpcConnection]):
         tcp_port: int,
         send: SendFn,
         socket_dir: Path = SOCKET_DIR,
+        root: Path | None = None,
+        inbound: bool = False,
     ) -> None:
         super().__init__()
         self.folder = folder
@@ -180,53 +203,114 @@ class IpcEndpoint(LocalListener[IpcConnection]):
         self.tcp_host = tcp_host
         self.tcp_port = tcp_port
         self.socket_dir = socket_dir
+        self.root = root if root is not None else folder.parent
+        # Made for inbound sessions (the marker is ours: removed on close), or for a marker
+        # an app dropped (the marker is the app's request: left alone).
+        self.inbound = inbound
         self._send = send
         self.address = ""
         self.socket_path: Path | None = None
+        # What keeps the endpoint open (see IpcHub): sessions using it, the app's marker.
+        self.leases = 0
+        self.app_marker = False
+        self.idle_since: float | None = None
 
     def __str__(self) -> str:
         return str(self.folder)
 
     async def start(self) -> None:
         if self.mode == "unix":
-            self.socket_dir.mkdir(parents=True, exist_ok=True)
+            ensure_private_dir(self.socket_dir)
             path = unix_socket_path(self.marker, self.socket_dir)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()  # a stale socket from an earlier run
             self.server = await asyncio.start_unix_server(self._on_client, path=str(path))
-            os.chmod(path, 0o600)
             self.socket_path = path
             self.address = str(path)
         else:
             self.server = await asyncio.start_server(self._on_client, self.tcp_host, self.tcp_port)
             host, port = self.server.sockets[0].getsockname()[:2]
             self.address = f"{host}:{port}"
-        self.write_marker()
+        try:
+            if self.socket_path is not None:
+                os.chmod(self.socket_path, 0o600)
+            self.write_marker()
+        except BaseException:
+            await self._release_listener()
+            raise
         log.info("ipc: listening for %s at %s", self.folder, self.address)
 
     def write_marker(self) -> None:
         """Announce our address (atomically: apps poll the marker while it is empty)."""
-        with contextlib.suppress(OSError):
-            if self.marker.read_text(encoding="utf-8").strip() == self.address:
-                return
-        tmp = self.marker.with_name(f".{self.marker.name}.tmp")
-        tmp.write_text(self.address, encoding="utf-8")
-        os.replace(tmp, self.marker)
+        data = self.address.encode("utf-8")
+        try:
+            current = read_regular_file(self.marker, MARKER_MAX_BYTES, root=self.root)
+        except OSError:
+            current = None  # missing, or something that is not a plain file: replace it
+        if current is not None and current.strip() == data:
+            return
+        write_file_within(self.root, self.marker, data)
 
     def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = IpcConnection(self, reader, writer)
         self._adopt(conn, conn.run(self._send), f"ipc-conn-{conn.id}")
         log.debug("ipc: app connected to %s (#%d)", self.folder, conn.id)
 
-    async def close(self) -> None:
+    async def _release_listener(self) -> None:
         await self._stop("ipc stopped")
         if self.socket_path is not None:
             with contextlib.suppress(OSError):
                 self.socket_path.unlink()
 
+    async def close(self) -> None:
+        """Stop listening, end every connection, remove the socket file; an inbound
+        endpoint also removes its marker (while it still names us)."""
+        await self._release_listener()
+        if self.inbound and self.address:
+            remove_file_within(self.root, self.marker, if_content=self.address.encode())
+
+
+class IpcLimitReached(OSError):
+    """Every one of the hub's endpoints is in use: no new one is opened."""
+
+
+class IpcLease:
+    """One inbound session's use of an endpoint; the session's :class:`Sink`.
+
+    The endpoint stays open while a lease holds it; the session calls :meth:`release` when it
+    ended (more than once is harmless)."""
+
+    def __init__(self, endpoint: IpcEndpoint) -> None:
+        self.endpoint = endpoint
+        self.released = False
+        endpoint.leases += 1
+
+    @property
+    def folder(self) -> Path:
+        return self.endpoint.folder
+
+    async def wait_writer(self, within: float) -> IpcConnection | None:
+        return await self.endpoint.wait_writer(within)
+
+    def writer_now(self) -> IpcConnection | None:
+        return self.endpoint.writer_now()
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.endpoint.leases -= 1
+
 
 class IpcHub(ListenerHub):
-    """All IPC endpoints of this client; also the manager's ``IpcRegistry``."""
+    """All IPC endpoints of this client; also the manager's ``IpcRegistry``.
+
+    An endpoint holds a listening socket, so endpoints are not kept forever: one made for
+    inbound sessions (:meth:`endpoint_for`) closes once no session holds a lease on it and no
+    app is connected, after ``idle_grace`` s (a session that comes back soon reuses it); one
+    made for an app's marker stays while the marker exists. At most ``max_endpoints`` are
+    open at once: past that, an idle one is closed early, and when none is idle a new one is
+    refused (:class:`IpcLimitReached`), so Opens from another user cannot use up our fds.
+    """
 
     def __init__(
         self,
@@ -238,6 +322,8 @@ class IpcHub(ListenerHub):
         send: SendFn,
         scan_interval: float = SCAN_INTERVAL,
         socket_dir: Path = SOCKET_DIR,
+        idle_grace: float = IDLE_GRACE,
+        max_endpoints: int = MAX_IPC_ENDPOINTS,
     ) -> None:
         self.datasites = datasites
         self.local_email = local_email
@@ -248,57 +334,152 @@ class IpcHub(ListenerHub):
         self.send = send
         self.scan_interval = scan_interval
         self.socket_dir = socket_dir
+        self.idle_grace = idle_grace
+        self.max_endpoints = max_endpoints
         self.endpoints: dict[Path, IpcEndpoint] = {}
         self._lock = asyncio.Lock()
         self._failed: set[Path] = set()
+        # Folders we made for inbound endpoints: removed again once empty and unused.
+        self._made: set[Path] = set()
 
-    async def endpoint_for(self, folder: Path) -> IpcEndpoint:
+    async def endpoint_for(self, folder: Path) -> IpcLease:
+        """A lease on the endpoint of ``folder`` (an absolute path below the datasites
+        folder), opening it if needed; the folder is made safely (no symlink on the way).
+
+        Raises OSError: :class:`~.localfs.UnsafePath` for a folder outside the tree or behind
+        a symlink, :class:`IpcLimitReached` when every endpoint is in use, or the error of
+        the listening socket."""
         async with self._lock:
             endpoint = self.endpoints.get(folder)
             if endpoint is None:
-                endpoint = IpcEndpoint(
-                    folder,
-                    mode=self.mode,
-                    tcp_host=self.tcp_host,
-                    tcp_port=self.tcp_port,
-                    send=self.send,
-                    socket_dir=self.socket_dir,
-                )
-                await endpoint.start()
-                self.endpoints[folder] = endpoint
-            return endpoint
+                endpoint = await self._open(folder, inbound=True)
+            endpoint.idle_since = None
+            return IpcLease(endpoint)
+
+    async def _open(self, folder: Path, *, inbound: bool) -> IpcEndpoint:
+        """A new endpoint (the caller holds the lock)."""
+        rel = rel_segments(self.datasites, folder)
+        if len(self.endpoints) >= self.max_endpoints:
+            await self._close_idlest(folder)
+        created: list[Path] = []
+        if inbound:
+            make_folder_within(self.datasites, rel, created)
+            self._made.update(created)
+        endpoint = IpcEndpoint(
+            folder,
+            mode=self.mode,
+            tcp_host=self.tcp_host,
+            tcp_port=self.tcp_port,
+            send=self.send,
+            socket_dir=self.socket_dir,
+            root=self.datasites,
+            inbound=inbound,
+        )
+        try:
+            await endpoint.start()
+        except BaseException:
+            self._remove_made_folders(folder)
+            raise
+        self.endpoints[folder] = endpoint
+        return endpoint
+
+    def _remove_made_folders(self, folder: Path) -> None:
+        """Remove ``folder`` and its parents while we made them, they are empty and no
+        endpoint uses them (an app's or a user's file in one keeps it)."""
+        chain: list[Path] = []
+        here = folder
+        while here in self._made and here not in self.endpoints:
+            chain.append(here)
+            here = here.parent
+        removed = remove_empty_folders_within(self.datasites, chain[::-1])
+        self._made.difference_update(removed)
+
+    @staticmethod
+    def _idle(endpoint: IpcEndpoint) -> bool:
+        return not (endpoint.leases or endpoint.app_marker or endpoint.connections)
+
+    async def _close_idlest(self, wanted: Path) -> None:
+        """Make room for one endpoint by closing the one idle longest (lock held)."""
+        idle = [e for e in self.endpoints.values() if self._idle(e)]
+        if not idle:
+            raise IpcLimitReached(
+                f"all {self.max_endpoints} ipc endpoints are in use; not opening one for {wanted}"
+            )
+        now = asyncio.get_running_loop().time()
+        victim = min(idle, key=lambda e: now if e.idle_since is None else e.idle_since)
+        await self._close_endpoint(victim)
+
+    async def _close_endpoint(self, endpoint: IpcEndpoint) -> None:
+        if self.endpoints.get(endpoint.folder) is endpoint:
+            del self.endpoints[endpoint.folder]
+        log.debug("ipc: closing the idle endpoint for %s", endpoint.folder)
+        await endpoint.close()
+        self._remove_made_folders(endpoint.folder)
+
+    async def close_idle(self) -> None:
+        """Close the endpoints that were idle for ``idle_grace`` s (checked on every scan)."""
+        now = asyncio.get_running_loop().time()
+        async with self._lock:
+            for endpoint in list(self.endpoints.values()):
+                if not self._idle(endpoint):
+                    endpoint.idle_since = None
+                    continue
+                if endpoint.idle_since is None:
+                    endpoint.idle_since = now
+                if now - endpoint.idle_since >= self.idle_grace:
+                    await self._close_endpoint(endpoint)
 
     def find_sender_markers(self) -> list[Path]:
         """Markers apps dropped in our own datasite (``app_data/**`` like Rust; Go's
         ``shared/flows/*/*/_mpc/*`` too in UNIX mode, where the name cannot collide with a
-        tunnel marker)."""
+        tunnel marker). Blocking I/O: run it off the loop."""
         name = marker_name(self.mode)
         own = self.datasites / self.local_email
         found = [Path(full) for full, _ in find_named(self.datasites, name, under=own / "app_data")]
         if self.mode == "unix":
-            found.extend(sorted(own.glob(f"shared/flows/*/*/{MPC_DIR}/*/{name}")))
+            for full, rel in find_named(self.datasites, name, under=own / "shared" / "flows"):
+                # <own>/shared/flows/<flow>/<run>/_mpc/<channel>/<name>
+                segments = rel.split("/")
+                if len(segments) == 8 and segments[5] == MPC_DIR:
+                    found.append(Path(full))
         if self.mode == "tcp":
             # Never claim a tunnel marker (same file name).
             found = [m for m in found if parse_channel_dir(m.parent.name) is None]
         return found
 
     async def scan_once(self) -> None:
-        for marker in self.find_sender_markers():
-            folder = marker.parent
+        markers = await asyncio.to_thread(self.find_sender_markers)
+        folders = {marker.parent: marker for marker in markers}
+        for folder, marker in folders.items():
             endpoint = self.endpoints.get(folder)
             if endpoint is not None:
+                # Our own inbound marker in our app_data is not an app's request.
+                endpoint.app_marker = endpoint.app_marker or not endpoint.inbound
                 with contextlib.suppress(OSError):
                     endpoint.write_marker()  # an app may have reset it
                 continue
             try:
-                await self.endpoint_for(folder)
+                async with self._lock:
+                    if folder not in self.endpoints:
+                        endpoint = await self._open(folder, inbound=False)
+                        endpoint.app_marker = True
                 self._failed.discard(folder)
             except OSError as exc:
                 if folder not in self._failed:
                     log.error("ipc: cannot listen for %s: %s", marker, exc)
                     self._failed.add(folder)
+        for endpoint in self.endpoints.values():
+            if endpoint.app_marker and endpoint.folder not in folders:
+                endpoint.app_marker = False  # the app removed its marker: done with it
+                log.info("ipc: marker removed; closing %s once idle", endpoint.folder)
+        self._failed.intersection_update(folders)
+        await self.close_idle()
 
     async def close(self) -> None:
-        endpoints = list(self.endpoints.values())
-        self.endpoints.clear()
-        await asyncio.gather(*(e.close() for e in endpoints), return_exceptions=True)
+        async with self._lock:
+            endpoints = list(self.endpoints.values())
+            self.endpoints.clear()
+            await asyncio.gather(*(e.close() for e in endpoints), return_exceptions=True)
+            for endpoint in endpoints:
+                self._remove_made_folders(endpoint.folder)
+            self._made.clear()

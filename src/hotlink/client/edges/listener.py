@@ -18,10 +18,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import socket
 import struct
 from collections.abc import Coroutine
 from typing import Any, ClassVar
+
+log = logging.getLogger("hotlink.edges")
+
+# A scan that keeps failing is reported at most this often (with a count of the others).
+SCAN_ERROR_REPORT_INTERVAL = 60.0
 
 # SO_LINGER on with a zero timeout: close() sends a reset and drops unsent data. Without it,
 # ``transport.abort()`` on a socket with no unread input sends a FIN, which the app cannot
@@ -163,7 +169,12 @@ class LocalListener[C: LocalConnection]:
 
 class ListenerHub:
     """A discovery loop that starts listeners for the markers it finds (the TCP proxy's
-    tunnels, the IPC hub's endpoints); the daemon owns :meth:`run` and cancels it to stop."""
+    tunnels, the IPC hub's endpoints); the daemon owns :meth:`run` and cancels it to stop.
+
+    One failed scan (an unexpected file, a full disk, a bug) must not end the loop: the
+    daemon stops when this task ends, so a planted file would otherwise stop the client.
+    Failures are logged at most once per :data:`SCAN_ERROR_REPORT_INTERVAL` and the loop
+    goes on."""
 
     scan_interval: float
 
@@ -175,9 +186,26 @@ class ListenerHub:
         raise NotImplementedError
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        reported_at: float | None = None
+        unreported = 0
         try:
             while True:
-                await self.scan_once()
+                try:
+                    await self.scan_once()
+                except Exception as exc:
+                    now = loop.time()
+                    if reported_at is None or now - reported_at >= SCAN_ERROR_REPORT_INTERVAL:
+                        log.error(
+                            "%s: a scan failed (%d more failures since the last report): %s",
+                            type(self).__name__,
+                            unreported,
+                            exc,
+                            exc_info=exc,
+                        )
+                        reported_at, unreported = now, 0
+                    else:
+                        unreported += 1
                 await asyncio.sleep(self.scan_interval)
         finally:
             await self.close()

@@ -35,6 +35,7 @@ from ...protocol.markers import (
     parse_tcp_marker,
     proxy_channel,
 )
+from ..localfs import MARKER_MAX_BYTES, read_regular_file
 from ..session.base import EOF, SessionClosed
 from ..session.outbound import OutboundSession
 from .discovery import find_named
@@ -55,12 +56,19 @@ class StreamOpener(Protocol):
 
 @dataclass
 class _MarkerCache:
-    stat: tuple[int, int]
+    stat: tuple[int, int, int]
     channel: ProxyChannel | None
 
 
 class MarkerScanner:
-    """Finds tunnel markers; caches parsed files by (mtime, size) and warns once per version."""
+    """Finds tunnel markers; caches parsed files by (inode, mtime, size) and warns once per
+    version.
+
+    Markers are read as untrusted input: regular files only (a FIFO would block the read),
+    no links, at most :data:`~.localfs.MARKER_MAX_BYTES`, and any failure to read or parse one
+    marker skips that marker alone. :meth:`scan` does blocking I/O: the proxy runs it in a
+    worker thread, one scan at a time.
+    """
 
     def __init__(self, datasites: Path, local_email: str) -> None:
         self.datasites = datasites
@@ -86,23 +94,26 @@ class MarkerScanner:
 
     def _load(self, full: str, rel: str) -> ProxyChannel | None:
         try:
-            st = os.stat(full)
+            st = os.lstat(full)
         except OSError:
             return None
-        stat = (st.st_mtime_ns, st.st_size)
+        stat = (st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._cache.get(rel)
         if cached is not None and cached.stat == stat:
             return cached.channel
         channel: ProxyChannel | None = None
         try:
-            text = Path(full).read_text(encoding="utf-8")
+            data = read_regular_file(Path(full), MARKER_MAX_BYTES, root=self.datasites)
+            text = data.decode("utf-8")
             if text.strip():
                 channel = proxy_channel(rel, parse_tcp_marker(text, rel), self.local_email)
         except (OSError, UnicodeDecodeError) as exc:
             log.warning("tcp proxy: cannot read marker %s: %s", rel, exc)
         except ProtocolError as exc:
             log.warning("tcp proxy: ignoring marker: %s", exc)
-        if stat[1] > 0:
+        except Exception as exc:  # one odd file must not hide the others
+            log.warning("tcp proxy: ignoring marker %s: %s", rel, type(exc).__name__)
+        if stat[2] > 0:
             # An empty file is probably still being written: read it again next scan.
             self._cache[rel] = _MarkerCache(stat, channel)
         return channel
@@ -341,7 +352,8 @@ class TcpProxy(ListenerHub):
         self._bind_failed: dict[str, float] = {}
 
     async def scan_once(self) -> None:
-        found = self.scanner.scan()
+        # Off the loop: the walk and the reads touch files anyone may have put there.
+        found = await asyncio.to_thread(self.scanner.scan)
         for key in list(self.channels):
             running = self.channels[key]
             info = found.get(key)

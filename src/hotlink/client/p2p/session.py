@@ -56,8 +56,11 @@ from .signaling import (
     ICE_CANDIDATE,
     SDP_ANSWER,
     SDP_OFFER,
+    SESSION_SIGNAL_BYTES,
     WEBRTC_ERROR,
     ReplayWindow,
+    SignalQuota,
+    signal_size,
     transport_kind,
 )
 from .transport import PeerSendError, Role, SessionInfo
@@ -71,7 +74,9 @@ MIB = 1024 * 1024
 GRACE_SEQS = 3
 # PROTOCOL.md §6.7: in P2P-only mode every send waits this long for the channel.
 P2P_ONLY_READY_WAIT = 10.0
-# Signals queued for one session's negotiation task (a real peer sends a handful).
+# Signals queued for one session's negotiation task (a real peer sends a handful); in bytes
+# they are bounded by SESSION_SIGNAL_BYTES, and with every other session's by the owner's
+# SignalQuota.
 SIGNAL_QUEUE = 256
 # Candidates an answerer holds before the offer that makes its peer connection arrives.
 EARLY_CANDIDATES = 64
@@ -116,6 +121,8 @@ class SessionOwner(Protocol):
     """What a session needs from the transport that owns it."""
 
     config: WebRTCConfig
+    # Bytes of signals queued in all sessions together.
+    signal_quota: SignalQuota
 
     @property
     def telemetry(self) -> Telemetry: ...
@@ -162,6 +169,8 @@ class P2PSession:
         self.created = self._loop.time()
         self.opened_at: float | None = None
         self._signals: asyncio.Queue[HotlinkSignal] = asyncio.Queue(SIGNAL_QUEUE)
+        self._signal_bytes = 0  # what the queue holds, taken from the owner's quota
+        self._signals_dropped = 0
         self._early: list[IceCandidate | None] = []
         self._answered = False
         self._settled = asyncio.Event()  # open, failed or closed: senders stop waiting
@@ -214,7 +223,14 @@ class P2PSession:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._drop_queued_signals()
         await self._release_peer()
+
+    def _drop_queued_signals(self) -> None:
+        while not self._signals.empty():
+            self._signals.get_nowait()
+        self.owner.signal_quota.give(self._signal_bytes)
+        self._signal_bytes = 0
 
     async def _linger(self) -> None:
         if self.peer is not None:
@@ -365,21 +381,20 @@ class P2PSession:
         """Give up P2P for this session (WS from now on); safe from any loop context."""
         if self.finished:
             return
-        if self._ending:
-            # Every frame is with the receiver (or the eof promised none we cannot resend):
-            # a channel that closes now, usually by the peer that finished, is no failure.
-            log.debug("hotlink session %s: channel ended with the stream (%s)", self.sid, reason)
-            self.state = "failed"
-            self.fail_reason = reason
-            self._settled.set()
-            self._cancel_deadline()
-            self._spawn(self._after_fail(), "teardown")
-            return
         previous = self.state
         self.state = "failed"
         self.fail_reason = reason
         self._settled.set()
         self._cancel_deadline()
+        if self._ending:
+            # Every frame is with the receiver (or the eof promised none we cannot resend):
+            # a channel that closes now, usually by the peer that finished, is no failure.
+            log.debug("hotlink session %s: channel ended with the stream (%s)", self.sid, reason)
+        else:
+            self._report_failure(previous, reason, notify_peer)
+        self._spawn(self._after_fail(), "teardown")
+
+    def _report_failure(self, previous: State, reason: str, notify_peer: bool) -> None:
         telemetry = self.owner.telemetry
         telemetry.incr("p2p_failed")
         telemetry.changed()
@@ -395,7 +410,6 @@ class P2PSession:
             self.owner.queue_signal(HotlinkSignal(sid=self.sid, knd=WEBRTC_ERROR, err=reason))
         if previous == "open" and self.role == "outbound" and len(self.window):
             self._replay_pending = True
-        self._spawn(self._after_fail(), "teardown")
 
     async def _after_fail(self) -> None:
         # Resend first, while the session may still be sending (drain() waits for this).
@@ -454,15 +468,27 @@ class P2PSession:
         if self.finished:
             log.debug("signal %s for finished p2p session %s ignored", signal.knd, _short(self.sid))
             return
-        try:
-            self._signals.put_nowait(signal)
-        except asyncio.QueueFull:
-            log.warning(
-                "hotlink session %s: more than %d webrtc signals waiting; dropping %s",
-                _short(self.sid),
-                SIGNAL_QUEUE,
-                signal.knd,
-            )
+        size = signal_size(signal)
+        if (
+            self._signals.full()
+            or self._signal_bytes + size > SESSION_SIGNAL_BYTES
+            or not self.owner.signal_quota.take(size)
+        ):
+            self._signals_dropped += 1
+            if self._signals_dropped == 1 or self._signals_dropped % 100 == 0:
+                log.warning(
+                    "hotlink session %s: webrtc signals waiting reached a bound (%d signals or "
+                    "%d bytes here, %d bytes in all sessions); dropping %s (%d dropped so far)",
+                    _short(self.sid),
+                    SIGNAL_QUEUE,
+                    SESSION_SIGNAL_BYTES,
+                    self.owner.signal_quota.max_bytes,
+                    signal.knd,
+                    self._signals_dropped,
+                )
+            return
+        self._signal_bytes += size
+        self._signals.put_nowait(signal)
 
     def _on_remote_error(self, err: str) -> None:
         log.info("hotlink webrtc error: session=%s error=%s", _short(self.sid), err or "-")
@@ -479,7 +505,11 @@ class P2PSession:
             if self.role == "inbound":
                 await self._offer()
             while True:
-                await self._apply(await self._signals.get())
+                signal = await self._signals.get()
+                size = signal_size(signal)
+                self._signal_bytes -= size
+                self.owner.signal_quota.give(size)
+                await self._apply(signal)
         except WebRTCError as exc:
             self._fail(str(exc), notify_peer=True)
         except Exception as exc:

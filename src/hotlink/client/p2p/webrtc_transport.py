@@ -5,6 +5,7 @@ layer-4 backends. Per session it keeps one :class:`~.p2p_session.P2PSession` (on
 connection, one ordered ``syftbox-data`` channel); here live the parts shared by all of them:
 
 * signal dispatch: ``sdp_offer``/``sdp_answer``/``ice_candidate`` go to their session;
+  signals too large to be a real peer's are dropped at the door (:func:`~.signaling.oversized`);
   signals for a session we do not know yet are held (bounded, 30 s, DECISIONS.md #4);
   ``webrtc_error`` ends P2P for a session still negotiating; ``quic_*`` kinds are ignored;
 * the ICE servers of each new peer: ours from the environment, else the server's advertised
@@ -44,7 +45,9 @@ from .signaling import (
     WEBRTC_KINDS,
     PendingSignals,
     RecentSids,
+    SignalQuota,
     is_legacy_kind,
+    oversized,
 )
 from .transport import PeerSendError, SessionInfo, TransportHost
 
@@ -99,6 +102,8 @@ class WebRTCPeerTransport:
         # Sessions that ended and are closing (a sender lingers until its frames are out).
         self._ending: dict[asyncio.Task[None], P2PSession] = {}
         self._pending = PendingSignals()
+        self.signal_quota = SignalQuota()
+        self.dropped_signals = 0  # too large to be a real peer's
         self._ended = RecentSids()
         self._outbox: deque[HotlinkSignal] = deque()
         self._outbox_ready: asyncio.Event | None = None
@@ -237,8 +242,14 @@ class WebRTCPeerTransport:
             self._start_session(session)
 
     async def on_signal(self, signal: HotlinkSignal) -> None:
+        if self._closed:
+            return
+        too_large = oversized(signal)
+        if too_large:
+            self._drop_oversized(signal, too_large)
+            return
         kind = signal.knd
-        if is_legacy_kind(kind) or self._closed:
+        if is_legacy_kind(kind):
             return
         if kind not in WEBRTC_KINDS:
             log.debug("ignoring signal kind %r for %s", kind, signal.sid[:8])
@@ -259,6 +270,18 @@ class WebRTCPeerTransport:
             self._start_session(info).push_signal(signal)
             return
         self._pending.add(signal, asyncio.get_running_loop().time())
+
+    def _drop_oversized(self, signal: HotlinkSignal, why: str) -> None:
+        # Before anything holds it: queued, such signals could cost megabytes each.
+        self.dropped_signals += 1
+        if self.dropped_signals == 1 or self.dropped_signals % 100 == 0:
+            log.warning(
+                "dropping a webrtc signal with %s for session %s: not a real peer's "
+                "(%d dropped so far)",
+                why,
+                signal.sid[:8],
+                self.dropped_signals,
+            )
 
     def stream_ending(self, sid: str) -> None:
         session = self._sessions.get(sid)

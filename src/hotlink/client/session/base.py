@@ -35,14 +35,39 @@ def eof_reason(last_seq: int) -> str:
     return f"{EOF}:{last_seq}"
 
 
+# A seq is a uint64 on the wire (PROTOCOL.md): at most 20 decimal digits.
+_MAX_SEQ_DIGITS = 20
+_MAX_SEQ = (1 << 64) - 1
+# Reasons from the network end up in log lines and close reasons: keep them readable.
+REASON_MAX = 200
+
+
 def parse_eof(reason: str) -> tuple[bool, int | None]:
-    """``(is_eof, last_seq)``; a bare ``eof`` (no seq) gives ``(True, None)``."""
+    """``(is_eof, last_seq)``; a bare ``eof`` (no seq) gives ``(True, None)``.
+
+    ``eof:`` with anything but a u64 in ASCII digits is not an eof (so the stream ends
+    loudly): ``str.isdigit`` also takes other scripts' digits, and ``int()`` refuses
+    strings of more than 4300 digits with an error."""
     if reason == EOF:
         return True, None
     head, sep, tail = reason.partition(":")
-    if head == EOF and sep and tail.isdigit():
-        return True, int(tail)
+    if (
+        head == EOF
+        and sep
+        and 0 < len(tail) <= _MAX_SEQ_DIGITS
+        and tail.isascii()
+        and tail.isdigit()
+    ):
+        seq = int(tail)
+        if seq <= _MAX_SEQ:
+            return True, seq
     return False, None
+
+
+def short_reason(reason: str, limit: int = REASON_MAX) -> str:
+    """A peer's reason as we log and keep it: at most ``limit`` characters, printable."""
+    text = reason if reason.isprintable() else reason.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(reason)} characters)"
 
 
 def short_sid(sid: str) -> str:

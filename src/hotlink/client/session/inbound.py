@@ -11,6 +11,9 @@ the opener a window of credit and grant more only as our app consumes, so a send
 follows the grants never makes us hold more than a window. A sender that does not (a
 reference client, which knows no credit) is held to the same hard bound and the stream is
 closed loudly past it, rather than letting one session grow memory or stall the others.
+Sessions also share the client's memory budget (:mod:`.budget`): what one peer's sessions
+hold together, and what all hold, is bounded too, and a frame past either bound closes the
+session that received it the same way.
 
 A TCP stream that cannot be delivered whole is closed loudly (the app's connection is reset
 and the opener told); the peer's Close ``eof:N`` ends it cleanly once everything up to seq N
@@ -32,6 +35,7 @@ from ...protocol.frames import Frame, encode_frame
 from ...protocol.messages import HotlinkAccept, HotlinkSignal
 from ...protocol.reorder import GapTimeout, ReorderBuffer, ReorderOverflow
 from ..connection import NotConnected
+from ..localfs import is_regular_file
 from .base import (
     EOF,
     AppWriter,
@@ -43,6 +47,7 @@ from .base import (
     parse_eof,
     short_sid,
 )
+from .budget import BudgetExceeded, BudgetLease, MemoryBudget, held_cost
 from .queues import BoundedQueue, QueueClosed
 
 log = logging.getLogger("hotlink.session")
@@ -98,6 +103,7 @@ class InboundSession(OwnedSession):
         sink: Sink,
         accept_marker: Path | None = None,
         flow: FlowConfig | None = None,
+        lease: BudgetLease | None = None,
     ) -> None:
         super().__init__(host, sid)
         self.path = path
@@ -115,8 +121,12 @@ class InboundSession(OwnedSession):
             max_pending_bytes=self.credit.hard_limit,
             gap_timeout=GAP_TIMEOUT,
         )
-        # Bounded by the credit accounting above; the queue's own bounds never bind.
+        # Bounded by the credit accounting above and the budget lease below; the queue's own
+        # bounds never bind.
         self.queue: BoundedQueue[Delivery | None] = BoundedQueue(1 << 30, 1 << 62, _delivery_size)
+        # Our share of the client's memory budget (per peer and in total), charged for what
+        # we hold; a session made on its own gets a budget of its own.
+        self.lease = lease if lease is not None else MemoryBudget().open(peer)
         self.max_seq_seen = 0
         self.eof_seq: int | None = None
         self.eof_deadline: float | None = None
@@ -153,13 +163,22 @@ class InboundSession(OwnedSession):
                 "control"
             )
             return
+        item = frame.payload if self.kind == "tcp" else encode_frame(frame)
+        cost = held_cost(len(item))
+        try:
+            self.lease.charge(cost)
+        except BudgetExceeded as exc:
+            # Other sessions (of this peer or others) hold the memory: this stream cannot be
+            # kept whole, and nothing may wait here.
+            self._abort(exc.reason)
+            return
         self._log_received(frame)
         now = time.monotonic()
         self.max_seq_seen = max(self.max_seq_seen, frame.seq)
-        item = frame.payload if self.kind == "tcp" else encode_frame(frame)
         try:
             ready = self.reorder.push(frame.seq, item, now)
         except ReorderOverflow as exc:
+            self.lease.release(cost)
             self._abort(f"reorder overflow: {exc}")
             return
         self.credit.on_received(size)
@@ -203,6 +222,7 @@ class InboundSession(OwnedSession):
     def _consumed(self, item: Delivery, write_ms: float) -> None:
         """The app took ``item``: count it, and grant more credit when enough room opened."""
         self.delivered_bytes += item.payload_len
+        self.lease.release(held_cost(len(item.data)))
         self.host.telemetry.record_rx(item.payload_len, write_ms)
         credit = self.credit.on_consumed(item.payload_len)
         # After the peer's eof no more credit is needed (and the server has forgotten the
@@ -299,7 +319,8 @@ class InboundSession(OwnedSession):
     async def _wait_accept_marker(self) -> bool:
         assert self.accept_marker is not None
         deadline = time.monotonic() + ACCEPT_MARKER_WAIT
-        while not self.accept_marker.exists():
+        # A link named stream.accept does not count: only a file the owner of the folder made.
+        while not is_regular_file(self.accept_marker):
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(ACCEPT_POLL)
@@ -347,6 +368,7 @@ class InboundSession(OwnedSession):
     async def _end(self, reason: str) -> None:
         self.close_reason = reason
         self.queue.close(reason)
+        self.lease.close()  # what the queue and the reorder buffer held is dropped with them
         self._done.set()
         if self._writer is not None and reason != EOF:
             # Bytes may be missing: the app must see a reset (TCP) or a broken frame stream
