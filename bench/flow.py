@@ -44,7 +44,8 @@ from hotlink.demo.tunnel import (
     start_pair,
     warm_up,
 )
-from hotlink.devstack import CONNECTED, ClientProc, DevStack, StackError
+from hotlink.lab.processes import CONNECTED, ClientProc, StackError
+from hotlink.lab.stack import DevStack
 
 from .paths import BenchConfig, PathResult, rtt_stats
 

@@ -32,7 +32,7 @@ from hotlink.demo.tunnel import (
     start_pair,
     warm_up,
 )
-from hotlink.devstack import DevStack
+from hotlink.lab.stack import DevStack
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@ Side by side, on loopback and with the same payloads: a raw TCP connection (the 
 hotlink's WebSocket relay path and P2P with libdatachannel (each with flow control on and
 off, bench/flow.py), P2P with aiortc, and each backend's raw data channel. Then flow control
 at work: slow readers on P2P, and two sessions on one WebSocket while one app stalls. Then,
-as root, a WAN shape in network namespaces: P2P against the WebSocket relay. Writes
+as root, a WAN shape in network namespaces: P2P against the WebSocket relay. Last, the idle
+CPU of a client on a 100,000-file tree and its reaction to a new marker (bench/idle_cpu.py;
+leave it out with ``--only``). Writes
 ``bench/results/<timestamp>.json``, ``<timestamp>.png`` and ``latest.md`` (the table for the
 README), and prints the table.
 
@@ -23,11 +25,14 @@ from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
-from hotlink.devstack import stop_on_signals
+from hotlink.lab.stack import stop_on_signals
 
 from .chart import PALETTE, Bar, Panel, draw
 from .flow import FlowConfig, FlowResults, paired_paths, run_flow
 from .goals import evaluate
+from .idle_cpu import IdleCpuResult
+from .idle_cpu import markdown as idle_markdown
+from .idle_cpu import measure as measure_idle_cpu
 from .paths import (
     BenchConfig,
     PathResult,
@@ -40,7 +45,7 @@ from .report import machine_info, markdown
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ALL_PATHS = ("tcp", "ws", "p2p-libdatachannel", "p2p-aiortc", "raw-libdatachannel", "raw-aiortc")
 FLOW_STEPS = ("slow-reader", "shared-ws")
-ALL_STEPS = ALL_PATHS + FLOW_STEPS
+ALL_STEPS = (*ALL_PATHS, *FLOW_STEPS, "idle-cpu")
 
 
 def _say(msg: str) -> None:
@@ -177,6 +182,7 @@ def write_outputs(
     flow: FlowResults,
     wan_note: str | None,
     seconds: float,
+    idle: IdleCpuResult | None = None,
 ) -> None:
     goals = evaluate(results, flow)
     machine = machine_info()
@@ -205,7 +211,10 @@ def write_outputs(
         "goals": [g.to_json() for g in goals],
         "wan_note": wan_note,
         "chart": png.name,
+        "idle_cpu": idle.to_json() if idle is not None else None,
     }
+    if idle is not None:
+        table += idle_markdown(idle)
     (out_dir / f"{stamp}.json").write_text(json.dumps(doc, indent=2))
     (out_dir / "latest.md").write_text(table)
     print(table)
@@ -243,7 +252,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, rounds=args.rounds)
     started = time.monotonic()
     results, flow, wan_note = asyncio.run(collect(args, cfg, fcfg))
-    write_outputs(args, cfg, fcfg, results, flow, wan_note, time.monotonic() - started)
+    idle = None
+    if not args.only or "idle-cpu" in args.only.split(","):
+        _say("bench: idle-cpu ...")
+        idle = measure_idle_cpu(
+            files=20_000 if args.quick else 100_000, idle=20.0 if args.quick else 60.0
+        )
+    write_outputs(args, cfg, fcfg, results, flow, wan_note, time.monotonic() - started, idle)
     return 0
 
 

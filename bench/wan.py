@@ -7,7 +7,7 @@
 Each host's link to the hub delays what the host sends (its egress) and limits it to
 100 Mbit/s. With egress delays of 35 ms (server) and 5 ms (alice, bob), every round trip
 crosses two egresses: alice-server and bob-server 40 ms, alice-bob 10 ms. The delay is
-``tc netem`` where the kernel has it, else a user-space link (:mod:`hotlink.wan_link`) with a
+``tc netem`` where the kernel has it, else a user-space link (:mod:`hotlink.lab.wan_link`) with a
 ``tbf`` rate limit. Only documentation addresses; nothing is connected to the host's own network.
 
 Namespaces are ``hlb<pid>-<host>``; :meth:`WanShape.close` (also at exit) stops the links
@@ -27,8 +27,9 @@ import time
 from collections.abc import Sequence
 
 from hotlink.demo.measure import Connector, Link
-from hotlink.devstack import open_connection_in_netns, socket_in_netns, stop_process
-from hotlink.wan_link import netem_available, start_link
+from hotlink.lab.netns import open_connection_in_netns, socket_in_netns
+from hotlink.lab.processes import stop_process
+from hotlink.lab.wan_link import netem_available, start_link
 
 HOSTS = ("server", "alice", "bob")
 IPS = {"server": "203.0.113.10", "alice": "203.0.113.21", "bob": "203.0.113.22"}

@@ -1,25 +1,43 @@
-"""Typed process settings, built once from the SYFTBOX_* environment (PROTOCOL.md §8).
+"""Typed process settings: every name, default and range, in one table per process.
 
-Each process builds one frozen object at start-up (``ClientSettings.from_env(os.environ)``
-or ``ServerSettings.from_env(os.environ)``); CLI flags override fields with
-``dataclasses.replace``. Nothing else in the code reads ``os.environ``.
+Each setting is described once, by a :class:`Spec` in :data:`CLIENT_SPECS` or
+:data:`SERVER_SPECS`: its key, environment variable(s), kind, default, range, help text and
+``--help`` panel. The table drives everything else: reading the environment, reading config
+files (:mod:`hotlink.config_file`), and the command-line flags (:mod:`hotlink.cli_options`),
+so a setting is never spelled out twice.
 
-Conventions: an empty variable counts as unset; booleans accept 1/true/yes/on and
-0/false/no/off (any case); numbers outside their documented range are clamped like the
-reference does; anything unparseable raises :class:`SettingsError` naming the variable.
+Precedence, lowest to highest (each layer overrides the ones before it, key by key)::
+
+    defaults < ~/.syftbox/config.json < --config FILE < SYFTBOX_* environment < flags
+
+Names: a setting's key is its long flag without the dashes, ``-`` becoming ``_``
+(``--flow-window`` is ``flow_window``); config files use the keys.
+
+Conventions: an empty value counts as unset (in every layer); booleans accept
+1/true/yes/on and 0/false/no/off (any case; TOML booleans too); most numbers outside their
+documented range are clamped like the reference does, ports and limits are refused;
+anything unparseable raises :class:`SettingsError` naming where the value came from
+(``SYFTBOX_HOTLINK_FLOW_WINDOW='x': ...``, ``--flow-window='x': ...`` or
+``hotlink.toml: flow_window='x': ...``). Only this module, and :mod:`hotlink.config_file` for
+which files to read, look at ``SYFTBOX_*`` variables; commands hand them ``os.environ``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal, cast
+import difflib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from enum import Enum
+from pathlib import PurePath
+from typing import Any, ClassVar, Literal, Self
 
+from .logs import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
 from .protocol.errors import ProtocolError
 from .protocol.ice import IceServer, ice_advertisement, parse_ice_servers, stun_server_to_ice
 
 WebRTCBackend = Literal["auto", "libdatachannel", "aiortc"]
 IpcMode = Literal["unix", "tcp"]
+Kind = Literal["str", "path", "bool", "int", "float", "choice"]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -29,71 +47,10 @@ MIB = 1024 * 1024
 
 
 class SettingsError(ValueError):
-    """A SYFTBOX_* variable (or a flag overriding one) holds a value we cannot use."""
+    """A setting (from the environment, a config file or a flag) holds a value we cannot use."""
 
 
-# ---------------------------------------------------------------- parsing helpers
-
-
-def _raw(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    if value is None or not value.strip():
-        return None
-    return value.strip()
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    value = _raw(env, name)
-    if value is None:
-        return default
-    lower = value.lower()
-    if lower in _TRUE:
-        return True
-    if lower in _FALSE:
-        return False
-    raise SettingsError(f"{name}={value!r}: expected 1/true/yes/on or 0/false/no/off")
-
-
-def _opt_bool(env: Mapping[str, str], name: str) -> bool | None:
-    return None if _raw(env, name) is None else _bool(env, name, False)
-
-
-def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    """An integer clamped to [lo, hi], as the reference clamps out-of-range values."""
-    value = _raw(env, name)
-    if value is None:
-        return default
-    try:
-        number = int(value, 10)
-    except ValueError:
-        raise SettingsError(f"{name}={value!r}: expected a whole number") from None
-    return max(lo, min(hi, number))
-
-
-def _str(env: Mapping[str, str], name: str, default: str = "") -> str:
-    value = _raw(env, name)
-    return default if value is None else value
-
-
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = _raw(env, name)
-    if value is None:
-        return default
-    lower = value.lower()
-    if lower not in choices:
-        raise SettingsError(f"{name}={value!r}: expected one of {', '.join(choices)}")
-    return lower
-
-
-def _ice_raw(env: Mapping[str, str], name: str) -> str | None:
-    """An ICE list value, checked now so a typo fails at start-up, not at the first session."""
-    value = _raw(env, name)
-    if value is not None:
-        try:
-            parse_ice_servers(value)
-        except ProtocolError as exc:
-            raise SettingsError(f"{name}={value!r}: {exc}") from None
-    return value
+# ---------------------------------------------------------------- address helpers
 
 
 def strip_port(addr: str) -> str:
@@ -124,12 +81,440 @@ def split_host_port(value: str, name: str) -> tuple[str, int]:
     return host, port
 
 
+# ---------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One setting: where it is read from, what it may hold, how ``--help`` shows it."""
+
+    key: str  # config-file key; the long flag is "--" + key with "_" as "-"
+    kind: Kind
+    default: Any
+    help: str
+    panel: str  # the --help group
+    env: tuple[str, ...] = ()  # environment variables, the first one set wins
+    attr: str = ""  # the settings field, when it differs from the key
+    aliases: tuple[str, ...] = ()  # more flag names (kept for old command lines)
+    lo: float | None = None
+    hi: float | None = None
+    clamp: bool = True  # out of range: clamp (the reference's way) or refuse
+    choices: tuple[str, ...] = ()
+    # Checks and normalises a parsed value; ``where`` names its origin for errors.
+    check: Callable[[Any, str], Any] | None = None
+    # Turns an environment variable's text into this setting's text (one part of it).
+    env_part: Callable[[str, str], str] | None = None
+    secret: bool = False  # a credential: never shown
+    hidden: bool = False  # a test hook: a flag, but not listed in --help
+    default_text: str | None = None  # --help's default, when str(default) says it badly
+    # Given on the command line, this setting also sets these (unless they are given too).
+    implies: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def field(self) -> str:
+        return self.attr or self.key
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    def shown_default(self) -> str | None:
+        """The default as ``--help`` prints it, or None to print none."""
+        if self.default_text is not None:
+            return self.default_text
+        if self.secret or self.default is None or self.default == "":
+            return None
+        if self.kind == "bool":
+            return "on" if self.default else "off"
+        return str(self.default)
+
+
+def _ice_list(value: str, where: str) -> str:
+    """An ICE list, checked now so a typo fails at start-up, not at the first session."""
+    try:
+        parse_ice_servers(value)
+    except ProtocolError as exc:
+        raise SettingsError(f"{where}={value!r}: {exc}") from None
+    return value
+
+
+def _stun_server(value: str, where: str) -> str:
+    try:
+        parse_ice_servers(stun_server_to_ice(value))
+    except ProtocolError as exc:
+        raise SettingsError(f"{where}={value!r}: {exc}") from None
+    return value
+
+
+def _host_port(value: str, where: str) -> str:
+    split_host_port(value, where)
+    return value
+
+
+def _env_host(raw: str, name: str) -> str:
+    host, _port = split_host_port(raw, name)
+    return host or "0.0.0.0"  # ":8080" means every interface, as in Go
+
+
+def _env_port(raw: str, name: str) -> str:
+    return str(split_host_port(raw, name)[1])
+
+
+# Panels of --help, in the order a person reads them.
+P_RELAY = "Identity and relay"
+P_CONFIG = "Configuration files"
+P_LOG = "Logging"
+P_HOTLINK = "Hotlink: TCP proxy and IPC"
+P_P2P = "Peer-to-peer (WebRTC)"
+P_ICE = "ICE: STUN and TURN"
+P_FLOW = "Flow control"
+P_TEST = "Benchmarks and tests"
+P_COMPAT = "SyftBox compatibility"
+P_LISTEN = "Listening"
+P_AUTH = "Authentication"
+P_LIMITS = "Limits"
+
+
+def _log_specs(level_default: str, format_default: str = "text") -> tuple[Spec, ...]:
+    return (
+        Spec(
+            "log_level", "choice", None, "Least severe log lines shown.", P_LOG,
+            env=("SYFTBOX_HOTLINK_LOG_LEVEL",), choices=LOG_LEVELS, default_text=level_default,
+        ),
+        Spec(
+            "log_format", "choice", None,
+            "text: one line per record; json: one JSON object per line "
+            "(time, level, logger, message, exception).", P_LOG,
+            env=("SYFTBOX_HOTLINK_LOG_FORMAT",), choices=LOG_FORMATS, default_text=format_default,
+        ),
+    )  # fmt: skip
+
+
+CLIENT_SPECS: tuple[Spec, ...] = (
+    # Identity and relay.
+    Spec("server_url", "str", "", "The relay's URL, e.g. https://relay.example.org or "
+         "http://127.0.0.1:8080.", P_RELAY, env=("SYFTBOX_SERVER_URL",), aliases=("--server",)),
+    Spec("email", "str", "", "Your datasite email.", P_RELAY, env=("SYFTBOX_EMAIL",)),
+    Spec("data_dir", "path", "", "The SyftBox data folder; datasites live in DIR/datasites.",
+         P_RELAY, env=("SYFTBOX_DATA_DIR",)),
+    Spec("access_token", "str", "", "Access token for a relay in token mode.", P_RELAY,
+         env=("SYFTBOX_ACCESS_TOKEN",), aliases=("--token",), secret=True),
+    Spec("auth_enabled", "bool", None, "Send the access token (off: never send it).", P_RELAY,
+         env=("SYFTBOX_AUTH_ENABLED",),
+         default_text="send it whenever one is given"),
+    # Logging.
+    *_log_specs("info; debug with --debug"),
+    Spec("debug", "bool", False, "Debug logging and a trace of hotlink data frames.", P_LOG,
+         env=("SYFTBOX_HOTLINK_DEBUG",)),
+    Spec("latency_trace", "bool", False, "Log per-message latency traces.", P_LOG,
+         env=("SYFTBOX_LATENCY_TRACE",)),
+    # Hotlink.
+    Spec("hotlink", "bool", False, "Run hotlink (TCP proxy, IPC, sessions).", P_HOTLINK,
+         env=("SYFTBOX_HOTLINK",)),
+    Spec("tcp_proxy", "bool", True, "Listen on the TCP ports that tunnel markers name.",
+         P_HOTLINK, env=("SYFTBOX_HOTLINK_TCP_PROXY",)),
+    Spec("tcp_proxy_addr", "str", "127.0.0.1",
+         "Address the TCP proxy binds (a :port suffix is ignored).", P_HOTLINK,
+         env=("SYFTBOX_HOTLINK_TCP_PROXY_ADDR",),
+         check=lambda v, where: strip_port(v) or "127.0.0.1"),
+    Spec("tcp_proxy_chunk_size", "int", 60 * KIB,
+         "Bytes per read from an app's TCP connection, 4096-1048576.", P_HOTLINK,
+         env=("SYFTBOX_HOTLINK_TCP_PROXY_CHUNK_SIZE",), lo=4 * KIB, hi=MIB),
+    Spec("ipc", "choice", "unix", "How local apps reach hotlink endpoints.", P_HOTLINK,
+         env=("SYFTBOX_HOTLINK_IPC",), attr="ipc_mode", choices=("unix", "tcp")),
+    Spec("tcp_addr", "str", "127.0.0.1:0", "host:port of IPC endpoints with --ipc tcp.",
+         P_HOTLINK, env=("SYFTBOX_HOTLINK_TCP_ADDR",), check=_host_port),
+    # Peer-to-peer.
+    Spec("webrtc", "bool", True, "Try WebRTC data channels (off: relay WebSocket only).",
+         P_P2P, env=("SYFTBOX_HOTLINK_WEBRTC",)),
+    Spec("webrtc_backend", "choice", "auto", "WebRTC implementation.", P_P2P,
+         env=("SYFTBOX_HOTLINK_WEBRTC_BACKEND",), choices=("auto", "libdatachannel", "aiortc")),
+    Spec("p2p_only", "bool", False, "Never fall back to the relay WebSocket.", P_P2P,
+         env=("SYFTBOX_HOTLINK_P2P_ONLY", "SYFTBOX_HOTLINK_QUIC_ONLY")),
+    Spec("relay_only", "bool", False,
+         "TURN relay candidates only (hides local addresses from the peer).", P_P2P,
+         env=("SYFTBOX_HOTLINK_RELAY_ONLY",)),
+    Spec("webrtc_open_timeout_ms", "int", 15_000,
+         "Milliseconds a data channel may take to open before a session gives up on P2P, "
+         "1000-120000.", P_P2P, env=("SYFTBOX_HOTLINK_WEBRTC_OPEN_TIMEOUT_MS",),
+         lo=1_000, hi=120_000),
+    Spec("webrtc_buffered_high", "int", MIB,
+         "Bytes buffered on a data channel before sending waits, 0-16777216.", P_P2P,
+         env=("SYFTBOX_HOTLINK_WEBRTC_BUFFERED_HIGH",), lo=0, hi=16 * MIB),
+    Spec("webrtc_backpressure_wait_ms", "int", 1500,
+         "Milliseconds a send waits for a data channel to drain, 0-10000.", P_P2P,
+         env=("SYFTBOX_HOTLINK_WEBRTC_BACKPRESSURE_WAIT_MS",), lo=0, hi=10_000),
+    Spec("ws_fallback_grace_ms", "int", 1500,
+         "Milliseconds to wait for P2P before data goes through the relay, 0-10000.", P_P2P,
+         env=("SYFTBOX_HOTLINK_WS_FALLBACK_GRACE_MS",), lo=0, hi=10_000),
+    # ICE.
+    Spec("ice_servers", "str", None,
+         "Comma-separated stun:/turn:/turns: URLs, or none (host candidates only). "
+         "Wins over what the relay advertises.", P_ICE,
+         env=("SYFTBOX_HOTLINK_ICE_SERVERS",), attr="ice_servers_raw", check=_ice_list,
+         default_text="the relay's advertised list, else a public STUN server"),
+    Spec("stun_server", "str", None, "Old single STUN server host:port (or off); used when "
+         "--ice-servers is unset.", P_ICE, env=("SYFTBOX_HOTLINK_STUN_SERVER",),
+         attr="stun_server_raw", check=_stun_server),
+    Spec("turn_user", "str", "", "TURN user name (wins over the relay's).", P_ICE,
+         env=("SYFTBOX_HOTLINK_TURN_USER",)),
+    Spec("turn_pass", "str", "", "TURN password (wins over the relay's).", P_ICE,
+         env=("SYFTBOX_HOTLINK_TURN_PASS",), secret=True),
+    # Flow control.
+    Spec("flow_control", "bool", True,
+         "Per-session credit flow control (off: behave as a reference client).", P_FLOW,
+         env=("SYFTBOX_HOTLINK_FLOW_CONTROL",)),
+    Spec("flow_window", "int", 8 * MIB,
+         "Receive window per session in bytes, 65536-268435456.", P_FLOW,
+         env=("SYFTBOX_HOTLINK_FLOW_WINDOW",), lo=64 * KIB, hi=256 * MIB),
+    # Benchmarks and tests.
+    Spec("bench", "bool", False, "Benchmark mode: extra telemetry.", P_TEST,
+         env=("SYFTBOX_HOTLINK_BENCH",)),
+    Spec("bench_strict", "bool", False, "Benchmark mode: strict telemetry checks.", P_TEST,
+         env=("SYFTBOX_HOTLINK_BENCH_STRICT",)),
+    Spec("debug_p2p_kill_after", "int", 0,
+         "Test hook: close a session's peer connection after this many frames (0: off).",
+         P_TEST, env=("SYFTBOX_HOTLINK_DEBUG_P2P_KILL_AFTER",), lo=0, hi=1 << 62, hidden=True),
+    # File sync knobs the reference clients read (kept for compatibility of env files).
+    Spec("priority_debounce_ms", "int", 50, "Debounce of priority file events, milliseconds.",
+         P_COMPAT, env=("SYFTBOX_PRIORITY_DEBOUNCE_MS",), lo=0, hi=3_600_000),
+    Spec("acl_staging_grace_ms", "int", 600_000,
+         "How long a staged ACL change may wait, milliseconds.", P_COMPAT,
+         env=("SYFTBOX_ACL_STAGING_GRACE_MS",), lo=0, hi=24 * 3_600_000),
+)  # fmt: skip
+
+SERVER_SPECS: tuple[Spec, ...] = (
+    # Listening.
+    Spec("host", "str", "localhost", "Bind address (the variable holds host:port).", P_LISTEN,
+         env=("SYFTBOX_HTTP_ADDR",), env_part=_env_host),
+    Spec("port", "int", 8080, "Port; 0 picks a free one (the variable holds host:port).",
+         P_LISTEN, env=("SYFTBOX_HTTP_ADDR",), env_part=_env_port, lo=0, hi=65535, clamp=False),
+    Spec("acl_dir", "path", None,
+         "Preload ACLs: DIR/<email>/.../syft.pub.yaml (datasite-relative).", P_LISTEN),
+    # Authentication.
+    Spec("auth_enabled", "bool", False, "Token mode: clients need an access token.", P_AUTH,
+         env=("SYFTBOX_AUTH_ENABLED",)),
+    Spec("access_token_secret", "str", "",
+         "HS256 secret of access tokens; given as a flag it turns token mode on.", P_AUTH,
+         env=("SYFTBOX_AUTH_ACCESS_TOKEN_SECRET",), aliases=("--auth-secret",), secret=True,
+         implies=(("auth_enabled", True),)),
+    # ICE advertisement (DECISIONS.md #23): nothing is advertised unless configured.
+    Spec("ice_servers", "str", None, "ICE servers to advertise to clients (none: nothing).",
+         P_ICE, env=("SYFTBOX_HOTLINK_ICE_SERVERS",), attr="ice_servers_raw",
+         check=_ice_list, default_text="nothing, unless --turn-host is set"),
+    Spec("turn_host", "str", "", "Advertise turns:HOST:PORT?transport=tcp.", P_ICE,
+         env=("SYFTBOX_HOTLINK_TURN_HOST",)),
+    Spec("turn_port", "int", 5349, "Port of --turn-host, 1-65535.", P_ICE,
+         env=("SYFTBOX_HOTLINK_TURN_PORT",), lo=1, hi=65535, clamp=False),
+    Spec("turn_user", "str", "", "Static TURN user (never advertised; see --turn-secret).",
+         P_ICE, env=("SYFTBOX_HOTLINK_TURN_USER",)),
+    Spec("turn_pass", "str", "", "Static TURN password (never advertised).", P_ICE,
+         env=("SYFTBOX_HOTLINK_TURN_PASS",), secret=True),
+    Spec("turn_secret", "str", "",
+         "TURN REST shared secret: advertise short-lived TURN credentials.", P_ICE,
+         env=("SYFTBOX_HOTLINK_TURN_SECRET",), secret=True),
+    Spec("turn_ttl", "int", 3600, "Lifetime of TURN REST credentials, seconds, 60-604800.",
+         P_ICE, env=("SYFTBOX_HOTLINK_TURN_TTL",), lo=60, hi=7 * 24 * 3600),
+    # Limits (None: the relay's own default, named in the help).
+    Spec("queue_size", "int", None, "Messages per connection send queue; a receiver whose "
+         "queue overflows is disconnected as a slow reader.", P_LIMITS, lo=1, clamp=False,
+         default_text="16384"),
+    Spec("queue_bytes", "int", None, "Bytes per connection held for its peer, queued or in "
+         "the socket buffer.", P_LIMITS, lo=1, clamp=False, default_text="67108864 (64 MiB)"),
+    Spec("max_queued_bytes", "int", None, "Bytes all connections together hold for their "
+         "peers (a shared broadcast counted once); over it broadcasts are dropped and "
+         "receivers holding more than their share are disconnected.", P_LIMITS, lo=1,
+         clamp=False, default_text="1073741824 (1 GiB)"),
+    Spec("max_connections", "int", None,
+         "WebSocket connections in total; more are refused with 503.", P_LIMITS, lo=1,
+         clamp=False, default_text="10000"),
+    Spec("max_connections_per_user", "int", None,
+         "WebSocket connections per user; more are refused with 429.", P_LIMITS, lo=1,
+         clamp=False, default_text="8"),
+    Spec("max_sessions_per_user", "int", None, "Open hotlink sessions per user over all its "
+         "connections; more Opens get Reject 'too many sessions'.", P_LIMITS, lo=1,
+         clamp=False, default_text="4096"),
+    Spec("header_timeout", "float", None,
+         "Seconds a connection may take to send its HTTP request.", P_LIMITS, lo=0.1,
+         clamp=False, default_text="10"),
+    # Logging.
+    *_log_specs("info", "text; json when --env is PROD or STAGE"),
+    Spec("debug", "bool", False, "Log the hotlink data relay trace.", P_LOG,
+         env=("SYFTBOX_HOTLINK_DEBUG",)),
+    Spec("latency_trace", "bool", False, "Log per-message latency traces.", P_LOG,
+         env=("SYFTBOX_LATENCY_TRACE",)),
+    Spec("env", "str", "", "Deployment name; PROD or STAGE default the logs to JSON.", P_LOG,
+         env=("SYFTBOX_ENV",), attr="env_name", check=lambda v, where: v.upper()),
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------- parsing
+
+
+class _Unset:
+    """An empty value: it counts as not given."""
+
+
+_UNSET = _Unset()
+
+
+def parse_value(spec: Spec, value: object, where: str) -> Any:
+    """A value from any layer (environment text, TOML value, typed flag) as the field holds
+    it; :data:`_UNSET` for an empty string. ``where`` names the origin in errors."""
+    if isinstance(value, Enum):
+        value = value.value
+    if isinstance(value, PurePath):
+        value = str(value)
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            return _UNSET
+
+    def bad(expected: str) -> SettingsError:
+        return SettingsError(f"{where}={value!r}: {expected}")
+
+    result: Any
+    if spec.kind in ("str", "path"):
+        if not isinstance(value, str):
+            raise bad("expected a string")
+        result = value
+    elif spec.kind == "bool":
+        if isinstance(value, bool):
+            result = value
+        elif isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            result = value.lower() in _TRUE
+        else:
+            raise bad("expected 1/true/yes/on or 0/false/no/off")
+    elif spec.kind == "int":
+        result = _number(value, int, bad, "a whole number")
+    elif spec.kind == "float":
+        result = _number(value, float, bad, "a number")
+    else:  # choice
+        if not isinstance(value, str) or value.lower() not in spec.choices:
+            raise bad(f"expected one of {', '.join(spec.choices)}")
+        result = value.lower()
+    if spec.kind in ("int", "float"):
+        result = _in_range(spec, result, bad)
+    return spec.check(result, where) if spec.check is not None else result
+
+
+def _number(
+    value: object,
+    kind: type[int] | type[float],
+    bad: Callable[[str], SettingsError],
+    expected: str,
+) -> int | float:
+    if isinstance(value, bool):  # TOML true is not 1
+        raise bad(f"expected {expected}")
+    if isinstance(value, int) or (kind is float and isinstance(value, float)):
+        return kind(value)
+    if isinstance(value, str):
+        try:
+            return int(value, 10) if kind is int else float(value)
+        except ValueError:
+            pass
+    raise bad(f"expected {expected}")
+
+
+def _in_range(spec: Spec, number: int | float, bad: Callable[[str], SettingsError]) -> int | float:
+    lo, hi = spec.lo, spec.hi
+    if spec.clamp:
+        if lo is not None and number < lo:
+            number = type(number)(lo)
+        if hi is not None and number > hi:
+            number = type(number)(hi)
+        return number
+    if (lo is not None and number < lo) or (hi is not None and number > hi):
+        if hi is None:
+            raise bad(f"expected at least {lo:g}")
+        raise bad(f"expected {lo:g}-{hi:g}")
+    return number
+
+
+@dataclass(frozen=True)
+class Source:
+    """One config file's values by setting key; ``label`` names it in errors (its path)."""
+
+    label: str
+    values: Mapping[str, object]
+
+
+def resolve(
+    specs: Sequence[Spec],
+    env: Mapping[str, str] | None = None,
+    files: Sequence[Source] = (),
+    flags: Mapping[str, object] | None = None,
+) -> dict[str, Any]:
+    """The fields that some layer sets, by field name: defaults < ``files`` (in order) <
+    ``env`` < ``flags``. Every given value is checked, also one a higher layer overrides, so
+    a typo never waits for the day its override goes. ``flags`` maps keys to flag values
+    (None: not given)."""
+    by_key = {spec.key: spec for spec in specs}
+    for source in files:
+        for key in source.values:
+            if key not in by_key:
+                raise SettingsError(f"{source.label}: unknown setting {key!r}{_hint(key, by_key)}")
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    for key in list(given):
+        for implied, implied_value in by_key[key].implies:
+            given.setdefault(implied, implied_value)
+    out: dict[str, Any] = {}
+    for spec in specs:
+        chosen: Any = _UNSET
+        for source in files:
+            if source.values.get(spec.key) is not None:
+                value = parse_value(spec, source.values[spec.key], f"{source.label}: {spec.key}")
+                chosen = chosen if value is _UNSET else value
+        for name in spec.env:
+            raw = (env or {}).get(name)
+            if raw is None or not raw.strip():
+                continue
+            text = spec.env_part(raw.strip(), name) if spec.env_part else raw
+            value = parse_value(spec, text, name)
+            if value is not _UNSET:
+                chosen = value
+                break
+        if spec.key in given:
+            value = parse_value(spec, given[spec.key], spec.flag)
+            chosen = chosen if value is _UNSET else value
+        if chosen is not _UNSET:
+            out[spec.field] = chosen
+    return out
+
+
+def _hint(key: str, known: Mapping[str, Spec]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Layered:
+    """``from_env`` and ``load`` for a settings dataclass described by ``SPECS``."""
+
+    SPECS: ClassVar[tuple[Spec, ...]] = ()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Self:
+        """Defaults overridden by the environment only."""
+        return cls.load(env)
+
+    @classmethod
+    def load(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        files: Sequence[Source] = (),
+        flags: Mapping[str, object] | None = None,
+    ) -> Self:
+        """Defaults < ``files`` (lowest first) < ``env`` < ``flags`` (see :func:`resolve`)."""
+        return cls(**resolve(cls.SPECS, env, files, flags))
+
+
 # ---------------------------------------------------------------- client
 
 
 @dataclass(frozen=True)
-class ClientSettings:
-    # Identity and server (the CLI flags --server/--email/--data-dir/--token override these).
+class ClientSettings(_Layered):
+    # Identity and server.
     server_url: str = ""  # SYFTBOX_SERVER_URL
     email: str = ""  # SYFTBOX_EMAIL
     data_dir: str = ""  # SYFTBOX_DATA_DIR
@@ -185,64 +570,19 @@ class ClientSettings:
     priority_debounce_ms: int = 50  # SYFTBOX_PRIORITY_DEBOUNCE_MS
     acl_staging_grace_ms: int = 600_000  # SYFTBOX_ACL_STAGING_GRACE_MS
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> ClientSettings:
-        tcp_addr = _str(env, "SYFTBOX_HOTLINK_TCP_ADDR", "127.0.0.1:0")
-        split_host_port(tcp_addr, "SYFTBOX_HOTLINK_TCP_ADDR")
-        return cls(
-            server_url=_str(env, "SYFTBOX_SERVER_URL"),
-            email=_str(env, "SYFTBOX_EMAIL"),
-            data_dir=_str(env, "SYFTBOX_DATA_DIR"),
-            access_token=_str(env, "SYFTBOX_ACCESS_TOKEN"),
-            auth_enabled=_opt_bool(env, "SYFTBOX_AUTH_ENABLED"),
-            hotlink=_bool(env, "SYFTBOX_HOTLINK", False),
-            debug=_bool(env, "SYFTBOX_HOTLINK_DEBUG", False),
-            tcp_proxy=_bool(env, "SYFTBOX_HOTLINK_TCP_PROXY", True),
-            webrtc=_bool(env, "SYFTBOX_HOTLINK_WEBRTC", True),
-            webrtc_backend=cast(
-                WebRTCBackend,
-                _choice(
-                    env,
-                    "SYFTBOX_HOTLINK_WEBRTC_BACKEND",
-                    "auto",
-                    ("auto", "libdatachannel", "aiortc"),
-                ),
-            ),
-            p2p_only=_bool(env, "SYFTBOX_HOTLINK_P2P_ONLY", False)
-            or _bool(env, "SYFTBOX_HOTLINK_QUIC_ONLY", False),
-            bench_strict=_bool(env, "SYFTBOX_HOTLINK_BENCH_STRICT", False),
-            bench=_bool(env, "SYFTBOX_HOTLINK_BENCH", False),
-            latency_trace=_bool(env, "SYFTBOX_LATENCY_TRACE", False),
-            ice_servers_raw=_ice_raw(env, "SYFTBOX_HOTLINK_ICE_SERVERS"),
-            stun_server_raw=_stun_raw(env),
-            turn_user=_str(env, "SYFTBOX_HOTLINK_TURN_USER"),
-            turn_pass=_str(env, "SYFTBOX_HOTLINK_TURN_PASS"),
-            tcp_proxy_addr=strip_port(_str(env, "SYFTBOX_HOTLINK_TCP_PROXY_ADDR", "127.0.0.1"))
-            or "127.0.0.1",
-            tcp_proxy_chunk_size=_int(
-                env, "SYFTBOX_HOTLINK_TCP_PROXY_CHUNK_SIZE", 60 * KIB, 4 * KIB, MIB
-            ),
-            webrtc_buffered_high=_int(
-                env, "SYFTBOX_HOTLINK_WEBRTC_BUFFERED_HIGH", MIB, 0, 16 * MIB
-            ),
-            webrtc_backpressure_wait_ms=_int(
-                env, "SYFTBOX_HOTLINK_WEBRTC_BACKPRESSURE_WAIT_MS", 1500, 0, 10_000
-            ),
-            ws_fallback_grace_ms=_int(env, "SYFTBOX_HOTLINK_WS_FALLBACK_GRACE_MS", 1500, 0, 10_000),
-            relay_only=_bool(env, "SYFTBOX_HOTLINK_RELAY_ONLY", False),
-            webrtc_open_timeout_ms=_int(
-                env, "SYFTBOX_HOTLINK_WEBRTC_OPEN_TIMEOUT_MS", 15_000, 1_000, 120_000
-            ),
-            debug_p2p_kill_after=_int(env, "SYFTBOX_HOTLINK_DEBUG_P2P_KILL_AFTER", 0, 0, 1 << 62),
-            flow_control=_bool(env, "SYFTBOX_HOTLINK_FLOW_CONTROL", True),
-            flow_window=_int(env, "SYFTBOX_HOTLINK_FLOW_WINDOW", 8 * MIB, 64 * KIB, 256 * MIB),
-            ipc_mode=cast(IpcMode, _choice(env, "SYFTBOX_HOTLINK_IPC", "unix", ("unix", "tcp"))),
-            tcp_addr=tcp_addr,
-            priority_debounce_ms=_int(env, "SYFTBOX_PRIORITY_DEBOUNCE_MS", 50, 0, 3_600_000),
-            acl_staging_grace_ms=_int(
-                env, "SYFTBOX_ACL_STAGING_GRACE_MS", 600_000, 0, 24 * 3_600_000
-            ),
-        )
+    # Logging (hotlink.logs). None: info (debug with SYFTBOX_HOTLINK_DEBUG), text.
+    log_level: LogLevel | None = None  # SYFTBOX_HOTLINK_LOG_LEVEL
+    log_format: LogFormat | None = None  # SYFTBOX_HOTLINK_LOG_FORMAT
+
+    SPECS = CLIENT_SPECS
+
+    @property
+    def effective_log_level(self) -> LogLevel:
+        return self.log_level or ("debug" if self.debug else "info")
+
+    @property
+    def effective_log_format(self) -> LogFormat:
+        return self.log_format or "text"
 
     def ice_servers(
         self, advertised: str | None = None, adv_user: str = "", adv_pass: str = ""
@@ -268,22 +608,11 @@ class ClientSettings:
         return not any(h in self.server_url for h in ("localhost", "127.0.0.1", "0.0.0.0"))
 
 
-def _stun_raw(env: Mapping[str, str]) -> str | None:
-    name = "SYFTBOX_HOTLINK_STUN_SERVER"
-    value = _raw(env, name)
-    if value is not None:
-        try:
-            parse_ice_servers(stun_server_to_ice(value))
-        except ProtocolError as exc:
-            raise SettingsError(f"{name}={value!r}: {exc}") from None
-    return value
-
-
 # ---------------------------------------------------------------- server
 
 
 @dataclass(frozen=True)
-class ServerSettings:
+class ServerSettings(_Layered):
     host: str = "localhost"  # SYFTBOX_HTTP_ADDR host part
     port: int = 8080  # SYFTBOX_HTTP_ADDR port part
     auth_enabled: bool = False  # SYFTBOX_AUTH_ENABLED
@@ -300,42 +629,41 @@ class ServerSettings:
 
     debug: bool = False  # SYFTBOX_HOTLINK_DEBUG
     latency_trace: bool = False  # SYFTBOX_LATENCY_TRACE
-    env_name: str = ""  # SYFTBOX_ENV (PROD/STAGE: JSON logs)
+    env_name: str = ""  # SYFTBOX_ENV (PROD/STAGE: JSON logs unless a format is given)
+    log_level: LogLevel | None = None  # SYFTBOX_HOTLINK_LOG_LEVEL; None: info
+    log_format: LogFormat | None = None  # SYFTBOX_HOTLINK_LOG_FORMAT; None: see env_name
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> ServerSettings:
-        addr = _str(env, "SYFTBOX_HTTP_ADDR", "localhost:8080")
-        host, port = split_host_port(addr, "SYFTBOX_HTTP_ADDR")
-        turn_port_text = _str(env, "SYFTBOX_HOTLINK_TURN_PORT", "5349")
-        if not turn_port_text.isdigit() or not 0 < int(turn_port_text) <= 65535:
-            raise SettingsError(
-                f"SYFTBOX_HOTLINK_TURN_PORT={turn_port_text!r}: expected a port 1-65535"
-            )
-        return cls(
-            host=host or "0.0.0.0",
-            port=port,
-            auth_enabled=_bool(env, "SYFTBOX_AUTH_ENABLED", False),
-            access_token_secret=_str(env, "SYFTBOX_AUTH_ACCESS_TOKEN_SECRET"),
-            ice_servers_raw=_ice_raw(env, "SYFTBOX_HOTLINK_ICE_SERVERS"),
-            turn_host=_str(env, "SYFTBOX_HOTLINK_TURN_HOST"),
-            turn_port=int(turn_port_text),
-            turn_user=_str(env, "SYFTBOX_HOTLINK_TURN_USER"),
-            turn_pass=_str(env, "SYFTBOX_HOTLINK_TURN_PASS"),
-            turn_secret=_str(env, "SYFTBOX_HOTLINK_TURN_SECRET"),
-            turn_ttl=_int(env, "SYFTBOX_HOTLINK_TURN_TTL", 3600, 60, 7 * 24 * 3600),
-            debug=_bool(env, "SYFTBOX_HOTLINK_DEBUG", False),
-            latency_trace=_bool(env, "SYFTBOX_LATENCY_TRACE", False),
-            env_name=_str(env, "SYFTBOX_ENV").upper(),
-        )
+    # Relay limits and start-up data (flags and config files only). None: the relay's default.
+    acl_dir: str | None = None
+    queue_size: int | None = None
+    queue_bytes: int | None = None
+    max_queued_bytes: int | None = None
+    max_connections: int | None = None
+    max_connections_per_user: int | None = None
+    max_sessions_per_user: int | None = None
+    header_timeout: float | None = None
+
+    SPECS = SERVER_SPECS
+
+    @property
+    def effective_log_level(self) -> LogLevel:
+        return self.log_level or "info"
+
+    @property
+    def effective_log_format(self) -> LogFormat:
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.env_name in ("PROD", "STAGE") else "text"
 
     def check(self) -> None:
-        """Cross-field checks, run after CLI flags are applied (a flag may fill the gap)."""
+        """Cross-field checks, run after every layer is applied (a flag may fill the gap)."""
         if self.auth_enabled and not self.access_token_secret:
             raise SettingsError(
-                "SYFTBOX_AUTH_ENABLED is on but SYFTBOX_AUTH_ACCESS_TOKEN_SECRET is empty"
+                "token mode (--auth-enabled, SYFTBOX_AUTH_ENABLED) needs a secret: "
+                "--auth-secret or SYFTBOX_AUTH_ACCESS_TOKEN_SECRET"
             )
         if not 0 <= self.port <= 65535:
-            raise SettingsError(f"SYFTBOX_HTTP_ADDR: port {self.port} is not 0-65535")
+            raise SettingsError(f"--port {self.port}: expected 0-65535")
 
     @property
     def http_addr(self) -> str:
@@ -367,3 +695,15 @@ class ServerSettings:
             now=now,
             ttl=self.turn_ttl,
         )
+
+
+def _check_tables() -> None:
+    """Every settings field has exactly one spec (a forgotten one would never be read)."""
+    for cls in (ClientSettings, ServerSettings):
+        names = {f.name for f in fields(cls)}
+        described = [spec.field for spec in cls.SPECS]
+        if sorted(described) != sorted(names):
+            raise AssertionError(f"{cls.__name__}: fields {names} vs specs {described}")
+
+
+_check_tables()

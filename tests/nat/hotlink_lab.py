@@ -24,7 +24,7 @@ that has entered that namespace (a network namespace is per thread; the socket k
   reachable: the client's fallback would be a public STUN server;
 * ``"none"``: host candidates only.
 
-The server and the clients are a :class:`hotlink.devstack.DevStack` whose processes start
+The server and the clients are a :class:`hotlink.lab.stack.DevStack` whose processes start
 with ``ip netns exec`` (which execs, so the pid is the program's own) and inherit the test's
 environment; the stack stops them by pid on close, then the topology deletes the namespaces,
 killing anything left.
@@ -40,20 +40,17 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from hotlink.devstack import (
-    CHANNEL_OPEN,
-    ClientProc,
-    DevStack,
-    ServerProc,
-    open_connection_in_netns,
-)
+from hotlink.lab.netns import open_connection_in_netns
+from hotlink.lab.processes import CHANNEL_OPEN, ClientProc, ServerProc
+from hotlink.lab.stack import DevStack
+from hotlink.logs import LINE_TIME, TIME_PATTERN, parse_time
 from nat.lab import TURN_USER, TurnLab
 from nat.topology import PUBLIC_IP, NatTopology
 from support.client_proc import (
     ALICE,
     BOB,
-    TUNNEL_PROXY_STARTING,
     Tunnel,
+    reference_channel,
     write_reference_tunnel,
 )
 
@@ -63,7 +60,7 @@ PROXY_PORTS = {ALICE: 9100, BOB: 9200}
 ECHO_PORT = 4000
 
 _SESSION_LINE = re.compile(
-    r"^(?P<time>\d\d:\d\d:\d\d\.\d{3}) .*hotlink session (?P<sid>[0-9a-zA-Z-]{1,8})…? "
+    rf"^(?P<time>{TIME_PATTERN}) .*hotlink session (?P<sid>[0-9a-zA-Z-]{{1,8}})…? "
     r"(?P<dir>in|out) (?P<src>\S+)→(?P<dst>\S+) (?P<state>\S+)",
     re.MULTILINE,
 )
@@ -72,18 +69,14 @@ _SESSION_LINE = re.compile(
 _OPEN_NOTE = re.compile(
     r"data channel open \((?P<role>\w+)\).*transport=(?P<transport>\S+)(?: after (?P<ms>\d+) ms)?"
 )
-_LOG_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) ")
 
 IceChoice = str  # "turn" | "stun" | "advertised" | "none"
 
 
 def log_seconds(line: str) -> float | None:
-    """Seconds since midnight of a client log line (``HH:MM:SS.mmm ...``), or None."""
-    m = _LOG_TIME.match(line)
-    if m is None:
-        return None
-    h, mi, s, ms = (int(g) for g in m.groups())
-    return h * 3600 + mi * 60 + s + ms / 1000
+    """Epoch seconds of a client log line (``2025-01-31T09:08:07.123Z ...``), or None."""
+    m = LINE_TIME.match(line)
+    return None if m is None else parse_time(m.group(1))
 
 
 # The §9.1 tunnel between the daemons in alice's and bob's LANs.
@@ -97,7 +90,7 @@ class SessionNegotiation:
     sid: str  # first 8 characters
     opener: str  # email of the side that opened (sent Open; answers the offer)
     acceptor: str  # email of the side that accepted (offers)
-    accepted_at: float | None  # acceptor's "accepted" line, seconds since midnight
+    accepted_at: float | None  # acceptor's "accepted" line, epoch seconds
     open_at: dict[str, float]  # email -> that side's first "data channel open" line
     transports: dict[str, str]  # email -> telemetry "transport" of this session
     # email -> what that side's open line says: role, selected transport, time since the
@@ -240,9 +233,10 @@ class HotlinkNatLab(TurnLab):
         extra = side_env or {}
         alice = self.spawn_client("alice", ice=ice, env={**(env or {}), **extra.get("alice", {})})
         bob = self.spawn_client("bob", ice=ice, env={**(env or {}), **extra.get("bob", {})})
+        key = reference_channel(PROXY_PORTS).canonical_key
         for client in (alice, bob):
             client.wait_ready(timeout)
-            client.wait_for_log(TUNNEL_PROXY_STARTING, timeout)
+            client.wait_tunnel(key, timeout)
         return NatTunnel(alice, bob, PROXY_PORTS[ALICE], PROXY_PORTS[BOB])
 
     async def dial(

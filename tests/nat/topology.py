@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 
-from hotlink import wan_link
-from hotlink.devstack import stop_process
+from hotlink.lab import wan_link
+from hotlink.lab.processes import stop_process
 
 NAT_DIR = Path(__file__).resolve().parent
 
@@ -183,7 +183,7 @@ class NatTopology:
 
     ``symmetric`` makes both routers symmetric NATs; ``symmetric={"alice": True, "bob": False}``
     sets them one by one. ``impair`` adds delay and loss to both uplinks, with ``tc netem`` when
-    the kernel has it, else with a user-space link (:mod:`hotlink.wan_link`) that does the same.
+    the kernel has it, else with a user-space link (:mod:`hotlink.lab.wan_link`) that does the same.
     """
 
     def __init__(

@@ -1,16 +1,19 @@
 """Start the real client daemon (``python -m hotlink client``) as a subprocess.
 
-A thin layer over :mod:`hotlink.devstack`, which starts, waits on and stops the process and
-writes the trees; this module keeps the tests' names and the tests' environment.
+A thin layer over :mod:`hotlink.lab` (:mod:`~hotlink.lab.processes` starts, waits on and
+stops the process, :mod:`~hotlink.lab.trees` writes the trees); this module keeps the tests'
+names and the tests' environment.
 
     with running_client(srv.url, "alice@example.com", tmp_path / "alice") as alice:
         alice.wait_for_log(r"tcp proxy: starting")        # sync
         await alice.await_log(r"acls published", since=mark)   # async tests
         alice.telemetry()                                 # the parsed telemetry JSON
 
-``start_client`` returns once the client logged ``connected to <server>`` and finished its
-first ACL publish round (``acls published: ...``), so the server already has every ACL file
-that was in the datasite when the client started. Log lines worth waiting on:
+``start_client`` returns once the client is connected and finished its first ACL publish
+round, so the server already has every ACL file that was in the datasite when the client
+started; ``client.wait_tunnel(key)`` (``await_tunnel``) once the proxy of a tunnel listens.
+Both ask the daemon's status endpoint (``client.status()``, the control socket), and read
+the log only while that does not answer. Log lines worth waiting on:
 
 * ``hotlink enabled: ...``                    (start-up, with SYFTBOX_HOTLINK=1)
 * ``connected to <server> as <email>``        (each (re)connect)
@@ -57,18 +60,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hotlink.devstack import (
+from hotlink.lab.processes import (
     ACLS_PUBLISHED,
     CONNECTED,
     PROXY_STARTING,
-    Channel,
     ClientProc,
-    acl_text,
     child_env,
     client_settings,
-    free_port,
     launch_client,
     spawn,
+)
+from hotlink.lab.trees import (
+    Channel,
+    acl_text,
+    free_port,
     write_acl,
     write_channel_tree,
     write_default_acls,
@@ -114,7 +119,7 @@ def client_env(
     env: Mapping[str, str | None] | None = None, *, hotlink: bool = True
 ) -> dict[str, str]:
     """The test's environment, ICE ``none`` (never a public STUN server), the local client
-    settings (:func:`hotlink.devstack.client_settings`), then ``env`` (None unsets)."""
+    settings (:func:`hotlink.lab.processes.client_settings`), then ``env`` (None unsets)."""
     return child_env({"SYFTBOX_HOTLINK_ICE_SERVERS": "none"}, client_settings(hotlink), env)
 
 
@@ -175,7 +180,7 @@ def _launch_script(
     env: Mapping[str, str],
     args: Sequence[str],
 ) -> ClientProcess:
-    """:func:`hotlink.devstack.launch_client` with ``python <script>`` as the program."""
+    """:func:`hotlink.lab.processes.launch_client` with ``python <script>`` as the program."""
     (data_dir / "datasites" / email).mkdir(parents=True, exist_ok=True)
     argv = [
         sys.executable, str(script),
@@ -355,9 +360,10 @@ def start_tunnel(
         alice.stop()
         raise
     tunnel = Tunnel(alice, bob, ports[ALICE], ports[BOB])
+    key = reference_channel(ports).canonical_key
     try:
         for client in (alice, bob):
-            client.wait_for_log(TUNNEL_PROXY_STARTING, timeout)
+            client.wait_tunnel(key, timeout)
     except BaseException:
         tunnel.stop()
         raise

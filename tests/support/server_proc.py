@@ -5,7 +5,7 @@
     with running_server_sync(tmp_path, env={...}) as srv:  # sync tests / fixtures
         ...
 
-A thin layer over :mod:`hotlink.devstack` (which starts, waits on and stops the process):
+A thin layer over :mod:`hotlink.lab.processes` (which starts, waits on and stops the process):
 the server binds port 0 and reports the port it got through ``--ready-file``, so there is no
 race for a "free" port (``use_env_addr=True`` leaves the address to ``SYFTBOX_HTTP_ADDR`` in
 ``env``). It inherits the test's environment (``SYFTBOX_HOTLINK_ICE_SERVERS`` is ``none``
@@ -25,7 +25,7 @@ import subprocess
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from hotlink.devstack import ServerProc, child_env, launch_server, stop_process
+from hotlink.lab.processes import ServerProc, child_env, launch_server, stop_process
 
 ServerProcess = ServerProc
 

@@ -2,9 +2,10 @@
 
 The server authorizes every hotlink message against the ACLs it holds, and it learns them
 from ``FileWrite`` messages of the datasite's owner. After each (re)connect we send every
-``syft.pub.yaml`` under our datasite and wait for its Ack; then we poll for changes and send
-what changed. A server restart forgets ACLs that were never stored, so re-publishing on
-every connect is what makes sessions work again after it.
+``syft.pub.yaml`` under our datasite and wait for its Ack; then, whenever the file watcher
+reports a change in our datasite (or does its slow safety rescan), we send what changed. A
+server restart forgets ACLs that were never stored, so re-publishing on every connect is what
+makes sessions work again after it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 
 from ..protocol.acl import MAX_ACL_BYTES as MAX_ACL_BYTES
 from ..protocol.messages import Ack, Error, FileWrite, Message, Nack
-from .edges.discovery import find_named
+from .edges.changes import FULL, ChangeFeed, Changes
+from .edges.discovery import FileIndex
+from .edges.watcher import TreeWatcher
 from .localfs import FileTooLarge, read_regular_file
 
 log = logging.getLogger("hotlink.acl")
@@ -28,12 +31,17 @@ ACL_FILE = "syft.pub.yaml"
 # Bigger ACL files than MAX_ACL_BYTES (the relay's own bound, imported above) are never sent:
 # the relay would refuse them.
 ACK_TIMEOUT = 5.0
+# Without a file watcher (tests, tools): look at every ACL file this often.
 POLL_INTERVAL = 0.25
 # A write that got no Ack is sent again after RETRY_FIRST s, doubling up to RETRY_MAX s.
 RETRY_FIRST = 1.0
 RETRY_MAX = 300.0
-# A failing round (an unexpected error) is reported at most this often.
+# A failing round (an unexpected error) is reported at most this often, and the next round
+# (looking at every file again) comes at most ROUND_RETRY s later.
 ROUND_ERROR_REPORT_INTERVAL = 60.0
+ROUND_RETRY = 5.0
+# The shortest wait between rounds woken by a timer (a guard against a busy loop).
+MIN_WAIT = 0.05
 
 Stat = tuple[int, int, int]  # (inode, mtime_ns, size): a changed file changes one of them
 
@@ -45,17 +53,29 @@ class AclFile:
     etag: str  # MD5 hex, like the reference clients
 
 
-def scan_acl_files(datasites: Path, email: str) -> dict[str, Stat]:
-    """``rel_path -> (inode, mtime_ns, size)`` of every ACL file in our datasite: regular
-    files only, never through a symlink (blocking I/O: run it off the loop)."""
+def stat_files(index: FileIndex) -> dict[str, Stat]:
+    """``rel_path -> (inode, mtime_ns, size)`` of the files in ``index`` (blocking I/O)."""
     found: dict[str, Stat] = {}
-    for full, rel in find_named(datasites, ACL_FILE, under=datasites / email):
+    for full, rel in index.sorted_files():
         try:
             st = os.lstat(full)
         except OSError:
             continue
         found[rel] = (st.st_ino, st.st_mtime_ns, st.st_size)
     return found
+
+
+def acl_index(datasites: Path, email: str) -> FileIndex:
+    """The index of the ACL files in our own datasite."""
+    return FileIndex(datasites, ACL_FILE, [datasites / email])
+
+
+def scan_acl_files(datasites: Path, email: str) -> dict[str, Stat]:
+    """``rel_path -> (inode, mtime_ns, size)`` of every ACL file in our datasite: regular
+    files only, never through a symlink (blocking I/O: run it off the loop)."""
+    index = acl_index(datasites, email)
+    index.rescan()
+    return stat_files(index)
 
 
 def read_acl_file(datasites: Path, rel_path: str) -> AclFile:
@@ -84,8 +104,17 @@ def retry_delay(attempts: int) -> float:
 SendFn = Callable[[Message], Awaitable[None]]
 
 
+def _look(index: FileIndex, changes: Changes) -> dict[str, Stat]:
+    """Bring ``index`` up to date with ``changes`` and stat its files (blocking I/O)."""
+    if changes.full:
+        index.rescan()
+    else:
+        index.update(changes.paths)
+    return stat_files(index)
+
+
 class AclPublisher:
-    """Owns one task per connection: publish everything, then poll for changes.
+    """Owns one task per connection: publish everything, then what changes.
 
     A file the server refused (Nack or Error) is not sent again until it changes; one that
     got no Ack (a silent server, or the connection dropped) is sent again after
@@ -100,13 +129,18 @@ class AclPublisher:
         email: str,
         send: SendFn,
         *,
+        watcher: TreeWatcher | None = None,
         poll_interval: float = POLL_INTERVAL,
         ack_timeout: float = ACK_TIMEOUT,
     ) -> None:
         self.datasites = datasites
         self.email = email
         self._send = send
-        self.poll_interval = poll_interval
+        self.feed = (
+            watcher.feed(names={ACL_FILE}, scopes=[datasites / email])
+            if watcher is not None
+            else ChangeFeed(poll_interval=poll_interval)
+        )
         self.ack_timeout = ack_timeout
         self._task: asyncio.Task[None] | None = None
         self._by_id: dict[str, asyncio.Future[str]] = {}
@@ -114,7 +148,7 @@ class AclPublisher:
         # What this connection's server has from us: rel_path -> etag.
         self.published: dict[str, str] = {}
         self.rounds = 0
-        self.passes = 0  # polls done on any connection (tests wait on it)
+        self.passes = 0  # rounds done on any connection (tests wait on it)
         # Set once this connection's first publish round is over (Opens wait for it).
         self._first_round = asyncio.Event()
         # Files not published and why; kept across connections (see the class docstring).
@@ -179,12 +213,19 @@ class AclPublisher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        # This connection's own index: a cancelled round of the last one may still be
+        # walking in a worker thread.
+        index = acl_index(self.datasites, self.email)
         seen: dict[str, Stat] = {}  # what this connection's server has, by file version
+        current: dict[str, Stat] = {}
+        changes = FULL  # a new connection gets every file
         first = True
         reported_at: float | None = None
         while True:
+            failed = False
             try:
-                current = await asyncio.to_thread(scan_acl_files, self.datasites, self.email)
+                if changes:
+                    current = await asyncio.to_thread(_look, index, changes)
                 for rel in sorted(current):
                     if seen.get(rel) != current[rel] and await self._publish(rel, current[rel]):
                         seen[rel] = current[rel]
@@ -194,6 +235,7 @@ class AclPublisher:
                 for rel in set(self.failed) - set(current):
                     del self.failed[rel]
             except Exception as exc:  # one bad round must not stop publishing for good
+                failed = True
                 now = loop.time()
                 if reported_at is None or now - reported_at >= ROUND_ERROR_REPORT_INTERVAL:
                     reported_at = now
@@ -213,7 +255,23 @@ class AclPublisher:
                 )
                 self._first_round.set()
             self.passes += 1
-            await asyncio.sleep(self.poll_interval)
+            timeout = self._next_retry(seen, current, loop.time())
+            if failed:
+                timeout = ROUND_RETRY if timeout is None else min(timeout, ROUND_RETRY)
+            changes = await self.feed.next(timeout)
+            if failed:
+                changes = FULL
+
+    def _next_retry(
+        self, seen: dict[str, Stat], current: dict[str, Stat], now: float
+    ) -> float | None:
+        """Seconds until the next file that got no Ack may be sent again (None: none)."""
+        due = [
+            f.retry_at
+            for rel, f in self.failed.items()
+            if not f.refused and rel in current and seen.get(rel) != current[rel]
+        ]
+        return max(MIN_WAIT, min(due) - now) if due else None
 
     def _hold(self, rel: str, stat: Stat, etag: str, reason: str) -> None:
         """This version is not sent again until the file changes."""
@@ -241,6 +299,7 @@ class AclPublisher:
             self._hold(rel, stat, "", str(exc))
             return False
         if self.published.get(rel) == acl.etag:
+            self.failed.pop(rel, None)  # back to what the server has
             return True
         if failed is not None and failed.etag == acl.etag:
             failed.stat = stat  # touched, same content

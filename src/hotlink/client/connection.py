@@ -5,11 +5,18 @@ sends through a bounded outbox (control messages first and never blocking, data 
 backpressure), reads and dispatches every message in arrival order, and reconnects with a
 jittered exponential backoff. Each connection gets a fresh outbox, so nothing queued for a
 dead socket leaks into the next one; waiting producers get :class:`NotConnected`.
+
+A relay that refuses *who we are* (HTTP 401 or 403 on the upgrade: invalid email, token
+missing, expired or badly signed, foreign origin) will refuse every retry too, so
+:meth:`ServerConnection.run` raises :class:`RelayRefused` with the relay's own reason (the
+``error`` of its JSON body). Everything else (relay down, 5xx, 429 too many connections) is
+retried with backoff and logged once per change of state, not once per attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import secrets
@@ -30,10 +37,42 @@ log = logging.getLogger("hotlink.connection")
 
 EVENTS_PATH = "/api/v1/events"
 MAX_MESSAGE = 8 * 1024 * 1024
+# Refusals that name who we are: retrying with the same identity cannot succeed.
+FATAL_STATUSES = frozenset({401, 403})
+# How much of a refusal's body is read for its reason, and for how long.
+REASON_BYTES = 4096
+REASON_TIMEOUT = 2.0
 
 
 class NotConnected(Exception):
     """The WebSocket is down (or went down while the message waited)."""
+
+
+class RelayRefused(Exception):
+    """The relay refused our identity (HTTP 401/403); ``reason`` is the relay's own words."""
+
+    def __init__(self, email: str, status: int, reason: str) -> None:
+        super().__init__(f"the relay refused {email}: {reason}")
+        self.email = email
+        self.status = status
+        self.reason = reason
+
+
+def refusal_reason(status: int, body: bytes, fallback: str) -> str:
+    """The reason in a refusal's body: the relay's JSON ``error`` (``{"code", "error"}``),
+    else the first line of a text body, else ``fallback``; at most 300 characters."""
+    text = body.decode("utf-8", "replace").strip()
+    reason = ""
+    try:
+        doc = json.loads(text) if text else None
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        reason = doc["error"].strip()
+    elif doc is None and text and not text.startswith("<"):  # not an HTML error page
+        reason = text.splitlines()[0].strip()
+    reason = reason or fallback or f"HTTP {status}"
+    return reason if len(reason) <= 300 else reason[:297] + "..."
 
 
 def events_url(server_url: str) -> str:
@@ -170,6 +209,9 @@ class ServerConnection:
         self._last_headers: Mapping[str, str] = {}
         self._closer: asyncio.Task[bool] | None = None
         self._stop_event = asyncio.Event()
+        self._last_body = b""
+        # Why the last attempt failed; a new reason is logged, a repeated one is not.
+        self._failure: str | None = None
 
     # ------------------------------------------------------------ sending
 
@@ -209,7 +251,9 @@ class ServerConnection:
     # ------------------------------------------------------------ the loop
 
     async def run(self) -> None:
-        """Connect, serve, reconnect until :meth:`stop`. The daemon owns this task."""
+        """Connect, serve, reconnect until :meth:`stop`. The daemon owns this task.
+
+        Raises :class:`RelayRefused` when the relay refuses our identity (401/403)."""
         trace = aiohttp.TraceConfig()
         trace.on_request_end.append(self._capture_headers)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.options.connect_timeout)
@@ -232,7 +276,12 @@ class ServerConnection:
         self, session: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any
     ) -> None:
         # The upgrade response headers (encoding, ICE hints) are not public on the ws object.
-        self._last_headers = dict(params.response.headers)
+        response: aiohttp.ClientResponse = params.response
+        self._last_headers = dict(response.headers)
+        if response.status != 101:
+            # ws_connect drops a refusal's body; the relay's reason is in it, so read a
+            # little of it here, while the response is still open.
+            self._last_body = await _read_some(response, REASON_BYTES, REASON_TIMEOUT)
 
     def _headers(self) -> dict[str, str]:
         headers = {
@@ -247,9 +296,10 @@ class ServerConnection:
 
     async def _connect(self, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse | None:
         self._last_headers = {}
+        self._last_body = b""
         try:
             async with asyncio.timeout(self.options.connect_timeout):
-                return await http.ws_connect(
+                ws = await http.ws_connect(
                     self.url,
                     params={"user": self.options.email},
                     headers=self._headers(),
@@ -258,12 +308,42 @@ class ServerConnection:
                     autoping=True,
                 )
         except aiohttp.WSServerHandshakeError as exc:
-            log.warning(
-                "server %s refused the connection: HTTP %s %s", self.url, exc.status, exc.message
-            )
+            self._refused(exc.status, exc.message)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.info("cannot reach server %s: %s", self.url, exc or type(exc).__name__)
+            self._failed(
+                logging.INFO,
+                f"cannot reach server {self.url}: {exc or type(exc).__name__}",
+            )
+        else:
+            self._failure = None
+            return ws
         return None
+
+    def _refused(self, status: int, message: str) -> None:
+        reason = refusal_reason(status, self._last_body, message)
+        if status in FATAL_STATUSES:
+            wants_token = "token" in reason.lower() or "authorization" in reason.lower()
+            if status == 401 and not self.options.token and wants_token:
+                reason += " (no access token given: use --token or SYFTBOX_ACCESS_TOKEN)"
+            log.warning(
+                "server %s refused the connection: HTTP %d (%s); not retrying",
+                self.url,
+                status,
+                reason,
+            )
+            raise RelayRefused(self.options.email, status, reason)
+        self._failed(
+            logging.WARNING,
+            f"server {self.url} refused the connection: HTTP {status} ({reason}); retrying",
+        )
+
+    def _failed(self, level: int, text: str) -> None:
+        """Log a failed attempt once per change of reason (the backoff retries quietly)."""
+        if text != self._failure:
+            log.log(level, "%s", text)
+            self._failure = text
+        else:
+            log.debug("%s", text)
 
     def _negotiated(self, headers: Mapping[str, str]) -> Encoding:
         value = ""
@@ -361,3 +441,18 @@ class ServerConnection:
         ws = self._ws
         if ws is not None and not ws.closed:
             await ws.close()
+
+
+async def _read_some(response: aiohttp.ClientResponse, limit: int, within: float) -> bytes:
+    """Up to ``limit`` bytes of ``response``'s body, whatever arrived within ``within`` s."""
+    data = bytearray()
+    try:
+        async with asyncio.timeout(within):
+            while len(data) < limit:
+                chunk = await response.content.read(limit - len(data))
+                if not chunk:
+                    break
+                data += chunk
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        pass
+    return bytes(data)

@@ -1,7 +1,8 @@
 """The client daemon: wires the connection, ACL publisher, manager, TCP proxy, IPC, telemetry.
 
-Tasks the daemon owns: the connection loop, the telemetry writer, the TCP-proxy and IPC
-discovery loops. On SIGTERM/SIGINT it stops them in reverse order of data flow: no new app
+Tasks the daemon owns: the connection loop, the telemetry writer, the file watcher (one for
+the datasites tree; it drives the ACL publisher and the TCP-proxy and IPC discovery loops),
+and those discovery loops. On SIGTERM/SIGINT it stops them in reverse order of data flow: no new app
 connections, then sessions (peers are told), then the peer transport, then the socket.
 """
 
@@ -11,16 +12,18 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from .. import logs
 from ..protocol.messages import Error, Message, MsgType, System
 from ..settings import ClientSettings
 from .acl_publisher import AclPublisher
-from .connection import ConnectOptions, ServerConnection
+from .connection import ConnectOptions, RelayRefused, ServerConnection
+from .control import control_for
 from .edges.ipc import IpcHub
 from .edges.tcp_proxy import TcpProxy
+from .edges.watcher import TreeWatcher
 from .manager import HotlinkManager, ManagerConfig
 from .p2p.transport import NullPeerTransport, PeerTransport
 from .session.base import FlowConfig
@@ -31,17 +34,11 @@ log = logging.getLogger("hotlink.client")
 TELEMETRY_FILE = "hotlink_telemetry.json"
 
 
-def setup_logging(debug: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-        force=True,
+def setup_logging(settings: ClientSettings) -> None:
+    # One format for every hotlink process (hotlink.logs); library chatter stays quiet.
+    logs.setup_logging(
+        settings.effective_log_level, settings.effective_log_format, quiet=logs.CLIENT_QUIET
     )
-    # Library chatter stays out of the way unless something is wrong.
-    for noisy in ("aiohttp", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def build_peer_transport(settings: ClientSettings) -> PeerTransport:
@@ -77,7 +74,11 @@ class ClientDaemon:
             on_connected=self._on_connected,
             on_disconnected=self._on_disconnected,
         )
-        self.acl = AclPublisher(self.datasites, settings.email, self.connection.send)
+        # One watcher for the tree: the publisher, the proxy and the IPC hub scan on its events.
+        self.watcher = TreeWatcher(self.datasites)
+        self.acl = AclPublisher(
+            self.datasites, settings.email, self.connection.send, watcher=self.watcher
+        )
         self.manager: HotlinkManager | None = None
         self.proxy: TcpProxy | None = None
         self.ipc: IpcHub | None = None
@@ -103,6 +104,7 @@ class ClientDaemon:
                     bind_host=settings.tcp_proxy_addr,
                     chunk_size=settings.tcp_proxy_chunk_size,
                     opener=self.manager,
+                    watcher=self.watcher,
                 )
                 self.manager.tunnels = self.proxy
                 self.telemetry.proxies_source = self.proxy.snapshot
@@ -112,13 +114,17 @@ class ClientDaemon:
                 mode=settings.ipc_mode,
                 tcp_addr=settings.tcp_addr,
                 send=self.manager.send,
+                watcher=self.watcher,
             )
             self.manager.ipc = self.ipc
         self._tasks: list[asyncio.Task[None]] = []
+        # GET /status and /metrics on an owner-only UNIX socket (hotlink status).
+        self.control = control_for(self)
 
     # ------------------------------------------------------------ connection events
 
     async def _on_connected(self, headers: Mapping[str, str]) -> None:
+        self.control.on_connected()
         self.acl.start()
         if self.transport is not None:
             try:
@@ -137,6 +143,7 @@ class ClientDaemon:
         return self.connection.connected
 
     async def _on_disconnected(self) -> None:
+        self.control.on_disconnected()
         await self.acl.stop()
         if self.manager is not None:
             await self.manager.on_disconnected()
@@ -161,6 +168,7 @@ class ClientDaemon:
     async def run(self, stop: asyncio.Event) -> int:
         s = self.settings
         self.own.mkdir(parents=True, exist_ok=True)
+        await self.control.start()
         log.info("hotlink client %s, data dir %s, server %s", s.email, s.data_dir, s.server_url)
         if s.hotlink:
             parts = ["ws relay"]
@@ -171,6 +179,7 @@ class ClientDaemon:
         else:
             log.info("hotlink disabled (set SYFTBOX_HOTLINK=1 to enable)")
         loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.watcher.run(), name="watcher"))
         self._tasks.append(loop.create_task(self.connection.run(), name="connection"))
         if s.hotlink:
             self._tasks.append(loop.create_task(self.telemetry.run(), name="telemetry"))
@@ -185,7 +194,10 @@ class ClientDaemon:
             )
             failed = [t for t in done if t is not stopper and t.exception() is not None]
             for task in failed:
-                log.error("%s stopped unexpectedly", task.get_name(), exc_info=task.exception())
+                exc = task.exception()
+                if isinstance(exc, RelayRefused):
+                    raise exc  # a user error: the command says why in one line, after shutdown
+                log.error("%s stopped unexpectedly", task.get_name(), exc_info=exc)
             return 1 if failed else 0
         finally:
             stopper.cancel()
@@ -194,7 +206,7 @@ class ClientDaemon:
     async def shutdown(self) -> None:
         log.info("shutting down")
         by_name = {t.get_name(): t for t in self._tasks}
-        for name in ("tcp-proxy", "ipc"):
+        for name in ("tcp-proxy", "ipc", "watcher"):
             await _cancel(by_name.get(name))
         if self.manager is not None:
             await self.manager.close()
@@ -207,6 +219,7 @@ class ClientDaemon:
         await self.connection.stop()
         await _cancel(by_name.get("connection"))
         await _cancel(by_name.get("telemetry"))
+        await self.control.close()
         log.info("stopped")
 
 
@@ -228,5 +241,6 @@ async def run_client(settings: ClientSettings) -> int:
 
 
 def main(settings: ClientSettings) -> int:
-    setup_logging(settings.debug)
+    """Run the daemon; raises :class:`RelayRefused` when the relay refuses who we are."""
+    setup_logging(settings)
     return asyncio.run(run_client(settings))

@@ -46,6 +46,7 @@ from .connection import NotConnected
 from .p2p.transport import NullPeerTransport, PeerSendError, PeerTransport, SessionInfo
 from .session.base import FlowConfig, SessionClosed, Sink, short_reason, short_sid
 from .session.budget import BudgetExceeded, BudgetLease, BudgetLimits, MemoryBudget
+from .session.hints import HINTS
 from .session.inbound import InboundSession
 from .session.outbound import ACCEPT_TIMEOUT, OutboundSession
 from .telemetry import Telemetry
@@ -152,6 +153,9 @@ class HotlinkManager:
         self._ipc_refused = 0
         self._open_lock = asyncio.Lock()
         self._closing = False
+        # Told of each session as it ends, before the transport forgets it (the status
+        # document keeps the recent ones with their close reason and path).
+        self.ended_hook: Callable[[OutboundSession | InboundSession], None] | None = None
         self.transport.bind(self)
         telemetry.sessions_source = self._telemetry_sessions
 
@@ -210,6 +214,11 @@ class HotlinkManager:
         )
 
     async def session_ended(self, session: OutboundSession | InboundSession) -> None:
+        if self.ended_hook is not None:
+            try:
+                self.ended_hook(session)
+            except Exception:
+                log.exception("session end hook failed")
         if isinstance(session, OutboundSession):
             if self.outbound.get(session.key) is session:
                 del self.outbound[session.key]
@@ -242,6 +251,7 @@ class HotlinkManager:
         Never waits: the data channel's reader must not stop for one slow app."""
         session = self.inbound.get(sid)
         if session is not None:
+            self.telemetry.record_received(len(frame.payload), "p2p")
             session.receive(frame)
             return
         outbound = self.outbound_by_sid.get(sid)
@@ -362,25 +372,20 @@ class HotlinkManager:
             return
         folder = session_dir(msg.pth)
         if local_path(self.datasites, folder) is None or path_owner(msg.pth) == "":
-            log.warning("ignoring HotlinkOpen for unsafe path %r", msg.pth)
+            HINTS.ignored_open(msg.frm, short_sid(msg.sid), repr(msg.pth), "unsafe path")
             return
         if is_tcp_proxy_path(msg.pth):
             sink = self.tunnels.sink_for(msg.pth, msg.frm) if self.tunnels else None
             if sink is None:
                 # Not our tunnel: stay silent, a Reject would fail the opener's session.
-                log.info(
-                    "ignoring hotlink open %s from %s: no local tcp proxy for %s",
-                    short_sid(msg.sid),
-                    msg.frm,
-                    msg.pth,
-                )
+                HINTS.ignored_open(msg.frm, short_sid(msg.sid), msg.pth, "no local tcp proxy for")
                 return
             lease = self._lease(msg)
             if lease is not None:
                 self._start_inbound(msg, folder, "tcp", sink, None, lease)
             return
         if not is_hotlink_path(msg.pth):
-            log.info("ignoring hotlink open for non-request path %s", msg.pth)
+            HINTS.ignored_open(msg.frm, short_sid(msg.sid), msg.pth, "not a request path:")
             return
         folder_abs = local_path(self.datasites, folder)
         assert folder_abs is not None
@@ -485,6 +490,7 @@ class HotlinkManager:
         session = self.inbound.get(msg.sid)
         if session is None or not msg.pay:
             return
+        self.telemetry.record_received(len(msg.pay), "ws")
         session.receive(Frame(msg.pth or session.path, msg.etg, msg.seq, msg.pay))
 
     def _on_credit(self, msg: HotlinkSignal) -> None:

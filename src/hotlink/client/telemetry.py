@@ -3,6 +3,10 @@
 Written to ``{datasite}/.syftbox/hotlink_telemetry.json`` atomically (temp file + rename), at
 most once a second while something changes, and at least every 3 s. Besides the reference's
 fields, each live session carries ``transport`` (``ws`` or ``p2p-*``, DECISIONS.md).
+
+The file keeps the reference's shape. Counters the file does not carry (bytes per path, frames
+as they arrive from the network) are kept here for the client's ``/metrics``
+(:mod:`hotlink.client.control`).
 """
 
 from __future__ import annotations
@@ -53,12 +57,18 @@ class Telemetry:
         self.tx_bytes = 0
         self.tx_p2p_packets = 0
         self.tx_ws_packets = 0
+        self.tx_p2p_bytes = 0
+        self.tx_ws_bytes = 0
         self._tx_send_ms_total = 0.0
         self.tx_max_send_ms = 0.0
         self.rx_packets = 0
         self.rx_bytes = 0
         self._rx_write_ms_total = 0.0
         self.rx_max_write_ms = 0.0
+        # Frames as they arrive from the network, per path (duplicates included), before the
+        # reorder buffer and the app: rx_* above counts what the apps took.
+        self.arrived_frames: dict[str, int] = {"ws": 0, "p2p": 0}
+        self.arrived_bytes: dict[str, int] = {"ws": 0, "p2p": 0}
         self.events: dict[str, int] = dict.fromkeys(EVENT_COUNTERS, 0)
         self.sessions_source: Callable[[], tuple[list[dict[str, Any]], list[dict[str, Any]]]] = (
             lambda: ([], [])
@@ -76,8 +86,10 @@ class Telemetry:
         self.tx_bytes += nbytes
         if via == "ws":
             self.tx_ws_packets += 1
+            self.tx_ws_bytes += nbytes
         else:
             self.tx_p2p_packets += 1
+            self.tx_p2p_bytes += nbytes
         self._tx_send_ms_total += send_ms
         self.tx_max_send_ms = max(self.tx_max_send_ms, send_ms)
         self._dirty = True
@@ -89,6 +101,11 @@ class Telemetry:
         self._rx_write_ms_total += write_ms
         self.rx_max_write_ms = max(self.rx_max_write_ms, write_ms)
         self._dirty = True
+
+    def record_received(self, nbytes: int, via: str) -> None:
+        """One frame of a live inbound session arrived over ``via`` (``ws`` or ``p2p``)."""
+        self.arrived_frames[via] = self.arrived_frames.get(via, 0) + 1
+        self.arrived_bytes[via] = self.arrived_bytes.get(via, 0) + nbytes
 
     def incr(self, name: str, n: int = 1) -> None:
         """Bump one of :data:`EVENT_COUNTERS` (or a new counter, which is then reported too)."""

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from ..devstack import Channel, DevStack
+from ..lab.stack import DevStack
+from ..tunnels import Channel
 from .payload import format_size
 from .tunnel import DIRECTIONS, TELEMETRY_KEYS
 

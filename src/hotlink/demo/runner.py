@@ -23,7 +23,9 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from ..devstack import Channel, DevStack, StackError, stop_on_signals
+from ..lab.processes import StackError
+from ..lab.stack import DevStack, stop_on_signals
+from ..tunnels import Channel
 from .measure import RttStats, StreamResult, ping_pong, stream_one_way
 from .mpc import run_party
 from .payload import format_size

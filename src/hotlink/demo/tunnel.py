@@ -20,7 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..devstack import CHANNEL_OPEN, Channel, ClientProc, DevStack, StackError
+from ..lab.processes import CHANNEL_OPEN, ClientProc, StackError
+from ..lab.stack import DevStack
+from ..tunnels import Channel
 from .measure import Connector, Link, close_link, dial, ping_pong
 
 ALICE = "alice@example.com"

@@ -8,6 +8,11 @@ unknown keys, the msgpack timestamp extension) and strict about everything else:
 input raises :class:`ProtocolError` with a message that says what was wrong. That includes
 a message without ``typ`` (not a System message) and text with no UTF-8 form (a lone
 surrogate from a JSON escape), which no receiver could be sent.
+
+Error messages name the field and the problem, never the input: a bad value appears only as
+a short escaped excerpt (:func:`excerpt`), and every message is at most
+:data:`MAX_ERROR_CHARS` long. The relay sends these messages back in an Error reply and logs
+them, so an echoed 8 MiB field would cost 8 MiB of log and reply per frame.
 """
 
 from __future__ import annotations
@@ -50,6 +55,27 @@ Encoding = Literal["msgpack", "json"]
 
 MAX_UINT64 = (1 << 64) - 1
 MAX_INT64 = (1 << 63) - 1
+
+MAX_ERROR_CHARS = 200
+"""Length of a decoding error's message (it goes into an Error reply and a log line)."""
+MAX_EXCERPT_CHARS = 40
+"""How much of a bad value an error message shows, before escaping."""
+
+
+def excerpt(value: str | bytes, limit: int = MAX_EXCERPT_CHARS) -> str:
+    """A bad value for an error message: its escaped head (``repr``, so control characters,
+    newlines and bidi overrides cannot forge or garble a log line) and, when cut, its length."""
+    if len(value) <= limit:
+        return repr(value)
+    unit = "bytes" if isinstance(value, bytes) else "characters"
+    return f"{value[:limit]!r}... ({len(value)} {unit})"
+
+
+def clip_error(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (the last line of defence for error messages)."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 3] + "..."
 
 
 # ---------------------------------------------------------------- encoding negotiation
@@ -199,10 +225,11 @@ def _as_int(value: Any, where: str, *, lo: int, hi: int) -> int:
         raise ProtocolError(f"{where}: expected an integer, got {_what(value)}")
     if isinstance(value, float):
         if not value.is_integer():
-            raise ProtocolError(f"{where}: expected an integer, got {value!r}")
+            raise ProtocolError(f"{where}: expected an integer, got a fraction")
         value = int(value)
     if not lo <= value <= hi:
-        raise ProtocolError(f"{where}: integer {value} out of range")
+        # Python's JSON reads integers of up to 4300 digits: name the bound, not the value.
+        raise ProtocolError(f"{where}: integer out of range {lo}..{hi}")
     return value
 
 
@@ -239,7 +266,7 @@ def _as_time(value: Any, where: str) -> datetime:
         try:
             return datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError as exc:
-            raise ProtocolError(f"{where}: not an RFC 3339 time: {text!r}") from exc
+            raise ProtocolError(f"{where}: not an RFC 3339 time: {excerpt(text)}") from exc
     raise ProtocolError(f"{where}: expected a time, got {_what(value)}")
 
 
@@ -300,8 +327,19 @@ def _decode_value(kind: str, value: Any, where: str, *, json_form: bool) -> Any:
                 _as_str(_get(value, "Endpoint", "endpoint"), where),
                 query,
             )
-        return SyftURL.parse(_as_str(value, where))
+        return _syft_url(_as_str(value, where), where)
     raise AssertionError(f"unknown field kind {kind}")  # pragma: no cover - a bug in messages.py
+
+
+def _syft_url(text: str, where: str) -> SyftURL:
+    try:
+        return SyftURL.parse(text)
+    except ProtocolError:
+        # SyftURL.parse quotes the whole text; a frame may carry megabytes of it.
+        raise ProtocolError(
+            f"{where}: expected syft://<datasite>/app_data/<app>/rpc/<endpoint>, "
+            f"got {excerpt(text)}"
+        ) from None
 
 
 def payload_from_obj(typ: MsgType, obj: Any, *, json_form: bool) -> Payload:
@@ -348,9 +386,14 @@ def _unpack(data: bytes, where: str) -> Any:
         try:
             return msgpack.unpackb(data, raw=True, strict_map_key=False, timestamp=3)
         except Exception as exc:
-            raise ProtocolError(f"{where}: malformed msgpack: {exc}") from exc
+            raise ProtocolError(f"{where}: malformed msgpack: {_reason(exc)}") from exc
     except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise ProtocolError(f"{where}: malformed msgpack: {exc}") from exc
+        raise ProtocolError(f"{where}: malformed msgpack: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """A library's own words for bad input, cut short: they are not ours to trust."""
+    return clip_error(str(exc), 100)
 
 
 def _wire_map(obj: Any, where: str) -> dict[str, Any]:
@@ -380,7 +423,7 @@ def decode_json(text: str | bytes) -> Message:
         obj = json.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         # RecursionError: deeply nested arrays/objects must not escape as a non-protocol error.
-        raise ProtocolError(f"malformed JSON: {exc}") from exc
+        raise ProtocolError(f"malformed JSON: {_reason(exc)}") from exc
     outer = _wire_map(obj, "message")
     raw_typ = outer.get("typ")
     if raw_typ is not None and (not isinstance(raw_typ, (int, float)) or isinstance(raw_typ, bool)):
@@ -404,7 +447,16 @@ def decode_binary(data: bytes) -> Message:
 
 
 def decode(frame: bytes | str) -> Message:
-    """Decode one WebSocket frame by its type: text is JSON, binary is the SB envelope."""
-    if isinstance(frame, str):
-        return decode_json(frame)
-    return decode_binary(frame)
+    """Decode one WebSocket frame by its type: text is JSON, binary is the SB envelope.
+
+    A :class:`ProtocolError` it raises has a message of at most :data:`MAX_ERROR_CHARS`.
+    """
+    try:
+        if isinstance(frame, str):
+            return decode_json(frame)
+        return decode_binary(frame)
+    except ProtocolError as exc:
+        message = str(exc)
+        if len(message) <= MAX_ERROR_CHARS:
+            raise
+        raise ProtocolError(clip_error(message)) from exc

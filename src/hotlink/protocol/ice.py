@@ -75,6 +75,51 @@ def parse_ice_servers(raw: str | None, username: str = "", credential: str = "")
     return servers
 
 
+@dataclass(frozen=True)
+class IceUrl:
+    """The parts of a ``stun:``/``turn:`` URL (RFC 7064, RFC 7065)."""
+
+    scheme: str  # stun, stuns, turn, turns
+    host: str
+    port: int
+    transport: Literal["udp", "tcp"]
+
+    @property
+    def secure(self) -> bool:
+        return self.scheme.endswith("s")
+
+
+def parse_ice_url(url: str) -> IceUrl:
+    """``turn:host[:port][?transport=udp|tcp]`` and the stun/stuns/turns forms; IPv6 hosts in
+    brackets. Default ports: 3478, and 5349 for the TLS schemes; default transport: UDP,
+    TCP for the TLS schemes."""
+    scheme, sep, rest = url.strip().partition(":")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("stun", "stuns", "turn", "turns"):
+        raise ProtocolError(f"ICE server {url!r}: the scheme must be stun, stuns, turn or turns")
+    rest, _, query = rest.partition("?")
+    transport: Literal["udp", "tcp"] = "tcp" if scheme.endswith("s") else "udp"
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        if key.lower() == "transport":
+            if value.lower() not in ("udp", "tcp"):
+                raise ProtocolError(f"ICE server {url!r}: transport must be udp or tcp")
+            transport = "udp" if value.lower() == "udp" else "tcp"
+    if rest.startswith("["):
+        host, bracket, tail = rest[1:].partition("]")
+        if not bracket:
+            raise ProtocolError(f"ICE server {url!r}: unclosed '[' in the host")
+        port_text = tail[1:] if tail.startswith(":") else ""
+    else:
+        host, _, port_text = rest.partition(":")
+    if not host or "@" in host or "/" in host:
+        raise ProtocolError(f"ICE server {url!r}: no valid host")
+    default = 5349 if scheme.endswith("s") else 3478
+    if port_text and not (port_text.isdigit() and 0 < int(port_text) < 65536):
+        raise ProtocolError(f"ICE server {url!r}: bad port {port_text!r}")
+    return IceUrl(scheme, host, int(port_text) if port_text else default, transport)
+
+
 def stun_server_to_ice(raw: str | None) -> str | None:
     """The old ``SYFTBOX_HOTLINK_STUN_SERVER`` as an ICE list value, or None when unset.
 

@@ -36,6 +36,9 @@ log = logging.getLogger("hotlink.server")
 # A datasite cannot grow the server's memory without bound by uploading ACL files.
 MAX_ACL_FILES_PER_DATASITE = 10_000
 MAX_ACL_FILE_BYTES = MAX_ACL_BYTES  # --acl-dir files get the same bound as uploads
+# Longer than any file system allows (Linux's PATH_MAX): such a path names nothing anyone
+# can hold, and a decision about it would be kept in the decision cache, up to 8 MiB a key.
+MAX_PATH_BYTES = 4096
 
 
 def normalize_path(path: str) -> str:
@@ -64,6 +67,10 @@ class ACLStore:
         return sum(len(files) for files in self._files.values())
 
     def can_access(self, path: str, user: str, level: Access) -> bool:
+        """Whether ``user`` has ``level`` access to ``path``; a path over
+        :data:`MAX_PATH_BYTES` is denied before any check (nothing is cached for it)."""
+        if len(path) > MAX_PATH_BYTES or len(path.encode("utf-8", "replace")) > MAX_PATH_BYTES:
+            return False
         try:
             return self.tree.can_access(path, user, level)
         except ProtocolError:

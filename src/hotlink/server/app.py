@@ -12,8 +12,14 @@ handled one after another, its messages are forwarded in order.
 Limits against hostile or broken peers (all in :class:`RelayConfig`): a connection must
 send its HTTP request within ``header_timeout``; WebSocket connections are capped in total
 and per user (refused before the upgrade with 503 or 429 and a JSON body); a user may hold
-``max_sessions_per_user`` open sessions over all its connections; a failed ``accept()`` (out
-of file descriptors) is logged once per interval while asyncio retries every second.
+``max_sessions_per_user`` open sessions over all its connections; all connections together
+hold at most ``max_queued_bytes`` for their peers (see ``Relay._deliver``); a failed
+``accept()`` (out of file descriptors) is logged once per interval while asyncio retries
+every second.
+
+Log lines anyone can cause (bad input, refused upgrades, connections opened and closed) are
+budgeted per user and relay-wide (:mod:`.logbudget`), with a summary of what was left out;
+text from the network in them, and in Error replies, is clipped and escaped.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ import os
 import resource
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -39,11 +44,12 @@ from ..protocol.messages import HOTLINK_TYPES, HotlinkOpen, HotlinkReject, Messa
 from ..settings import ServerSettings
 from .acl_store import ACLStore
 from .auth import MIN_SECRET_BYTES, AuthError, dev_identity, token_identity, weak_secret
-from .decisions import ConnectionTable, Outcome, Send, error_reply
+from .decisions import ConnectionTable, Outcome, Send, clip_text, error_reply
 from .files import ACLUpload, FileHandler
 from .hub import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_USER,
+    DEFAULT_MAX_QUEUED_BYTES,
     DEFAULT_QUEUE_BYTES,
     DEFAULT_QUEUE_MESSAGES,
     DEFAULT_WRITE_TIMEOUT,
@@ -59,6 +65,7 @@ from .hub import (
     new_conn_id,
 )
 from .ice_headers import advertised_ice_servers, ice_headers, static_turn_password_ignored
+from .logbudget import LogBudget, summarize
 from .metrics import CONTENT_TYPE_LATEST, RelayMetrics
 from .router import IGNORED, TOO_MANY_SESSIONS, UNKNOWN_SESSION, HotlinkRouter
 
@@ -67,7 +74,15 @@ log = logging.getLogger("hotlink.server")
 MAX_MESSAGE_SIZE = 8 * 1024 * 1024  # PROTOCOL.md §1.10
 EVENTS_PATH = "/api/v1/events"
 FILE_TYPES = frozenset({MsgType.FILE_WRITE, MsgType.FILE_DELETE, MsgType.ACL_MANIFEST})
-BAD_INPUT_LOG_BURST = 20  # per connection per minute; the rest is counted, not logged
+# Log lines per minute (the rest are counted and reported in summary lines).
+BAD_INPUT_LOG_BURST = 20  # bad-input lines per user
+BAD_INPUT_LOG_TOTAL = 200  # bad-input lines of all users together
+CONNECTION_LOG_BURST = 5  # connections per user logged as "connected" and "disconnected"
+CONNECTION_LOG_TOTAL = 300  # connections of all users together
+AUTH_LOG_BURST = 5  # refused (401/403) upgrades per remote address
+AUTH_LOG_TOTAL = 60  # refused upgrades of all addresses together
+LOG_REPORT_INTERVAL = 10.0  # how often the summaries of left-out lines are written
+CLIENT_VERSION_CHARS = 60  # of the X-Syft-Version header, in the "connected" line
 # A slow or silent client may hold a socket this long before its HTTP request is complete
 # (and an idle keep-alive HTTP connection as long between requests).
 DEFAULT_HEADER_TIMEOUT = 10.0
@@ -88,33 +103,11 @@ class RelayConfig:
     max_sessions_per_user: int = DEFAULT_MAX_SESSIONS_PER_USER
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_connections_per_user: int = DEFAULT_MAX_CONNECTIONS_PER_USER
+    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     # Pings find dead peers so their sessions are cleaned up (the reference never pings).
     heartbeat: float | None = 30.0
     max_message_size: int = MAX_MESSAGE_SIZE
-
-
-class _BadInputLog:
-    """Log each bad input once, but at most a burst per minute per connection."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._window = 0.0
-        self._count = 0
-        self._suppressed = 0
-
-    def allow(self) -> tuple[bool, int]:
-        """(log this one?, how many were suppressed since the last logged one)."""
-        now = self._clock()
-        if now - self._window >= 60.0:
-            self._window = now
-            self._count = 0
-        if self._count < BAD_INPUT_LOG_BURST:
-            self._count += 1
-            suppressed, self._suppressed = self._suppressed, 0
-            return True, suppressed
-        self._suppressed += 1
-        return False, 0
 
 
 class Relay:
@@ -134,17 +127,24 @@ class Relay:
             data_relay_log=debug_log,
         )
         self.files = FileHandler(self.acls, self.connections)
-        self.hub = Hub()
+        self.hub = Hub(config.max_queued_bytes)
         self.admission = Admission(config.max_connections, config.max_connections_per_user)
         self._refusal_log = Throttle(LIMIT_LOG_INTERVAL)
-        self._bad_logs: dict[str, _BadInputLog] = {}
+        # Keyed by user (a reconnect does not start afresh), and by remote address for
+        # upgrades refused before there is a user.
+        self.bad_input_log = LogBudget(BAD_INPUT_LOG_BURST, BAD_INPUT_LOG_TOTAL)
+        self.connection_log = LogBudget(CONNECTION_LOG_BURST, CONNECTION_LOG_TOTAL)
+        self.auth_log = LogBudget(AUTH_LOG_BURST, AUTH_LOG_TOTAL)
+        self._reporter: asyncio.Task[None] | None = None
         self.app = web.Application()
         self.app[RELAY_KEY] = self
         self.app.router.add_get("/", self._root)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get(EVENTS_PATH, self._events)
+        self.app.on_startup.append(self._start_reports)
         self.app.on_shutdown.append(self._on_shutdown)
+        self.app.on_cleanup.append(self._stop_reports)
         if config.acl_dir is not None:
             self.preload_acls(config.acl_dir)
 
@@ -167,6 +167,7 @@ class Relay:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         self.metrics.sessions.set(len(self.router.sessions))
+        self.metrics.queued_bytes.set(self.hub.ledger.total)
         response = web.Response(body=self.metrics.render())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
@@ -191,16 +192,20 @@ class Relay:
             user = self._identify(request)
         except AuthError as exc:
             self.metrics.auth_failures.labels(exc.code).inc()
-            log.warning("refused WebSocket from %s: 401 %s", request.remote, exc.message)
+            if self.auth_log.allow(request.remote or ""):
+                log.warning(
+                    "refused WebSocket from %s: 401 %s", request.remote, clip_text(exc.message)
+                )
             return web.json_response(exc.body(), status=401)
         if not self._origin_allowed(request):
             self.metrics.auth_failures.labels("origin").inc()
-            log.warning(
-                "refused WebSocket from %s (%s): origin %s is not this host",
-                request.remote,
-                user,
-                request.headers.get("Origin"),
-            )
+            if self.auth_log.allow(request.remote or ""):
+                log.warning(
+                    "refused WebSocket from %s (%s): origin %s is not this host",
+                    request.remote,
+                    user,
+                    clip_text(request.headers.get("Origin", ""), 100),
+                )
             return web.Response(status=403, text="request origin not allowed\n")
         refusal = self.admission.admit(user)
         if refusal is not None:
@@ -249,24 +254,30 @@ class Relay:
             client_version=request.headers.get("X-Syft-Version", ""),
             remote=request.remote or "",
             transport=request.transport,
+            ledger=self.hub.ledger,
         )
         self.hub.add(conn)
         self.connections.add(conn.id, user)
         conn.start()
         self.metrics.connections.inc()
         self.metrics.connections_total.inc()
-        log.info(
-            "%r connected from %s (encoding %s%s)",
-            conn,
-            conn.remote,
-            encoding,
-            f", client version {conn.client_version}" if conn.client_version else "",
-        )
+        # A connection's two lines are logged together or not at all: the first few of a
+        # user per minute, so churn (connect, close, repeat) cannot fill the log.
+        announced = self.connection_log.allow(user)
+        if announced:
+            version = clip_text(conn.client_version, CLIENT_VERSION_CHARS)
+            log.info(
+                "%r connected from %s (encoding %s%s)",
+                conn,
+                conn.remote,
+                encoding,
+                f", client version {version}" if version else "",
+            )
         self._deliver([Send(conn.id, Message.new(System(ver=__version__, msg="ok")))])
         try:
             await self._read_loop(conn)
         finally:
-            await self._disconnect(conn)
+            await self._disconnect(conn, announced)
         return ws
 
     async def _read_loop(self, conn: Connection) -> None:
@@ -287,7 +298,7 @@ class Relay:
                         "closed with 1009 (message too big)",
                     )
                 else:
-                    log.info("%r: WebSocket error: %s", conn, exc)
+                    self._log_bad(conn, f"WebSocket error: {exc}", logging.INFO)
                 return
 
     def _handle_frame(self, conn: Connection, frame: bytes | str) -> ACLUpload | None:
@@ -297,12 +308,15 @@ class Relay:
             message = decode(frame)
         except ProtocolError as exc:
             self.metrics.bad_input.labels("decode").inc()
+            # The codec's message names the field, never the input; both are clipped anyway.
             self._log_bad(conn, f"dropped undecodable {kind} frame ({len(frame)} bytes): {exc}")
             self._deliver([error_reply(conn.id, 400, f"bad message: {exc}")])
             return None
         except Exception as exc:  # e.g. RecursionError from absurdly nested JSON
             self.metrics.bad_input.labels("decode").inc()
-            self._log_bad(conn, f"dropped undecodable {kind} frame ({len(frame)} bytes): {exc!r}")
+            self._log_bad(
+                conn, f"dropped undecodable {kind} frame ({len(frame)} bytes): {type(exc).__name__}"
+            )
             self._deliver([error_reply(conn.id, 400, "bad message: cannot decode")])
             return None
         self.metrics.received(message.typ, len(frame))
@@ -310,7 +324,12 @@ class Relay:
             outcome = self._route(conn, message)
         except Exception:
             self.metrics.internal_errors.inc()
-            log.exception("%r: internal error handling %s %s", conn, message.typ.name, message.id)
+            log.exception(
+                "%r: internal error handling %s %s",
+                conn,
+                message.typ.name,
+                clip_text(message.id, 60),
+            )
             self._deliver([error_reply(conn.id, 500, "internal server error")])
             return None
         if isinstance(outcome, ACLUpload):
@@ -366,25 +385,23 @@ class Relay:
 
     def _report(self, conn: Connection, message: Message, outcome: Outcome) -> None:
         if outcome.refusal is None:
-            if outcome.detail:
-                log.debug("%r: %s", conn, outcome.detail)
+            if outcome.detail and log.isEnabledFor(logging.DEBUG):
+                log.debug("%r: %s", conn, clip_text(outcome.detail))
             return
         self.metrics.rejects.labels(outcome.refusal).inc()
         if outcome.refusal == IGNORED:
-            log.debug("%r: %s", conn, outcome.detail)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%r: %s", conn, clip_text(outcome.detail))
             return
         # A message for a session that just ended is a normal race, not a misbehaving client.
         level = logging.INFO if outcome.refusal == UNKNOWN_SESSION else logging.WARNING
         self._log_bad(conn, f"{message.typ.name} {message.id}: {outcome.detail}", level)
 
     def _log_bad(self, conn: Connection, text: str, level: int = logging.WARNING) -> None:
-        limiter = self._bad_logs.setdefault(conn.id, _BadInputLog())
-        allowed, suppressed = limiter.allow()
-        if not allowed:
-            return
-        if suppressed:
-            log.log(level, "%r: (%d similar messages suppressed)", conn, suppressed)
-        log.log(level, "%r: %s", conn, text)
+        """One line about bad input from (or a dropped message for) ``conn``, within the
+        user's and the relay's budget; the text is clipped (it quotes the network)."""
+        if self.bad_input_log.allow(conn.user):
+            log.log(level, "%r: %s", conn, clip_text(text))
 
     def _deliver(
         self, sends: list[Send], received: tuple[Message, bytes | str] | None = None
@@ -401,6 +418,14 @@ class Relay:
         (Open fan-out, FileWrite, ACL manifest) that does not fit is dropped, as in the
         reference (PROTOCOL.md §1.10), and the receiver kept: it says nothing about the
         receiver's sessions, whose direct traffic must not be cut by a third party.
+
+        Beyond each receiver's own bound, all connections together hold at most
+        ``max_queued_bytes`` (queued plus socket buffers, see ``hub.QueuedBytes``). A
+        broadcast that would go over it is dropped; a direct send that would go over it
+        disconnects its receiver if that one holds more than its fair share (the bound over
+        the number of connections, at least ``hub.FAIR_SHARE_FLOOR``), and is queued
+        otherwise, so a stream that keeps within its window is never cut for the relay's
+        total while the readers that hoard are.
 
         Every receiver of one encoding gets the same bytes object (see ``hub``), and a
         forwarded message goes out as the very frame it came in as when the receiver uses
@@ -431,39 +456,53 @@ class Relay:
                     log.exception("%r: cannot encode %s", target, send.message.typ.name)
                     continue
                 frames[key] = frame
+            # A frame some connection holds already costs nothing more (see hub.QueuedBytes).
+            cost = self.hub.ledger.cost(frame)
+            if cost and self.hub.over_budget(cost):
+                if send.broadcast:
+                    self.metrics.budget_drops.inc()
+                    self._drop_broadcast(target, send.message, "the relay's queued bytes")
+                    continue
+                if target.backlog + len(frame) > self.hub.fair_share():
+                    self.metrics.budget_disconnects.inc()
+                    self._drop_slow_reader(target, send.message, "relay over its queued bytes")
+                    continue
             if target.try_put(frame):
                 self.metrics.relayed(send.message.typ, len(frame))
             elif send.broadcast:
-                self._drop_broadcast(target, send.message)
+                self._drop_broadcast(target, send.message, "send queue")
             else:
-                self._drop_slow_reader(target, send.message)
+                self._drop_slow_reader(target, send.message, "send queue full")
 
-    def _drop_broadcast(self, target: Connection, message: Message) -> None:
+    def _drop_broadcast(self, target: Connection, message: Message, full: str) -> None:
         self.metrics.queue_drops.inc()
         self.metrics.broadcast_drops.inc()
         self._log_bad(
             target,
-            f"send queue full ({len(target.queue)} messages, {target.backlog} bytes); "
-            f"dropped broadcast {message.typ.name} {message.id}",
+            f"{full} full ({len(target.queue)} messages, {target.backlog} bytes queued here, "
+            f"{self.hub.ledger.total} in all); dropped broadcast {message.typ.name} "
+            f"{clip_text(message.id, 40)}",
         )
 
-    def _drop_slow_reader(self, target: Connection, message: Message) -> None:
+    def _drop_slow_reader(self, target: Connection, message: Message, reason: str) -> None:
         self.metrics.queue_drops.inc()
         self.metrics.slow_disconnects.inc()
         log.warning(
-            "%r: send queue full (%d messages, %d bytes) for %s; disconnecting the slow reader",
+            "%r: %s (%d messages, %d bytes queued here, %d in all) for %s; "
+            "disconnecting the slow reader",
             target,
+            reason,
             len(target.queue),
             target.backlog,
+            self.hub.ledger.total,
             message.typ.name,
         )
         # kill only starts the close (in its own task); this read loop goes on at once.
-        target.kill("send queue full")
+        target.kill(reason)
 
-    async def _disconnect(self, conn: Connection) -> None:
+    async def _disconnect(self, conn: Connection, announced: bool = True) -> None:
         self.hub.remove(conn.id)
         self.connections.remove(conn.id)
-        self._bad_logs.pop(conn.id, None)
         self.metrics.connections.dec()
         try:
             # Peers hear of their ended sessions before this connection's own close, which
@@ -476,16 +515,48 @@ class Relay:
             outcome = Outcome()
         await conn.finish()
         self.metrics.sessions.set(len(self.router.sessions))
+        if not announced:
+            return
         reason = conn.close_reason or f"close code {conn.ws.close_code}"
         log.info(
             "%r disconnected (%s); %d session message(s) sent to peers",
             conn,
-            reason,
+            clip_text(reason),
             len(outcome.sends),
         )
 
     async def _on_shutdown(self, app: web.Application) -> None:
         self.hub.kill_all("server shutdown", WSCloseCode.GOING_AWAY)
+
+    # ------------------------------------------------------------ log summaries
+
+    def report_skipped_lines(self, *, everything: bool = False) -> None:
+        """Write how many log lines each budget left out (windows that ended, or all)."""
+        for budget, what in (
+            (self.connection_log, "connections"),
+            (self.bad_input_log, "bad-input lines"),
+            (self.auth_log, "refused upgrades"),
+        ):
+            skipped = budget.flush() if everything else budget.due()
+            for line in summarize(skipped, what):
+                log.info("%s", clip_text(line, 400))
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_REPORT_INTERVAL)
+            self.report_skipped_lines()
+            self.hub.refresh()
+
+    async def _start_reports(self, app: web.Application) -> None:
+        self._reporter = asyncio.create_task(self._report_loop(), name="relay-log-reports")
+
+    async def _stop_reports(self, app: web.Application) -> None:
+        # After every handler ended (aiohttp's cleanup order), so their lines are counted.
+        if self._reporter is not None:
+            self._reporter.cancel()
+            await asyncio.gather(self._reporter, return_exceptions=True)
+            self._reporter = None
+        self.report_skipped_lines(everything=True)
 
 
 def _encode_frame(message: Message, encoding: Encoding) -> Frame:

@@ -14,18 +14,18 @@ same 401 as any invalid email, and ``hotlink token issue`` will not mint a token
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 import warnings
 from collections.abc import Mapping
-from email.errors import HeaderParseError
-from email.headerregistry import Address
 
 import jwt
 from jwt.warnings import InsecureKeyLengthWarning
 
 from ..protocol.acl import identity_problem
+
+# The identity rule lives in protocol/ so the client can check an email before connecting.
+from ..protocol.identity import is_valid_email, is_valid_identity
 
 INVALID_REQUEST = "E_INVALID_REQUEST"
 INVALID_CREDENTIALS = "E_AUTH_INVALID_CREDENTIALS"
@@ -35,8 +35,6 @@ TOKEN_ISSUER = "hotlink"
 # The reference signs HS256 and verifies any HMAC; asymmetric or "none" tokens never pass.
 ACCEPTED_ALGORITHMS = ["HS256", "HS384", "HS512"]
 
-_EMAIL_SHAPE = re.compile(r"^[^\s@]+@[^\s@]+\.[^\s@]+$")
-MAX_EMAIL_LENGTH = 254
 MIN_SECRET_BYTES = 32  # RFC 7518 §3.2 for HS256; shorter secrets work but are warned about
 
 
@@ -55,21 +53,6 @@ class AuthError(Exception):
 
     def body(self) -> dict[str, str]:
         return {"code": self.code, "error": self.message}
-
-
-def is_valid_email(value: str) -> bool:
-    """The reference's rule: an RFC 5322 address *and* ``^[^\\s@]+@[^\\s@]+\\.[^\\s@]+$``."""
-    if not value or len(value) > MAX_EMAIL_LENGTH or not _EMAIL_SHAPE.match(value):
-        return False
-    try:
-        return Address(addr_spec=value).addr_spec == value
-    except (ValueError, HeaderParseError, IndexError):
-        return False
-
-
-def is_valid_identity(value: str) -> bool:
-    """A valid email (:func:`is_valid_email`) with no character ACL patterns read."""
-    return is_valid_email(value) and identity_problem(value) is None
 
 
 def dev_identity(query: Mapping[str, str]) -> str:

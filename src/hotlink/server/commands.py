@@ -1,157 +1,121 @@
 """CLI commands of the server (registered on the main typer app by ``hotlink.cli``).
 
 ``hotlink server`` runs the relay; ``hotlink token issue`` mints an access token for token
-mode. Settings come from the SYFTBOX_* environment once, and flags override them.
+mode. The relay's flags come from the settings table (:data:`hotlink.settings.SERVER_SPECS`);
+settings are layered defaults < ``--config`` < environment < flags. A user error (a bad
+setting, a config file that does not parse, an address it cannot listen on) ends the process
+with one line and exit code 2.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
+import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+from ..cli_options import extra_option, settings_command
+from ..settings import P_CONFIG, P_LISTEN, SERVER_SPECS
 
+EXIT_SETTINGS = 2
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
-    # aiohttp's own access/server chatter is noise next to our per-connection lines.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+log = logging.getLogger("hotlink.server")
 
+# Errors of bind(): the address is taken, not ours, or not allowed (a low port, say).
+_LISTEN_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.EPERM})
 
-def server(
-    host: Annotated[
-        str | None, typer.Option(help="Bind address (default: SYFTBOX_HTTP_ADDR or localhost).")
-    ] = None,
-    port: Annotated[
-        int | None,
-        typer.Option(help="Port (default: SYFTBOX_HTTP_ADDR or 8080; 0 picks a free one)."),
-    ] = None,
-    acl_dir: Annotated[
+# RelayConfig's names for the limits the settings call otherwise.
+_LIMITS = {
+    "queue_size": "queue_messages",
+    "queue_bytes": "queue_bytes",
+    "max_queued_bytes": "max_queued_bytes",
+    "max_connections": "max_connections",
+    "max_connections_per_user": "max_connections_per_user",
+    "max_sessions_per_user": "max_sessions_per_user",
+    "header_timeout": "header_timeout",
+}
+
+_EXTRAS = [
+    extra_option(
+        "config",
         Path | None,
-        typer.Option(help="Preload ACLs: DIR/<email>/.../syft.pub.yaml (datasite-relative)."),
-    ] = None,
-    auth_secret: Annotated[
-        str | None,
-        typer.Option(help="Token mode with this HS256 secret (else SYFTBOX_AUTH_* decide)."),
-    ] = None,
-    turn_secret: Annotated[
-        str | None,
-        typer.Option(help="TURN shared secret: advertise short-lived TURN REST credentials."),
-    ] = None,
-    ice_servers: Annotated[
-        str | None,
-        typer.Option(help="ICE servers to advertise (default: SYFTBOX_HOTLINK_ICE_SERVERS)."),
-    ] = None,
-    debug: Annotated[
-        bool, typer.Option(help="Log the hotlink data relay trace (SYFTBOX_HOTLINK_DEBUG=1).")
-    ] = False,
-    ready_file: Annotated[
+        "--config",
+        help="TOML config file; keys are the flag names with _ for - (port = 8443), "
+        "optionally under \\[server]. \\[env: SYFTBOX_HOTLINK_CONFIG]",
+        panel=P_CONFIG,
+    ),
+    extra_option(
+        "ready_file",
         Path | None,
-        typer.Option(help="Write {pid, host, port} as JSON here once listening (for tests)."),
-    ] = None,
-    send_timeout: Annotated[
+        "--ready-file",
+        help="Write {pid, host, port} as JSON here once listening (for scripts and tests).",
+        panel=P_LISTEN,
+    ),
+    # Accepted so existing command lines keep working, but unused: the relay never waits
+    # for room in a receiver's queue (a receiver that overflows it is dropped).
+    extra_option(
+        "send_timeout",
         float | None,
-        # Accepted so existing command lines keep working, but unused: the relay never
-        # waits for room in a receiver's queue (a receiver that overflows it is dropped).
-        typer.Option(help="Unused (the relay never waits for a slow receiver).", hidden=True),
-    ] = None,
-    queue_size: Annotated[
-        int | None,
-        typer.Option(
-            help="Messages per connection send queue (default 16384); a receiver whose queue "
-            "overflows is disconnected as a slow reader.",
-            min=1,
-        ),
-    ] = None,
-    queue_bytes: Annotated[
-        int | None,
-        typer.Option(
-            help="Bytes per connection held for its peer, queued or in the socket buffer "
-            "(default 64 MiB).",
-            min=1,
-        ),
-    ] = None,
-    max_connections: Annotated[
-        int | None,
-        typer.Option(
-            help="WebSocket connections in total (default 10000); more are refused with 503.",
-            min=1,
-        ),
-    ] = None,
-    max_connections_per_user: Annotated[
-        int | None,
-        typer.Option(
-            help="WebSocket connections per user (default 8); more are refused with 429.", min=1
-        ),
-    ] = None,
-    max_sessions_per_user: Annotated[
-        int | None,
-        typer.Option(
-            help="Open hotlink sessions per user over all its connections (default 4096); "
-            "more Opens get Reject 'too many sessions'.",
-            min=1,
-        ),
-    ] = None,
-    header_timeout: Annotated[
-        float | None,
-        typer.Option(
-            help="Seconds a connection may take to send its HTTP request (default 10).",
-            min=0.1,
-        ),
-    ] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
-) -> None:
-    """Run the SyftBox-compatible hotlink relay server."""
-    from ..settings import ServerSettings, SettingsError
+        "--send-timeout",
+        help="Unused (the relay never waits for a slow receiver).",
+        panel=P_LISTEN,
+        hidden=True,
+    ),
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    from ..logs import report_fatal
+
+    report_fatal(message, "hotlink.server")
+    return typer.Exit(EXIT_SETTINGS)
+
+
+def _run(flags: dict[str, object], extras: dict[str, Any]) -> None:
+    from ..config_file import config_path, read_config_file
+    from ..logs import SERVER_QUIET, setup_logging
+    from ..settings import ServerSettings, SettingsError, Source
     from .app import RelayConfig, run
 
-    _setup_logging(log_level)
+    env = os.environ
     try:
-        settings = ServerSettings.from_env(os.environ)
-        changes: dict[str, object] = {}
-        if host is not None:
-            changes["host"] = host
-        if port is not None:
-            changes["port"] = port
-        if auth_secret:
-            changes.update(auth_enabled=True, access_token_secret=auth_secret)
-        if turn_secret:
-            changes["turn_secret"] = turn_secret
-        if ice_servers is not None:
-            changes["ice_servers_raw"] = ice_servers
-        if debug:
-            changes["debug"] = True
-        settings = dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
+        files: list[Source] = []
+        ours = config_path(extras["config"], env)
+        if ours is not None:
+            files.append(read_config_file(ours, "server"))
+        settings = ServerSettings.load(env, files=files, flags=flags)
         settings.check()
     except SettingsError as exc:
-        typer.echo(f"hotlink server: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise _fail(str(exc)) from None
+    setup_logging(settings.effective_log_level, settings.effective_log_format, quiet=SERVER_QUIET)
+    acl_dir = Path(settings.acl_dir).expanduser() if settings.acl_dir else None
     if acl_dir is not None and not acl_dir.is_dir():
-        typer.echo(f"hotlink server: --acl-dir {acl_dir} is not a directory", err=True)
-        raise typer.Exit(2)
-    if send_timeout is not None:
-        logging.getLogger("hotlink.server").info(
-            "--send-timeout is ignored: the relay never waits for a slow receiver"
-        )
+        raise _fail(f"--acl-dir {acl_dir} is not a directory")
+    if extras["send_timeout"] is not None:
+        log.info("--send-timeout is ignored: the relay never waits for a slow receiver")
     limits = {
-        "queue_messages": queue_size,
-        "queue_bytes": queue_bytes,
-        "max_connections": max_connections,
-        "max_connections_per_user": max_connections_per_user,
-        "max_sessions_per_user": max_sessions_per_user,
-        "header_timeout": header_timeout,
+        name: getattr(settings, key)
+        for key, name in _LIMITS.items()
+        if getattr(settings, key) is not None
     }
-    config = RelayConfig(settings=settings, acl_dir=acl_dir)
-    config = dataclasses.replace(
-        config,
-        **{name: value for name, value in limits.items() if value is not None},  # type: ignore[arg-type]
-    )
-    run(config, ready_file=ready_file)
+    config = dataclasses.replace(RelayConfig(settings=settings, acl_dir=acl_dir), **limits)
+    try:
+        run(config, ready_file=extras["ready_file"])
+    except OSError as exc:
+        if isinstance(exc, socket.gaierror) or exc.errno in _LISTEN_ERRORS:
+            # asyncio's strerror repeats the address; the errno's own words say it best.
+            if isinstance(exc, socket.gaierror) or not exc.errno:
+                reason = exc.strerror or str(exc)
+            else:
+                reason = os.strerror(exc.errno)
+            reason = reason[:1].lower() + reason[1:]
+            raise _fail(f"cannot listen on {settings.http_addr}: {reason}") from None
+        raise
 
 
 token_app = typer.Typer(help="Access tokens for token mode.", no_args_is_help=True)
@@ -180,6 +144,16 @@ def token_issue(
     except ValueError as exc:
         typer.echo(f"hotlink token issue: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+server = settings_command(
+    "server",
+    "Run the SyftBox-compatible hotlink relay server.\n\n"
+    "Settings: defaults < --config FILE < environment < flags.",
+    SERVER_SPECS,
+    _EXTRAS,
+    _run,
+)
 
 
 def register(app: typer.Typer) -> None:

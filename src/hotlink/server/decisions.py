@@ -14,6 +14,25 @@ from ..protocol.messages import Error, Message
 
 ConnId = str
 
+MAX_TEXT_CHARS = 200
+"""Length of any text the relay sends in an Error reply or writes in a bad-input log line.
+
+Details name ids, paths and reasons that came from the network; each is already shortened
+where it is made, and this cut is the last line of defence (an 8 MiB session id would
+otherwise become an 8 MiB log line and reply).
+"""
+
+
+def clip_text(text: str, limit: int = MAX_TEXT_CHARS) -> str:
+    """``text`` at most ``limit`` characters long, with control and other unprintable
+    characters escaped so that input cannot start a forged log line or reorder one."""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    if text.isprintable():
+        return text
+    escaped = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
+
 
 @dataclass(frozen=True, slots=True)
 class Send:
@@ -54,8 +73,12 @@ class Outcome:
 
 
 def error_reply(conn: ConnId, code: int, text: str, *, path: str = "") -> Send:
-    """A server-originated ``Error`` (fresh id) to one connection."""
-    return Send(conn, Message.new(Error(cod=code, pth=path, msg=text)))
+    """A server-originated ``Error`` (fresh id) to one connection; ``text`` is clipped.
+
+    ``path`` goes back whole: it is the sender's own path, which its client matches to the
+    file it wrote.
+    """
+    return Send(conn, Message.new(Error(cod=code, pth=path, msg=clip_text(text))))
 
 
 class ConnectionTable:

@@ -11,12 +11,16 @@ sends) or the frame (broadcasts).
 
 The byte bound covers what a connection holds in its queue *and* in its socket's write
 buffer (a peer that stops reading leaves the last frames there), so memory per connection
-stays under the bound whatever the clients do. A frame is encoded once and the very same
-bytes object is queued for every receiver; aiohttp writes a frame over 16 KiB to the
-transport as is, and Python's socket transports keep a reference to unsent data, not a
-copy, so a large broadcast to many idle readers costs one frame, not one per reader. Text
-(JSON) frames are kept as UTF-8 bytes (:class:`TextFrame`) for the same reason: sending a
-``str`` would encode a fresh copy per connection.
+stays under the bound whatever the clients do. A :class:`QueuedBytes` ledger adds these up
+over all connections for the relay-wide bound (``--max-queued-bytes``): every connection
+can be within its own bound while thousands of them together exhaust the machine.
+
+A frame is encoded once and the very same bytes object is queued for every receiver;
+aiohttp writes a frame over 16 KiB to the transport as is, and Python's socket transports
+keep a reference to unsent data, not a copy, so a large broadcast to many idle readers
+costs one frame, not one per reader. Text (JSON) frames are kept as UTF-8 bytes
+(:class:`TextFrame`) for the same reason: sending a ``str`` would encode a fresh copy per
+connection.
 
 :class:`Admission` caps WebSocket connections in total and per user;
 :func:`accept_error_handler` turns the event loop's report of a failed ``accept()`` (out
@@ -62,6 +66,15 @@ Frame = bytes  # a binary frame, or a TextFrame
 DEFAULT_QUEUE_MESSAGES = 16384
 DEFAULT_QUEUE_BYTES = 64 * 1024 * 1024
 DEFAULT_WRITE_TIMEOUT = 20.0  # the reference's per-message write timeout
+# All connections together: over it broadcasts are dropped, and a direct send to a
+# connection holding more than its share (the bound over the connections, at least the
+# floor) disconnects that connection as a slow reader.
+DEFAULT_MAX_QUEUED_BYTES = 1024 * 1024 * 1024
+FAIR_SHARE_FLOOR = 16 * 1024 * 1024
+# Socket buffers drain without telling us, so the ledger keeps written frames until it looks
+# again (never less than the truth); before refusing anything for it, it looks at every
+# connection's buffer, at most this often.
+LEDGER_REFRESH_INTERVAL = 0.1
 CLOSE_TIMEOUT = 2.0
 # A client daemon holds one connection; a few more cover reconnects the relay has not yet
 # noticed as closed (a dead peer is found by the heartbeat) and tools run by the same user.
@@ -76,16 +89,63 @@ def new_conn_id() -> str:
     return secrets.token_hex(4)
 
 
+class QueuedBytes:
+    """What all connections hold for their peers: the frames in their queues and the frames
+    still (partly) in their sockets' write buffers, each distinct frame counted once.
+
+    A broadcast is one bytes object queued for every receiver (see the module's notes), so
+    it costs the relay its size once, however many receivers hold it; direct sends are
+    distinct frames and add up. A frame is held (:meth:`hold`) once per holder and counted
+    while anyone holds it; the ledger keeps a reference to it, so its ``id`` stays its own.
+    A frame partly sent still counts whole: the figure is never less than the truth.
+    """
+
+    def __init__(self, limit: int = DEFAULT_MAX_QUEUED_BYTES) -> None:
+        self.limit = limit
+        self.total = 0
+        self._held: dict[int, tuple[Frame, int]] = {}
+
+    def __len__(self) -> int:
+        """How many distinct frames are held."""
+        return len(self._held)
+
+    def cost(self, frame: Frame) -> int:
+        """What holding ``frame`` once more adds: nothing when someone holds it already."""
+        return 0 if id(frame) in self._held else len(frame)
+
+    def hold(self, frame: Frame) -> None:
+        key = id(frame)
+        entry = self._held.get(key)
+        if entry is None:
+            self._held[key] = (frame, 1)
+            self.total += len(frame)
+        else:
+            self._held[key] = (frame, entry[1] + 1)
+
+    def release(self, frame: Frame) -> None:
+        key = id(frame)
+        held, count = self._held[key]
+        if count > 1:
+            self._held[key] = (held, count - 1)
+        else:
+            del self._held[key]
+            self.total -= len(frame)
+
+
 class SendQueue:
     """A FIFO of frames bounded by count and total size; one frame always fits when empty.
 
     Only the writer waits (in ``get``, which returns None once the queue is closed); a
-    producer gets a yes or no from ``try_put`` at once.
+    producer gets a yes or no from ``try_put`` at once. ``ledger`` (if any) is kept in step
+    with the bytes queued here.
     """
 
-    def __init__(self, max_messages: int, max_bytes: int) -> None:
+    def __init__(
+        self, max_messages: int, max_bytes: int, ledger: QueuedBytes | None = None
+    ) -> None:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
+        self._ledger = ledger
         self._frames: deque[Frame] = deque()
         self._bytes = 0
         self._closed = False
@@ -116,6 +176,8 @@ class SendQueue:
             return False
         self._frames.append(frame)
         self._bytes += len(frame)
+        if self._ledger is not None:
+            self._ledger.hold(frame)
         self._readable.set()
         return True
 
@@ -127,11 +189,16 @@ class SendQueue:
             await self._readable.wait()
         frame = self._frames.popleft()
         self._bytes -= len(frame)
+        if self._ledger is not None:
+            self._ledger.release(frame)
         return frame
 
     def close(self) -> None:
         """Stop accepting frames and drop what is queued (the connection is going away)."""
         self._closed = True
+        if self._ledger is not None:
+            for frame in self._frames:
+                self._ledger.release(frame)
         self._frames.clear()
         self._bytes = 0
         self._readable.set()
@@ -151,12 +218,19 @@ class Connection:
         client_version: str = "",
         remote: str = "",
         transport: asyncio.Transport | None = None,
+        ledger: QueuedBytes | None = None,
     ) -> None:
         self.id = conn_id
         self.user = user
         self.encoding = encoding
         self.ws = ws
-        self.queue = SendQueue(queue_messages, queue_bytes)
+        self.queue = SendQueue(queue_messages, queue_bytes, ledger)
+        self._ledger = ledger
+        # The last frames written, oldest first, as many as the socket's write buffer may
+        # still hold part of (held in the ledger until the buffer no longer can), and the
+        # sum of their sizes.
+        self._written: deque[Frame] = deque()
+        self._written_bytes = 0
         self.write_timeout = write_timeout
         self.client_version = client_version
         self.remote = remote
@@ -189,9 +263,29 @@ class Connection:
         """Bytes this connection holds for its peer: queued plus unsent."""
         return self.queue.nbytes + self.unsent
 
+    def note_unsent(self) -> int:
+        """Look at the socket's write buffer now and let go of the written frames it can no
+        longer hold any part of; returns its size.
+
+        The buffer holds the tail of what was written, so the frames kept are the newest
+        ones that together cover it. Called after each write and whenever this connection
+        is given a frame or the relay checks its bound, so the ledger counts at least what
+        the buffers hold.
+        """
+        unsent = self.unsent
+        written = self._written
+        while written and self._written_bytes - len(written[0]) >= unsent:
+            self._let_go(written.popleft())
+        return unsent
+
+    def _let_go(self, frame: Frame) -> None:
+        self._written_bytes -= len(frame)
+        if self._ledger is not None:
+            self._ledger.release(frame)
+
     def try_put(self, frame: Frame) -> bool:
         """Queue ``frame`` unless the queue and the socket buffer together are full."""
-        return self.queue.try_put(frame, self.unsent)
+        return self.queue.try_put(frame, self.note_unsent())
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.id}")
@@ -201,6 +295,12 @@ class Connection:
             frame = await self.queue.get()
             if frame is None:
                 return
+            # The frame leaves the queue and enters the socket's buffer: held in the ledger
+            # the whole time (the write may wait for a peer that never reads).
+            self._written.append(frame)
+            self._written_bytes += len(frame)
+            if self._ledger is not None:
+                self._ledger.hold(frame)
             try:
                 async with asyncio.timeout(self.write_timeout):
                     if isinstance(frame, TextFrame):
@@ -216,6 +316,7 @@ class Connection:
                 # was, this connection cannot be written to any more, so close it.
                 self.kill(f"write failed: {exc!r}")
                 return
+            self.note_unsent()
 
     def kill(self, reason: str, code: int = WSCloseCode.TRY_AGAIN_LATER) -> None:
         """Start closing this connection (idempotent). The owner awaits it in ``finish``."""
@@ -274,13 +375,47 @@ class Connection:
             self._writer.cancel()
         tasks = [t for t in (self._writer, self._closer) if t is not None]
         await asyncio.gather(*tasks, return_exceptions=True)
+        # The socket is closed or aborted: it holds nothing for the ledger any more.
+        while self._written:
+            self._let_go(self._written.popleft())
 
 
 class Hub:
-    """The live connections by id (the ConnectionTable knows their users)."""
+    """The live connections by id (the ConnectionTable knows their users), and the
+    relay-wide bound on what they hold for their peers (:class:`QueuedBytes`)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
+        *,
+        fair_share_floor: int = FAIR_SHARE_FLOOR,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._conns: dict[str, Connection] = {}
+        self.ledger = QueuedBytes(max_queued_bytes)
+        self.fair_share_floor = fair_share_floor
+        self._clock = clock
+        self._refreshed = float("-inf")
+
+    def over_budget(self, extra: int) -> bool:
+        """Whether ``extra`` more bytes would take the relay over its queued-bytes bound."""
+        ledger = self.ledger
+        if ledger.total + extra <= ledger.limit:
+            return False
+        if self._clock() - self._refreshed >= LEDGER_REFRESH_INTERVAL:
+            self.refresh()
+        return ledger.total + extra > ledger.limit
+
+    def refresh(self) -> None:
+        """Look at every connection's socket buffer, letting go of the frames sent since
+        (also done now and then while idle, so the gauge does not stay high)."""
+        self._refreshed = self._clock()
+        for conn in self._conns.values():
+            conn.note_unsent()
+
+    def fair_share(self) -> int:
+        """What one connection may hold while the relay is over its bound."""
+        return max(self.ledger.limit // max(1, len(self._conns)), self.fair_share_floor)
 
     def add(self, conn: Connection) -> None:
         self._conns[conn.id] = conn

@@ -81,6 +81,23 @@ class RelayMetrics:
             "Connections closed because a direct message did not fit their send queue",
             registry=r,
         )
+        self.queued_bytes = Gauge(
+            "hotlink_queued_bytes",
+            "Bytes all connections hold for their peers, queued or in socket buffers "
+            "(a frame shared by several receivers counted once)",
+            registry=r,
+        )
+        self.budget_drops = Counter(
+            "hotlink_budget_broadcast_drops",
+            "Broadcasts dropped because the relay held --max-queued-bytes",
+            registry=r,
+        )
+        self.budget_disconnects = Counter(
+            "hotlink_budget_disconnects",
+            "Connections closed because the relay held --max-queued-bytes and they held more "
+            "than their share",
+            registry=r,
+        )
         self.internal_errors = Counter(
             "hotlink_internal_errors", "Unexpected exceptions while handling a message", registry=r
         )

@@ -12,6 +12,13 @@ Where we differ from the reference, and why:
   accepted connections. Before anyone accepted, a user the Open was (or would have been)
   offered to is a participant too, so a receiver may refuse without accepting first; once
   a connection accepted, a bystander who was merely offered the Open can no longer end it.
+* An accepted connection that Closes, Rejects or disconnects leaves the session; the
+  opener hears of it only when no accepted connection remains, so in a session several
+  readers accepted, one leaving does not end the stream for the others.
+* An Open's path, session id and target are bounded (:data:`MAX_PATH_BYTES`,
+  :data:`MAX_SID_CHARS`, :data:`MAX_TARGET_CHARS`): a session keeps them for its life and
+  the path is sent to every reader, so an unbounded one costs memory per session and per
+  receiver.
 * A message for a session the sender is not part of gets ``Error{cod:403}`` rather than a
   silent drop, so a confused client learns why; clients ignore Error, so it cannot upset a
   well-behaved peer.
@@ -35,6 +42,7 @@ from ..protocol.messages import (
     HotlinkSignal,
     Message,
 )
+from .acl_store import MAX_PATH_BYTES
 from .decisions import ConnectionTable, ConnId, Outcome, error_reply
 from .sessions import Session, SessionStore
 
@@ -43,6 +51,8 @@ PERMISSION_DENIED = "permission denied"
 UNKNOWN_SESSION = "unknown session"
 ALREADY_ACCEPTED = "already accepted"
 TOO_MANY_SESSIONS = "too many sessions"
+PATH_TOO_LONG = "path too long"
+BAD_SESSION_ID = "invalid session id"
 DISCONNECTED = "disconnected"
 SUPERSEDED = "superseded"
 SIGNAL_ERROR_KIND = "webrtc_error"
@@ -53,6 +63,9 @@ NOT_SENDER = "not sender"
 IGNORED = "ignored"
 
 DEFAULT_MAX_SESSIONS_PER_CONN = 1024
+# Clients make 16-character ids and refuse signals whose sid is longer than 256.
+MAX_SID_CHARS = 256
+MAX_TARGET_CHARS = 254  # the longest email address
 
 
 class AccessPolicy(Protocol):
@@ -111,7 +124,7 @@ class HotlinkRouter:
                     out.send(peer, _closed(session.sid))
         for session in self.sessions.accepted_by(conn):
             self.sessions.unaccept(session, conn)
-            if session.from_conn != conn:
+            if session.from_conn != conn and not session.accepted:
                 out.send(session.from_conn, _closed(session.sid))
         return out
 
@@ -119,6 +132,32 @@ class HotlinkRouter:
 
     def _open(self, conn: ConnId, user: str, message: Message, p: HotlinkOpen) -> Outcome:
         out = Outcome()
+        if len(p.sid) > MAX_SID_CHARS:
+            return self._reject_to(
+                out,
+                conn,
+                p.sid,
+                BAD_SESSION_ID,
+                f"open: a session id of {len(p.sid)} characters (at most {MAX_SID_CHARS})",
+            )
+        # Checked before any work on it: every reader would be sent the path, and the
+        # session and the ACL decision cache keep it.
+        if len(p.pth) > MAX_PATH_BYTES or len(p.pth.encode("utf-8")) > MAX_PATH_BYTES:
+            return self._reject_to(
+                out,
+                conn,
+                p.sid,
+                PATH_TOO_LONG,
+                f"open {p.sid}: a path of {len(p.pth)} characters (at most {MAX_PATH_BYTES} bytes)",
+            )
+        if len(p.to) > MAX_TARGET_CHARS:
+            return self._reject_to(
+                out,
+                conn,
+                p.sid,
+                PERMISSION_DENIED,
+                f"open {p.sid}: a target of {len(p.to)} characters is no user",
+            )
         # The session, the checks and the forwarded Open all use the normalised path, so a
         # receiver sees the path that was judged (``a/./b``, ``/a//b`` and ``a/b`` are one).
         try:
@@ -214,10 +253,7 @@ class HotlinkRouter:
             return out.refuse(IGNORED, f"reject of unknown session {p.sid}")
         if user == session.from_user:
             return out.refuse(IGNORED, f"reject {p.sid} from the opener's own user")
-        if not self._participates(session, conn, user):
-            return self._not_participant(out, conn, user, "reject", p.sid)
-        out.send(session.from_conn, message)
-        return out
+        return self._leave(out, session, conn, user, message, "reject")
 
     def _data(self, conn: ConnId, user: str, message: Message, p: HotlinkData) -> Outcome:
         out = Outcome()
@@ -256,10 +292,7 @@ class HotlinkRouter:
             for peer in session.accepted:
                 out.send(peer, message)
             return out
-        if self.sessions.unaccept(session, conn) or self._participates(session, conn, user):
-            out.send(session.from_conn, message)
-            return out
-        return self._not_participant(out, conn, user, "close", p.sid)
+        return self._leave(out, session, conn, user, message, "close")
 
     def _signal(self, conn: ConnId, user: str, message: Message, p: HotlinkSignal) -> Outcome:
         out = Outcome()
@@ -276,6 +309,26 @@ class HotlinkRouter:
             out.send(session.from_conn, message)
             return out
         return self._not_participant(out, conn, user, f"signal {p.knd}", p.sid)
+
+    def _leave(
+        self, out: Outcome, session: Session, conn: ConnId, user: str, message: Message, what: str
+    ) -> Outcome:
+        """A receiver's Reject or Close: an acceptor leaves the session, and the opener hears
+        of it when nobody accepted remains; before anyone accepted, an offered user refuses
+        the Open for the opener to hear."""
+        if self.sessions.unaccept(session, conn):
+            if session.accepted:
+                out.detail = (
+                    f"{what} {session.sid}: {user} left; "
+                    f"{len(session.accepted)} accepted connection(s) remain"
+                )
+                return out
+            out.send(session.from_conn, message)
+            return out
+        if self._participates(session, conn, user):
+            out.send(session.from_conn, message)
+            return out
+        return self._not_participant(out, conn, user, what, session.sid)
 
     # ------------------------------------------------------------ helpers
 

@@ -256,6 +256,14 @@ class AiortcPeer(PeerBase):
         except AttributeError:
             return self.selected_candidate_type(), None
 
+    def round_trip_time(self) -> float | None:
+        # RTCSctpTransport's smoothed RTT (RFC 4960 6.3.1, seconds): aiortc's getStats()
+        # reports RTP streams only, so this private field is the one real measure it has.
+        if self._closed or self._pc.sctp is None:
+            return None
+        srtt = getattr(self._pc.sctp, "_srtt", None)
+        return float(srtt) if isinstance(srtt, int | float) and srtt > 0 else None
+
     # ------------------------------------------------------------ teardown
 
     async def close(self) -> None:

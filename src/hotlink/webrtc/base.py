@@ -212,6 +212,16 @@ class Peer(ABC):
         """
         return self.selected_candidate_type(), None
 
+    def round_trip_time(self) -> float | None:
+        """The path's round trip in seconds as the library measured it, or None.
+
+        Only a measured value, never a guess: aiortc's SCTP keeps a smoothed RTT from its
+        DATA/SACK exchanges (so only a side that sends data has one); libdatachannel's C API
+        has no RTT getter (only its C++ ``PeerConnection::rtt()`` does), so it reports None.
+        Neither exposes the WebRTC stats' candidate-pair ``currentRoundTripTime``.
+        """
+        return None
+
     @abstractmethod
     async def close(self) -> None:
         """Close the channel and the peer connection and release ICE/DTLS/SCTP, threads, fds.

@@ -408,6 +408,11 @@ class LibdatachannelPeer(PeerBase):
             return "relay" if self._relay_only else None
         return candidate_type(local)
 
+    def round_trip_time(self) -> float | None:
+        # The C API (rtc.h) has no RTT getter; PeerConnection::rtt() is C++ only and needs the
+        # C++ object, which the handle does not give us.
+        return None
+
     def selected_candidate_types(self) -> tuple[str | None, str | None]:
         if self._closed or not self._open_emitted:
             return None, None

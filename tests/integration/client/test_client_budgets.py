@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from hotlink.client.session.budget import BudgetLimits
-from hotlink.devstack import Channel, free_port, write_channel_tree
+from hotlink.lab.trees import Channel, free_port, write_channel_tree
 from hotlink.protocol.messages import (
     HotlinkAccept,
     HotlinkClose,

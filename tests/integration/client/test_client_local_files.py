@@ -180,7 +180,7 @@ async def test_fifos_links_and_nested_markers_do_not_stop_the_client(
         r"ignoring bob@example\.com/pipe/syft\.pub\.yaml: not a regular file",
         r"ignoring bob@example\.com/shared/flows/evil/fifo/_mpc/0_to_1/stream\.tcp: not a reg",
         r"ignoring bob@example\.com/app_data/app/rpc/ep/stream\.sock: not a regular file",
-        r"tcp proxy: ignoring marker: bob@example\.com/shared/flows/evil/nested/.*too deeply",
+        r"tunnel marker ignored: bob@example\.com/shared/flows/evil/nested/.*too deeply",
         r"tcp proxy: cannot read marker bob@example\.com/shared/flows/evil/huge/.*limit",
         r"ignoring bob@example\.com/shared/flows/evil/linked/_mpc/0_to_1/stream\.tcp: a sym",
     ]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hotlink.devstack import Channel, free_port, write_channel_tree
+from hotlink.lab.trees import Channel, free_port, write_channel_tree
 from support.client_proc import ALICE, BOB, PROXY_STARTING, Tunnel, dial, start_tunnel
 from support.server_proc import ServerProcess
 from support.streams import (

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hotlink.devstack import DevStack
+from hotlink.lab.stack import DevStack
 
 
 def _gone(pid: int) -> bool:

@@ -99,3 +99,22 @@ async def test_turn_credentials_advertised_by_the_server(
             for client in (t.alice, t.bob):
                 assert f"hotlink ICE servers from server: {turn_url}" in client.log_text()
             await _relayed_transfer(t)
+
+
+async def test_wrong_turn_credentials_are_named_at_start(
+    turn_static: CoturnServer, tmp_path: Path
+) -> None:
+    """A wrong TURN password is one WARNING right after the client connects (the server's
+    URL, "authentication failed", what to check), not only channels that never open."""
+    async with running_server(tmp_path) as relay:
+        env = {
+            "SYFTBOX_HOTLINK_ICE_SERVERS": turn_static.turn_url(),
+            "SYFTBOX_HOTLINK_TURN_USER": "syftbox",
+            "SYFTBOX_HOTLINK_TURN_PASS": "not-the-password",
+            "SYFTBOX_HOTLINK_RELAY_ONLY": "1",
+        }
+        async with tunnel_between(relay.url, tmp_path, alice_env=env) as t:
+            line = await t.alice.await_log(r"WARNING .*TURN server \S+: authentication failed")
+            assert "SYFTBOX_HOTLINK_TURN_PASS" in line.string[line.start() : line.start() + 400]
+            await t.alice.await_log(r"RELAY_ONLY=1 and no TURN server granted an allocation")
+            assert "authentication failed" not in t.bob.log_text()

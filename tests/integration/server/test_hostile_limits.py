@@ -11,7 +11,7 @@ import sys
 import aiohttp
 import pytest
 
-from hotlink.devstack import ServerProc, spawn
+from hotlink.lab.processes import ServerProc, spawn
 from hotlink.protocol.messages import HotlinkOpen, HotlinkReject, new_session_id
 from support.fixtures import unique_email
 from support.raw_http import RawConnection, open_raw, partial_upgrade, wait_closed_by_peer

@@ -111,7 +111,7 @@ class FakeSink:
         self.writer = writer
         self._arrived.set()
 
-    def writer_now(self) -> FakeWriter | None:
+    def eof_writer(self) -> FakeWriter | None:
         return self.writer
 
     async def wait_writer(self, within: float) -> FakeWriter | None:

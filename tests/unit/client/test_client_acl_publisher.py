@@ -16,6 +16,8 @@ from hotlink.client.acl_publisher import (
     retry_delay,
     scan_acl_files,
 )
+from hotlink.client.edges.discovery import FileIndex
+from hotlink.client.edges.watcher import TreeWatcher
 from hotlink.protocol.messages import Ack, Error, FileWrite, Message, Nack
 from unit.client.client_fakes import ALICE, until
 from unit.client.hostile_files import fifo_guard, make_fifo
@@ -85,6 +87,59 @@ async def test_publishes_all_then_changes_and_again_after_reconnect(tmp_path: Pa
         # A new connection (a restarted server) gets everything again.
         publisher.start()
         await until(lambda: len(server.writes) == 7)
+    finally:
+        await publisher.stop()
+
+
+async def test_changes_are_published_on_file_events(tmp_path: Path) -> None:
+    own, server, _ = _setup(tmp_path)
+    watcher = TreeWatcher(tmp_path / "datasites", rescan_interval=3600)
+    publisher = AclPublisher(
+        tmp_path / "datasites", ALICE, server.send, watcher=watcher, ack_timeout=0.5
+    )
+    server.publisher = publisher
+    task = asyncio.create_task(watcher.run())
+    try:
+        await until(lambda: watcher.mode == "events", timeout=20)
+        publisher.start()
+        assert await publisher.wait_published(5)
+        assert len(server.writes) == 2
+        (own / "new" / "deep").mkdir(parents=True)
+        (own / "new" / "deep" / "syft.pub.yaml").write_text("rules: []\n")
+        await until(lambda: f"{ALICE}/new/deep/syft.pub.yaml" in publisher.published, timeout=20)
+        (own / "syft.pub.yaml").write_text("rules: []\n# changed\n")
+        await until(lambda: len(server.writes) == 4, timeout=20)
+        (tmp_path / "datasites" / "bob@example.com" / "syft.pub.yaml").write_text("# bob's")
+        passes = publisher.passes
+        (own / "public" / "syft.pub.yaml").write_text("rules: []\n# changed\n")
+        await until(lambda: len(server.writes) == 5, timeout=20)
+        assert publisher.passes - passes <= 2  # bob's file woke nobody, or once at most
+        assert [w.pth for w in server.writes][2:] == [
+            f"{ALICE}/new/deep/syft.pub.yaml",
+            f"{ALICE}/syft.pub.yaml",
+            f"{ALICE}/public/syft.pub.yaml",
+        ]
+        assert watcher.rescans == 1  # events, not the safety rescan
+    finally:
+        await publisher.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_file_without_ack_is_retried_without_any_file_event(tmp_path: Path) -> None:
+    _own, server, _ = _setup(tmp_path)
+    watcher = TreeWatcher(tmp_path / "datasites", events=False, fallback_interval=3600)
+    publisher = AclPublisher(
+        tmp_path / "datasites", ALICE, server.send, watcher=watcher, ack_timeout=0.05
+    )
+    server.publisher = publisher
+    server.answer = "silent"
+    publisher.start()
+    try:
+        await until(lambda: len(server.writes) == 2)
+        server.answer = "ack"
+        # Nothing changes on disk: the retry timer (1 s, then 2 s) wakes the publisher.
+        await until(lambda: len(publisher.published) == 2, timeout=20)
     finally:
         await publisher.stop()
 
@@ -237,17 +292,17 @@ async def test_a_failing_round_does_not_stop_publishing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _own, _server, publisher = _setup(tmp_path)
-    real = acl_publisher.scan_acl_files
+    real = acl_publisher.stat_files
     calls = 0
 
-    def flaky(datasites: Path, email: str) -> dict[str, tuple[int, int, int]]:
+    def flaky(index: FileIndex) -> dict[str, tuple[int, int, int]]:
         nonlocal calls
         calls += 1
         if calls <= 2:
             raise RuntimeError("disk on fire")
-        return real(datasites, email)
+        return real(index)
 
-    monkeypatch.setattr(acl_publisher, "scan_acl_files", flaky)
+    monkeypatch.setattr(acl_publisher, "stat_files", flaky)
     publisher.start()
     try:
         await until(lambda: len(publisher.published) == 2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
@@ -14,8 +15,10 @@ from hotlink.client.connection import (
     Backoff,
     ConnectOptions,
     NotConnected,
+    RelayRefused,
     ServerConnection,
     events_url,
+    refusal_reason,
 )
 from hotlink.protocol.codec import decode, encode
 from hotlink.protocol.messages import HotlinkAccept, HotlinkData, Message, System
@@ -42,6 +45,8 @@ class FakeServer:
     url: str = ""
     encoding: str = "msgpack"
     status: int = 101
+    # The refusal's body: a dict is sent as JSON, a str as text.
+    body: dict[str, str] | str = field(default_factory=lambda: {"error": "nope"})
     received: list[Message] = field(default_factory=list)
     requests: list[Mapping[str, str]] = field(default_factory=list)
     queries: list[Mapping[str, str]] = field(default_factory=list)
@@ -56,7 +61,9 @@ async def fake_server() -> AsyncIterator[FakeServer]:
         state.requests.append(dict(request.headers))
         state.queries.append(dict(request.query))
         if state.status != 101:
-            return web.json_response({"error": "nope"}, status=state.status)
+            if isinstance(state.body, str):
+                return web.Response(status=state.status, text=state.body)
+            return web.json_response(state.body, status=state.status)
         ws = web.WebSocketResponse()
         ws.headers["X-Syft-WS-Encoding"] = state.encoding
         await ws.prepare(request)
@@ -157,18 +164,70 @@ async def test_reconnects_after_the_server_drops_it(fake_server: FakeServer) -> 
         await _stop(conn, task)
 
 
-async def test_refused_handshake_is_retried(fake_server: FakeServer) -> None:
-    fake_server.status = 401
+@pytest.mark.parametrize("status", [429, 500, 503])
+async def test_busy_or_failing_relay_is_retried_and_logged_once(
+    fake_server: FakeServer, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_server.status = status
+    fake_server.body = {"code": "E_BUSY", "error": "too many connections for alice"}
     events = Events()
     conn = _client(fake_server.url, events)
     task = asyncio.create_task(conn.run())
     try:
-        await until(lambda: len(fake_server.requests) >= 2)
+        with caplog.at_level(logging.INFO, logger="hotlink.connection"):
+            await until(lambda: len(fake_server.requests) >= 4)
         assert not conn.connected
         fake_server.status = 101
         assert await conn.wait_connected(5)
     finally:
         await _stop(conn, task)
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    # One line for the state, not one per attempt; it carries the relay's reason.
+    assert len(refusals) == 1, refusals
+    assert f"HTTP {status} (too many connections for alice); retrying" in refusals[0]
+
+
+@pytest.mark.parametrize(
+    "status,body,token,reason",
+    [
+        (401, {"code": "E_INVALID_REQUEST", "error": "invalid email"}, "", "invalid email"),
+        (
+            401,
+            {"code": "E_AUTH_INVALID_CREDENTIALS", "error": "invalid token: token is expired"},
+            "tok",
+            "invalid token: token is expired",
+        ),
+        (
+            401,
+            {"code": "E_AUTH_INVALID_CREDENTIALS", "error": "authorization header required"},
+            "",
+            "authorization header required (no access token given: use --token or "
+            "SYFTBOX_ACCESS_TOKEN)",
+        ),
+        (403, "request origin not allowed\n", "", "request origin not allowed"),
+    ],
+)
+async def test_identity_refusal_ends_run_with_the_relays_reason(
+    fake_server: FakeServer, status: int, body: dict[str, str] | str, token: str, reason: str
+) -> None:
+    fake_server.status = status
+    fake_server.body = body
+    conn = _client(fake_server.url, Events(), token=token)
+    with pytest.raises(RelayRefused) as info:
+        await asyncio.wait_for(conn.run(), 10)
+    assert len(fake_server.requests) == 1  # never retried: the answer would not change
+    assert info.value.status == status
+    assert info.value.reason == reason
+    assert str(info.value) == f"the relay refused alice@example.com: {reason}"
+
+
+def test_refusal_reason_reads_json_text_or_falls_back() -> None:
+    assert refusal_reason(401, b'{"code": "X", "error": "bad"}', "Invalid") == "bad"
+    assert refusal_reason(403, b"origin not allowed\nmore", "Invalid") == "origin not allowed"
+    assert refusal_reason(502, b"<html>bad gateway</html>", "Invalid status") == "Invalid status"
+    assert refusal_reason(500, b"", "") == "HTTP 500"
+    assert refusal_reason(500, b'{"error": 5}', "fallback") == "fallback"
+    assert len(refusal_reason(401, b"x" * 5000, "")) == 300
 
 
 async def test_data_send_waits_for_room_and_fails_when_the_socket_goes(

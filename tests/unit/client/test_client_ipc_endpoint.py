@@ -21,6 +21,7 @@ from hotlink.client.edges.ipc import (
     SendFn,
     unix_socket_path,
 )
+from hotlink.client.edges.watcher import TreeWatcher
 from hotlink.client.localfs import UnsafePath
 from hotlink.client.session.base import SessionClosed
 from hotlink.protocol.frames import Frame, FrameDecoder, encode_frame
@@ -138,6 +139,32 @@ async def test_hub_finds_sender_markers_and_fills_them_in(tmp_path: Path, socket
     finally:
         await hub.close()
     assert hub.endpoints == {}
+
+
+async def test_hub_serves_a_marker_dropped_after_start_on_file_events(
+    tmp_path: Path, sockets: Path
+) -> None:
+    datasites = tmp_path / "datasites"
+    (datasites / ALICE).mkdir(parents=True)
+    watcher = TreeWatcher(datasites, rescan_interval=3600)
+    hub = _hub(tmp_path, sockets, watcher=watcher, idle_grace=0.0)
+    tasks = [asyncio.create_task(watcher.run()), asyncio.create_task(hub.run())]
+    try:
+        await until(lambda: watcher.mode == "events", timeout=20)
+        marker = datasites / FOLDER / "stream.sock"
+        marker.parent.mkdir(parents=True)
+        marker.write_text("")  # the app asks for a socket
+        await until(lambda: marker.parent in hub.endpoints, timeout=20)
+        address = hub.endpoints[marker.parent].address
+        await until(lambda: marker.read_text() == address, timeout=20)
+        marker.unlink()  # the app is done: the idle endpoint closes
+        await until(lambda: not hub.endpoints, timeout=20)
+        assert not exists(Path(address))
+        assert watcher.rescans == 1  # events, not the safety rescan
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def test_tcp_mode_hub_never_claims_a_tunnel_folder(tmp_path: Path, sockets: Path) -> None:

@@ -62,8 +62,8 @@ class Ipc:
     async def wait_writer(self, within: float) -> FakeWriter | None:
         return await self.sink.wait_writer(within)
 
-    def writer_now(self) -> FakeWriter | None:
-        return self.sink.writer_now()
+    def eof_writer(self) -> FakeWriter | None:
+        return self.sink.eof_writer()
 
     def release(self) -> None:
         self.released += 1

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import hotlink.client.edges.tcp_proxy as tcp_proxy_module
+from hotlink.client.edges.changes import FULL, ChangeFeed, Changes
 from hotlink.client.edges.listener import ListenerHub
 from hotlink.client.edges.tcp_proxy import (
     MarkerScanner,
@@ -21,6 +23,7 @@ from hotlink.client.edges.tcp_proxy import (
     TunnelChannel,
     tunnel_path_matches,
 )
+from hotlink.client.edges.watcher import TreeWatcher
 from hotlink.client.localfs import MARKER_MAX_BYTES
 from hotlink.client.session.outbound import OutboundSession
 from hotlink.protocol.markers import TcpMarker, proxy_channel
@@ -73,6 +76,67 @@ def test_scanner_skips_ipc_markers_and_warns_once_about_bad_ones(
         for _ in range(3):
             assert scanner.scan() == {}
     assert sum("not valid JSON" in r.message for r in caplog.records) == 1
+    assert sum("run3/0_to_1/stream.tcp" in r.message for r in caplog.records) == 1
+    assert not any("app_data" in r.message for r in caplog.records)
+
+
+def test_near_miss_markers_are_warned_about_once_per_version(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = json.dumps({"from": ALICE, "to": BOB, "ports": {ALICE: 9100, BOB: 9200}})
+    layouts = {
+        # What is wrong -> where.
+        "not under an _mpc folder (did you mean "
+        f"{ALICE}/shared/flows/t/a/_mpc/0_to_1/stream.tcp?)": "shared/flows/t/a/0_to_1",
+        "its folder 'chan' is not named N_to_M": "shared/flows/t/b/_mpc/chan",
+        "not under an _mpc folder and its folder 'c' is not named N_to_M": "shared/flows/t/c",
+    }
+    for folder in layouts.values():
+        (tmp_path / ALICE / folder).mkdir(parents=True)
+        (tmp_path / ALICE / folder / "stream.tcp").write_text(good)
+    (_channel_folder(tmp_path, "d") / "stream.tcp").write_text(
+        json.dumps({"from": "carol@example.com", "to": "dave@example.com", "port": 1})
+    )
+    ipc = tmp_path / ALICE / "app_data" / "app" / "rpc" / "ep"
+    ipc.mkdir(parents=True)
+    (ipc / "stream.tcp").write_text("127.0.0.1:5555")  # an IPC endpoint's address
+    (tmp_path / ALICE / "shared" / "stream.tcp").write_text("")  # still being written
+    scanner = MarkerScanner(tmp_path, ALICE)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert scanner.scan() == {}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    for problem, folder in layouts.items():
+        [line] = [w for w in warnings if f"{folder}/stream.tcp ignored" in w]
+        assert problem in line
+        assert "a tunnel marker goes in <datasite>/<flow>/<run>/_mpc/0_to_1/stream.tcp" in line
+    [neither] = [w for w in warnings if "/d/_mpc/0_to_1" in w]
+    assert f"{ALICE} is neither party" in neither and '"ports"' in neither
+    assert len(warnings) == 4  # the IPC address and the empty file are no tunnel markers
+    # A new version of a file is looked at (and warned about) again.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        (tmp_path / ALICE / "shared/flows/t/c/stream.tcp").write_text(good + " ")
+        for _ in range(3):
+            scanner.scan()
+    assert len(caplog.records) == 1
+
+
+def test_markers_found_and_removed_are_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    marker = _marker(tmp_path, ALICE)
+    scanner = MarkerScanner(tmp_path, ALICE)
+    with caplog.at_level(logging.INFO, logger="hotlink.tcp_proxy"):
+        for _ in range(3):
+            assert list(scanner.scan()) == [CANONICAL]
+        marker.unlink()
+        assert scanner.scan() == {}
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        f"tunnel marker found: {ALICE}/{CHANNEL}/stream.tcp (peer {BOB}, listening on port 9100)",
+        f"tunnel marker removed: {ALICE}/{CHANNEL}/stream.tcp",
+    ]
 
 
 def test_tunnel_path_matches_the_variants_reference_peers_send_on() -> None:
@@ -266,8 +330,25 @@ async def test_app_that_closes_without_writing_sends_an_empty_stream(tmp_path: P
         assert opener.host.frames == []
         assert opener.host.ordered == [HotlinkClose("0" * 16, "eof:0")]
         channel = await _channel(proxy)
-        assert channel.writer_now() is channel.connections[0]
+        assert channel.eof_writer() is channel.connections[0]
         await _close(writer)
+
+
+async def test_an_empty_stream_ends_only_a_connection_that_sent_its_eof(tmp_path: Path) -> None:
+    opener, port = Opener(), _free_port()
+    async with _proxy(tmp_path, opener, port) as proxy:
+        channel = await _channel(proxy)
+        _r1, fresh = await asyncio.open_connection("127.0.0.1", port)
+        fresh.write(b"question")
+        await until(lambda: channel.connections and channel.connections[0].bytes_read > 0)
+        # Still writing: this is the tunnel's next stream, and an empty stream from the
+        # peer (its app connected and left) is no answer to it.
+        assert channel.eof_writer() is None
+        assert channel.writer_now() is channel.connections[0]
+        fresh.write_eof()  # half-closed: now it waits for the answer
+        await until(lambda: channel.connections[0].app_eof)
+        assert channel.eof_writer() is channel.connections[0]
+        await _close(fresh)
 
 
 async def test_empty_stream_without_a_peer_leaves_the_connection_alone(tmp_path: Path) -> None:
@@ -323,6 +404,31 @@ async def test_inbound_streams_go_to_the_newest_app_connection(tmp_path: Path) -
             assert await new_r.read() == b"to the app"
         await _close(new_w)
         await _close(old_w)
+
+
+async def test_a_marker_written_after_start_is_picked_up_by_file_events(tmp_path: Path) -> None:
+    opener, port = Opener(), _free_port()
+    watcher = TreeWatcher(tmp_path, rescan_interval=3600)
+    proxy = TcpProxy(
+        datasites=tmp_path, local_email=ALICE, bind_host="127.0.0.1", chunk_size=4096,
+        opener=opener, watcher=watcher,
+    )  # fmt: skip
+    tasks = [asyncio.create_task(watcher.run()), asyncio.create_task(proxy.run())]
+    try:
+        await until(lambda: watcher.mode == "events", timeout=20)
+        await until(lambda: not proxy.feed.pending, timeout=20)  # the first rescan is done
+        marker = _marker(tmp_path, ALICE, port_alice=port)
+        await until(lambda: CANONICAL in proxy.channels, timeout=20)
+        _r, w = await asyncio.open_connection("127.0.0.1", port)
+        await _close(w)
+        marker.unlink()
+        await until(lambda: not proxy.channels, timeout=20)
+        assert watcher.rescans == 1  # events, not the safety rescan
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert proxy.channels == {}
 
 
 async def test_marker_removal_stops_the_listener(tmp_path: Path) -> None:
@@ -390,12 +496,12 @@ class FlakyHub(ListenerHub):
     """Scans that raise (as a marker that trips a parser bug would) before they work."""
 
     def __init__(self, failures: int) -> None:
-        self.scan_interval = 0.0
+        self.feed = ChangeFeed(poll_interval=0.0)
         self.failures = failures
         self.scans = 0
         self.closed = False
 
-    async def scan_once(self) -> None:
+    async def scan_once(self, changes: Changes = FULL) -> None:
         self.scans += 1
         if self.scans <= self.failures:
             raise RecursionError("maximum recursion depth exceeded")
@@ -418,3 +524,60 @@ async def test_a_failing_scan_never_ends_the_discovery_loop(
             await asyncio.gather(task, return_exceptions=True)
     assert hub.closed
     assert len(caplog.records) == 1  # reported once, not once per scan
+
+
+# ---------------------------------------------------------------- bounds
+
+
+async def test_a_marker_that_cannot_be_read_for_a_moment_keeps_its_tunnel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    opener, port = Opener(), _free_port()
+    async with _proxy(tmp_path, opener, port) as proxy:
+        running = await _channel(proxy)
+        marker = tmp_path / ALICE / CHANNEL / "stream.tcp"
+        marker.write_text(marker.read_text() + " ")  # a new version, read again
+
+        def out_of_descriptors(*args: object, **kwargs: object) -> bytes:
+            raise OSError(24, "Too many open files")
+
+        monkeypatch.setattr(tcp_proxy_module, "read_regular_file", out_of_descriptors)
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                await proxy.scan_once()
+                assert proxy.sink_for(CANONICAL, BOB) is running
+        assert sum("cannot read marker" in r.getMessage() for r in caplog.records) == 1
+        monkeypatch.undo()
+        await proxy.scan_once()
+        assert proxy.sink_for(CANONICAL, BOB) is running
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await _close(writer)
+
+
+async def test_tunnels_beyond_the_cap_are_not_started_until_one_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(tcp_proxy_module, "MAX_TUNNELS", 2)
+    ports = [_free_port() for _ in range(3)]
+    for run, port in zip(("a", "b", "c"), ports, strict=True):
+        folder = _channel_folder(tmp_path, run)
+        (folder / "stream.tcp").write_text(
+            json.dumps({"from": ALICE, "to": BOB, "ports": {ALICE: port, BOB: 1}})
+        )
+    proxy = TcpProxy(
+        datasites=tmp_path, local_email=ALICE, bind_host="127.0.0.1", chunk_size=4096,
+        opener=Opener(),
+    )  # fmt: skip
+    try:
+        with caplog.at_level(logging.WARNING):
+            for _ in range(3):
+                await proxy.scan_once()
+        assert sorted(c.info.listen_port for c in proxy.channels.values()) == sorted(ports[:2])
+        assert sum("not starting" in r.getMessage() for r in caplog.records) == 1
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", ports[2])
+        (_channel_folder(tmp_path, "a") / "stream.tcp").unlink()
+        await proxy.scan_once()
+        assert sorted(c.info.listen_port for c in proxy.channels.values()) == sorted(ports[1:])
+    finally:
+        await proxy.close()

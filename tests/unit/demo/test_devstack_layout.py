@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hotlink.devstack import Channel, DevStack, write_channel_tree
+from hotlink.lab.stack import DevStack
+from hotlink.lab.trees import Channel, write_channel_tree
 from hotlink.protocol.acl import parse_acl
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
@@ -45,3 +46,15 @@ def test_stack_environment_is_clean_and_never_uses_public_ice(tmp_path: Path, mo
     finally:
         stack.stop()
     assert tmp_path.exists()  # a root we were given is never removed
+
+
+def test_log_times_of_both_line_formats() -> None:
+    from datetime import datetime
+
+    from hotlink.lab.processes import line_time
+
+    iso = "x\n2026-01-31T09:08:07.123Z INFO hotlink: data channel open\n"
+    assert line_time(iso, 2) == datetime.fromisoformat("2026-01-31T09:08:07.123+00:00").timestamp()
+    clock = line_time("09:08:07.123 INFO old client line\n")
+    assert clock is not None and datetime.fromtimestamp(clock).strftime("%H:%M:%S") == "09:08:07"
+    assert line_time("no stamp here\n") is None

@@ -526,3 +526,79 @@ def test_non_ascii_text_is_still_accepted() -> None:
 def test_a_message_without_typ_is_refused_not_read_as_system(frame: bytes | str) -> None:
     with pytest.raises(ProtocolError, match="no typ"):
         codec.decode(frame)
+
+
+# ---------------------------------------------------------------- errors never echo the input
+
+HUGE = 1 << 20  # a bad value this long must not come back in the error
+BIG = 64 * 1024  # the same, for every field of every message
+MAX_ERROR = 200  # an error message's length at most
+EXCERPT = 40  # characters of a bad value it may show
+
+
+def _huge_frames(value: Any) -> list[bytes | str]:
+    """A frame per field of every payload type, that field holding ``value``, both encodings
+    (JSON only for an integer msgpack cannot hold)."""
+    frames: list[bytes | str] = []
+    for typ, cls in PAYLOAD_TYPES.items():
+        for f in fields(cls):
+            dat = {f.metadata["json"]: value}
+            frames.append(json.dumps({"id": "x", "typ": int(typ), "dat": dat}))
+            if not isinstance(value, int):
+                packed = msgpack.packb({f.metadata["mp"]: value})
+                frames.append(_mp({"id": "x", "typ": int(typ), "dat": packed}))
+    return frames
+
+
+def _assert_short_and_not_echoed(frame: bytes | str, marker: str) -> None:
+    try:
+        codec.decode(frame)
+    except ProtocolError as exc:
+        text = str(exc)
+        assert len(text) <= MAX_ERROR, text[:300]
+        assert marker * (EXCERPT + 1) not in text, text[:300]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"id":"a","typ":6,"dat":{"syft_url":"' + "U" * HUGE + '"}}',
+        '{"id":"a","typ":8,"dat":{"generated":"' + "U" * HUGE + '"}}',
+        _mp({"typ": 6, "dat": msgpack.packb({"SyftURL": "U" * HUGE})}),
+        _mp({"typ": 8, "dat": msgpack.packb({"Generated": "U" * HUGE})}),
+    ],
+    ids=["json-syft-url", "json-generated", "msgpack-syft-url", "msgpack-generated"],
+)
+def test_a_bad_value_is_named_by_its_field_and_a_short_excerpt_not_echoed(
+    frame: bytes | str,
+) -> None:
+    with pytest.raises(ProtocolError) as info:
+        codec.decode(frame)
+    text = str(info.value)
+    assert len(text) <= MAX_ERROR
+    assert ("syft_url" in text) or ("generated" in text)
+    assert f"({HUGE} characters)" in text  # says how long it was
+    assert "U" * (EXCERPT + 1) not in text
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["U" * BIG, "\n" * BIG, ["U" * BIG], {"U" * BIG: "U" * BIG}, 10**4000],
+    ids=["string", "newlines", "list", "map", "huge-int"],
+)
+def test_no_field_of_any_message_echoes_a_huge_bad_value(value: Any) -> None:
+    if isinstance(value, int):
+        marker = "0"
+    elif isinstance(value, str) and value.startswith("\n"):
+        marker = "\\n"
+    else:
+        marker = "U"
+    for frame in _huge_frames(value):
+        _assert_short_and_not_echoed(frame, marker)
+
+
+def test_a_control_character_in_an_excerpt_is_escaped() -> None:
+    frame = '{"id":"a","typ":6,"dat":{"syft_url":"x\\n2026-01-01 ERROR forged line"}}'
+    with pytest.raises(ProtocolError) as info:
+        codec.decode(frame)
+    assert "\n" not in str(info.value)

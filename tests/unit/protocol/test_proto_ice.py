@@ -26,6 +26,7 @@ from hotlink.protocol.ice import (
     ice_advertisement,
     parse_candidate_token,
     parse_ice_servers,
+    parse_ice_url,
     parse_sdp_token,
     remote_max_message_size,
     sdp_token,
@@ -294,3 +295,28 @@ def test_advertisement_secret_beats_static_password() -> None:
     assert headers[TURN_USER_HEADER] == "100:bob@x.y"
     assert headers[TURN_PASS_HEADER] == turn_rest_credentials("k", "bob@x.y", 10.0, 90)[1]
     assert "p" != headers[TURN_PASS_HEADER]
+
+
+@pytest.mark.parametrize(
+    ("url", "parts"),
+    [
+        ("turn:turn.example.com", ("turn", "turn.example.com", 3478, "udp")),
+        ("turn:203.0.113.7:3479?transport=tcp", ("turn", "203.0.113.7", 3479, "tcp")),
+        ("turns:turn.example.com", ("turns", "turn.example.com", 5349, "tcp")),
+        ("stun:[2001:db8::1]:19302", ("stun", "2001:db8::1", 19302, "udp")),
+        ("TURN:h:1?transport=UDP&x=y", ("turn", "h", 1, "udp")),
+    ],
+)
+def test_ice_urls_parse_with_their_defaults(url: str, parts: tuple[str, str, int, str]) -> None:
+    parsed = parse_ice_url(url)
+    assert (parsed.scheme, parsed.host, parsed.port, parsed.transport) == parts
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://x", "turn:", "turn:h:0", "turn:h:99999", "turn:h:x", "turn:[::1", "turn:u@h",
+     "turn:h?transport=sctp"],
+)  # fmt: skip
+def test_bad_ice_urls_are_protocol_errors(url: str) -> None:
+    with pytest.raises(ProtocolError):
+        parse_ice_url(url)

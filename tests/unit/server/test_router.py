@@ -395,15 +395,18 @@ def test_close_from_the_opener_deletes_the_session_and_tells_every_acceptor(rout
     assert SID not in router.sessions
 
 
-def test_close_from_an_acceptor_removes_it_and_tells_the_opener(router):
+def test_close_from_an_acceptor_removes_it_and_the_opener_hears_when_the_last_one_left(router):
     open_session(router)
     accept(router, "b1")
     accept(router, "c1")
-    close = msg(HotlinkClose(sid=SID), "cl0002")
-    out = router.handle("b1", close)
-    assert [(s.conn, s.message) for s in out.sends] == [("a1", close)]
+    out = router.handle("b1", msg(HotlinkClose(sid=SID), "cl0002"))
+    assert out.sends == [] and out.refusal is None  # carol still reads: alice goes on
     assert router.sessions.get(SID).accepted == {"c1": CAROL}
     assert targets(router.handle("a1", data(1))) == ["c1"]
+    close = msg(HotlinkClose(sid=SID), "cl0003")
+    out = router.handle("c1", close)
+    assert [(s.conn, s.message) for s in out.sends] == [("a1", close)]
+    assert router.sessions.get(SID).accepted == {}
 
 
 def test_close_from_a_non_participant_is_dropped_with_an_error(router):
@@ -473,15 +476,16 @@ def test_opener_disconnect_closes_its_sessions_and_tells_acceptors(router):
     assert len(router.sessions) == 0
 
 
-def test_acceptor_disconnect_removes_it_and_tells_the_opener(router):
+def test_acceptor_disconnect_removes_it_and_the_opener_hears_when_the_last_one_left(router):
     open_session(router)
     accept(router, "b1")
     accept(router, "c1")
-    out = router.disconnect("b1")
+    assert router.disconnect("b1").sends == []
+    assert router.sessions.get(SID).accepted == {"c1": CAROL}
+    out = router.disconnect("c1")
     assert [(s.conn, s.message.payload) for s in out.sends] == [
         ("a1", HotlinkClose(sid=SID, rsn=DISCONNECTED))
     ]
-    assert router.sessions.get(SID).accepted == {"c1": CAROL}
 
 
 def test_disconnect_of_the_opener_users_other_connection_keeps_the_session(router):
@@ -541,8 +545,9 @@ def test_the_accepted_connection_and_the_opener_may_still_end_it(router):
     assert [(s.conn, s.message) for s in router.handle("b1", rejection).sends] == [
         ("a1", rejection)
     ]
+    assert router.sessions.get(SID).accepted == {}  # bob left with his Reject
     close = msg(HotlinkClose(sid=SID, rsn="eof:0"), "cl0003")
-    assert [(s.conn, s.message) for s in router.handle("a2", close).sends] == [("b1", close)]
+    assert router.handle("a2", close).sends == []
     assert SID not in router.sessions
 
 
@@ -550,3 +555,100 @@ def test_before_anyone_accepted_an_offered_user_may_still_close(router):
     open_session(router)
     close = msg(HotlinkClose(sid=SID, rsn="ipc unavailable"), "cl0004")
     assert [(s.conn, s.message) for s in router.handle("c1", close).sends] == [("a1", close)]
+
+
+# ---------------------------------------------------------------- several acceptors of one session
+
+
+@pytest.mark.parametrize("kind", ["reject", "close"])
+def test_one_acceptor_leaving_does_not_end_the_session_for_the_others(router, kind):
+    """A non-TCP Open without ``to``: bob and carol both accepted. bob leaving must not reach
+    alice (her client would end the session for carol too); carol's leaving, the last, does."""
+    open_session(router)
+    accept(router, "b1")
+    accept(router, "c1")
+
+    def leave(mid: str) -> Message:
+        payload = HotlinkReject(sid=SID, rsn="bye") if kind == "reject" else HotlinkClose(sid=SID)
+        return msg(payload, mid)
+
+    out = router.handle("b1", leave("lv0001"))
+    assert out.sends == [] and out.refusal is None
+    assert router.sessions.get(SID).accepted == {"c1": CAROL}
+    assert targets(router.handle("a1", data(1))) == ["c1"]  # bob gets no more data
+
+    last = leave("lv0002")
+    out = router.handle("c1", last)
+    assert [(s.conn, s.message) for s in out.sends] == [("a1", last)]
+    assert router.sessions.get(SID).accepted == {}
+
+
+def test_a_reject_from_an_acceptor_removes_it_from_the_session(router):
+    open_session(router, path=TCP_PATH)
+    accept(router, "b1")
+    out = router.handle("b1", msg(HotlinkReject(sid=SID, rsn="ipc unavailable"), "rj0003"))
+    assert targets(out) == ["a1"]
+    assert router.sessions.get(SID).accepted == {}
+    assert router.handle("a1", data(1)).sends == []  # bob receives nothing more
+
+
+# ---------------------------------------------------------------- bounded Opens
+
+
+def _own_path(nbytes: int, fill: str = "x") -> str:
+    """A path in alice's datasite of exactly ``nbytes`` UTF-8 bytes."""
+    head = f"{ALICE}/big/"
+    width = len(fill.encode("utf-8"))
+    body = fill * ((nbytes - len(head) - len(".request")) // width)
+    path = head + body + ".request"
+    assert len(path.encode("utf-8")) == nbytes, len(path.encode("utf-8"))
+    return path
+
+
+def test_an_open_path_of_4_kib_is_accepted(router):
+    path = _own_path(4096)
+    out = router.handle("a1", msg(HotlinkOpen(sid=SID, pth=path)))
+    assert out.refusal is None
+    assert router.sessions.get(SID).path == path
+
+
+@pytest.mark.parametrize("fill", ["x", "\u00e9"], ids=["ascii", "two-byte"])
+def test_an_open_path_over_4_kib_is_rejected_and_offered_to_nobody(router, access, fill):
+    path = _own_path(4098, fill)
+    access.readers[path] = {BOB, CAROL}
+    out = router.handle("a1", msg(HotlinkOpen(sid=SID, pth=path)))
+    assert only(out) == ("a1", HotlinkReject(sid=SID, rsn="path too long"))
+    assert SID not in router.sessions
+    assert len(out.detail) < 200  # the detail says how long, it does not quote it
+
+
+def test_an_open_path_of_a_mebibyte_is_rejected_without_a_broadcast(router, access):
+    path = f"{ALICE}/p/" + "x" * (1 << 20)
+    access.readers[path] = {BOB, CAROL, MALLORY}
+    out = router.handle("a1", msg(HotlinkOpen(sid=SID, pth=path)))
+    assert [s for s in out.sends if s.broadcast] == []
+    assert targets(out) == ["a1"]
+
+
+def test_an_open_with_a_session_id_over_256_characters_is_rejected(router):
+    sid = "s" * 257
+    out = router.handle("a1", msg(HotlinkOpen(sid=sid, pth=PATH)))
+    assert only(out) == ("a1", HotlinkReject(sid=sid, rsn="invalid session id"))
+    assert sid not in router.sessions
+    assert router.handle("a1", msg(HotlinkOpen(sid="s" * 256, pth=PATH))).refusal is None
+
+
+def test_an_open_with_a_target_longer_than_any_email_is_rejected(router, access):
+    target = "b" * 300 + "@example.com"
+    out = router.handle("a1", msg(HotlinkOpen(sid=SID, pth=PATH, to=target)))
+    assert only(out) == ("a1", HotlinkReject(sid=SID, rsn=PERMISSION_DENIED))
+    assert SID not in router.sessions
+
+
+def test_the_acl_store_denies_a_path_over_4_kib_even_to_its_owner():
+    from hotlink.server.acl_store import ACLStore
+
+    store = ACLStore()
+    assert store.can_access(_own_path(4096), ALICE, Access.WRITE)
+    assert not store.can_access(_own_path(4098), ALICE, Access.WRITE)
+    assert not store.can_access(_own_path(4098), BOB, Access.READ)

@@ -46,12 +46,15 @@ from ..localfs import (
     write_file_within,
 )
 from ..session.base import SessionClosed
-from .discovery import find_named
+from .changes import FULL, ChangeFeed, Changes
+from .discovery import FileIndex
 from .listener import ListenerHub, LocalConnection, LocalListener
+from .watcher import TreeWatcher
 
 log = logging.getLogger("hotlink.ipc")
 
 SOCKET_DIR = Path("/tmp/syftbox-hotlink")
+# Without a file watcher (tests, tools): a full scan this often.
 SCAN_INTERVAL = 0.25
 READ_SIZE = 64 * 1024
 # The first bytes of an HLNK frame header and nothing more: how an IPC connection over a UNIX
@@ -62,6 +65,9 @@ LOST_FLUSH = 10.0  # how long the frames before the mark may take to reach a slo
 MAX_IPC_ENDPOINTS = 256
 # An endpoint nobody uses (no session, no app, no app marker) closes after this many seconds.
 IDLE_GRACE = 30.0
+# While endpoints exist, idle ones are looked for this often (not less than the minimum).
+HOUSEKEEPING = 5.0
+MIN_HOUSEKEEPING = 0.25
 
 SendFn = Callable[[str, bytes, str], Awaitable[None]]
 IpcMode = Literal["unix", "tcp"]
@@ -292,8 +298,8 @@ class IpcLease:
     async def wait_writer(self, within: float) -> IpcConnection | None:
         return await self.endpoint.wait_writer(within)
 
-    def writer_now(self) -> IpcConnection | None:
-        return self.endpoint.writer_now()
+    def eof_writer(self) -> IpcConnection | None:
+        return self.endpoint.eof_writer()
 
     def release(self) -> None:
         if not self.released:
@@ -320,6 +326,7 @@ class IpcHub(ListenerHub):
         mode: IpcMode,
         tcp_addr: str,
         send: SendFn,
+        watcher: TreeWatcher | None = None,
         scan_interval: float = SCAN_INTERVAL,
         socket_dir: Path = SOCKET_DIR,
         idle_grace: float = IDLE_GRACE,
@@ -332,7 +339,19 @@ class IpcHub(ListenerHub):
         self.tcp_host = host.strip("[]") or "127.0.0.1"
         self.tcp_port = int(port or 0)
         self.send = send
-        self.scan_interval = scan_interval
+        # Where apps drop markers: our own app_data (like Rust), and in UNIX mode Go's
+        # shared/flows/*/*/_mpc/* too (there the name cannot collide with a tunnel marker).
+        own = datasites / local_email
+        scopes = [own / "app_data"]
+        if mode == "unix":
+            scopes.append(own / "shared" / "flows")
+        self.index = FileIndex(datasites, marker_name(mode), scopes)
+        self._indexed = False
+        self.feed = (
+            watcher.feed(names={marker_name(mode)}, scopes=scopes)
+            if watcher is not None
+            else ChangeFeed(poll_interval=scan_interval)
+        )
         self.socket_dir = socket_dir
         self.idle_grace = idle_grace
         self.max_endpoints = max_endpoints
@@ -341,6 +360,7 @@ class IpcHub(ListenerHub):
         self._failed: set[Path] = set()
         # Folders we made for inbound endpoints: removed again once empty and unused.
         self._made: set[Path] = set()
+        self._markers: list[Path] = []  # the sender markers of the last scan
 
     async def endpoint_for(self, folder: Path) -> IpcLease:
         """A lease on the endpoint of ``folder`` (an absolute path below the datasites
@@ -429,34 +449,44 @@ class IpcHub(ListenerHub):
                 if now - endpoint.idle_since >= self.idle_grace:
                     await self._close_endpoint(endpoint)
 
-    def find_sender_markers(self) -> list[Path]:
-        """Markers apps dropped in our own datasite (``app_data/**`` like Rust; Go's
-        ``shared/flows/*/*/_mpc/*`` too in UNIX mode, where the name cannot collide with a
-        tunnel marker). Blocking I/O: run it off the loop."""
-        name = marker_name(self.mode)
-        own = self.datasites / self.local_email
-        found = [Path(full) for full, _ in find_named(self.datasites, name, under=own / "app_data")]
-        if self.mode == "unix":
-            for full, rel in find_named(self.datasites, name, under=own / "shared" / "flows"):
-                # <own>/shared/flows/<flow>/<run>/_mpc/<channel>/<name>
-                segments = rel.split("/")
-                if len(segments) == 8 and segments[5] == MPC_DIR:
-                    found.append(Path(full))
-        if self.mode == "tcp":
-            # Never claim a tunnel marker (same file name).
-            found = [m for m in found if parse_channel_dir(m.parent.name) is None]
+    def find_sender_markers(self, changes: Changes = FULL) -> list[Path]:
+        """Markers apps dropped in our own datasite (``app_data/**``; in UNIX mode also
+        ``shared/flows/<flow>/<run>/_mpc/<channel>/``), after looking at ``changes`` (a full
+        walk the first time). Blocking I/O: run it off the loop."""
+        if changes.full or not self._indexed:
+            self.index.rescan()
+            self._indexed = True
+        elif changes.paths:
+            self.index.update(changes.paths)
+        found: list[Path] = []
+        for full, rel in self.index.sorted_files():
+            # <own>/app_data/... or <own>/shared/flows/<flow>/<run>/_mpc/<channel>/<name>
+            segments = rel.split("/")
+            if segments[1] == "shared" and not (len(segments) == 8 and segments[5] == MPC_DIR):
+                continue
+            if self.mode == "tcp" and parse_channel_dir(segments[-2]) is not None:
+                continue  # never claim a tunnel marker (same file name)
+            found.append(Path(full))
         return found
 
-    async def scan_once(self) -> None:
-        markers = await asyncio.to_thread(self.find_sender_markers)
-        folders = {marker.parent: marker for marker in markers}
+    def next_wakeup(self) -> float | None:
+        """While endpoints exist, look now and then for the idle ones to close."""
+        if not self.endpoints:
+            return None
+        return min(HOUSEKEEPING, max(self.idle_grace, MIN_HOUSEKEEPING))
+
+    async def scan_once(self, changes: Changes = FULL) -> None:
+        if changes:
+            self._markers = await asyncio.to_thread(self.find_sender_markers, changes)
+        folders = {marker.parent: marker for marker in self._markers}
         for folder, marker in folders.items():
             endpoint = self.endpoints.get(folder)
             if endpoint is not None:
                 # Our own inbound marker in our app_data is not an app's request.
                 endpoint.app_marker = endpoint.app_marker or not endpoint.inbound
-                with contextlib.suppress(OSError):
-                    endpoint.write_marker()  # an app may have reset it
+                if changes:
+                    with contextlib.suppress(OSError):
+                        endpoint.write_marker()  # an app may have reset it
                 continue
             try:
                 async with self._lock:

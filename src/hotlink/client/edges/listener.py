@@ -24,10 +24,14 @@ import struct
 from collections.abc import Coroutine
 from typing import Any, ClassVar
 
+from .changes import FULL, ChangeFeed, Changes
+
 log = logging.getLogger("hotlink.edges")
 
 # A scan that keeps failing is reported at most this often (with a count of the others).
 SCAN_ERROR_REPORT_INTERVAL = 60.0
+# After a failed scan, the next one (in full) comes at most this many seconds later.
+SCAN_RETRY = 5.0
 
 # SO_LINGER on with a zero timeout: close() sends a reset and drops unsent data. Without it,
 # ``transport.abort()`` on a socket with no unread input sends a FIN, which the app cannot
@@ -144,6 +148,10 @@ class LocalListener[C: LocalConnection]:
                 return conn
         return None
 
+    def eof_writer(self) -> C | None:
+        """Where an empty stream's end goes: the newest usable connection."""
+        return self.writer_now()
+
     async def wait_writer(self, within: float) -> C | None:
         """The newest usable connection, waiting up to ``within`` s for one to arrive."""
         try:
@@ -171,15 +179,24 @@ class ListenerHub:
     """A discovery loop that starts listeners for the markers it finds (the TCP proxy's
     tunnels, the IPC hub's endpoints); the daemon owns :meth:`run` and cancels it to stop.
 
+    The loop scans once in full, then whenever its :class:`~.changes.ChangeFeed` has changes
+    (file events, the watcher's safety rescan) or :meth:`next_wakeup` says a timer of the hub
+    is due (a retry, an idle endpoint to close); it never walks the tree on a timer of its own.
+
     One failed scan (an unexpected file, a full disk, a bug) must not end the loop: the
     daemon stops when this task ends, so a planted file would otherwise stop the client.
-    Failures are logged at most once per :data:`SCAN_ERROR_REPORT_INTERVAL` and the loop
-    goes on."""
+    Failures are logged at most once per :data:`SCAN_ERROR_REPORT_INTERVAL`, and the next
+    scan, at most :data:`SCAN_RETRY` s later, looks at everything again."""
 
-    scan_interval: float
+    feed: ChangeFeed
 
-    async def scan_once(self) -> None:
+    async def scan_once(self, changes: Changes = FULL) -> None:
+        """Look at ``changes`` (the default: everything) and start or stop listeners."""
         raise NotImplementedError
+
+    def next_wakeup(self) -> float | None:
+        """Seconds until the hub must scan again even if nothing changed (None: never)."""
+        return None
 
     async def close(self) -> None:
         """Stop every listener this hub started."""
@@ -189,11 +206,14 @@ class ListenerHub:
         loop = asyncio.get_running_loop()
         reported_at: float | None = None
         unreported = 0
+        changes = FULL
         try:
             while True:
+                failed = False
                 try:
-                    await self.scan_once()
+                    await self.scan_once(changes)
                 except Exception as exc:
+                    failed = True
                     now = loop.time()
                     if reported_at is None or now - reported_at >= SCAN_ERROR_REPORT_INTERVAL:
                         log.error(
@@ -206,6 +226,11 @@ class ListenerHub:
                         reported_at, unreported = now, 0
                     else:
                         unreported += 1
-                await asyncio.sleep(self.scan_interval)
+                timeout = self.next_wakeup()
+                if failed:
+                    timeout = SCAN_RETRY if timeout is None else min(timeout, SCAN_RETRY)
+                changes = await self.feed.next(timeout)
+                if failed:
+                    changes = FULL  # what the failed scan was to look at may not be done
         finally:
             await self.close()

@@ -1,7 +1,8 @@
 """The TCP proxy (tunnel mode, PROTOCOL.md §4.7 with DECISIONS.md #5, #7-#10, #13).
 
-Every 250 ms we look for ``stream.tcp`` markers under ``/_mpc/N_to_M/`` folders of the local
-datasites tree and keep one listener per canonical key. Each app connection opens its own
+We keep one listener per canonical key for the ``stream.tcp`` markers under ``/_mpc/N_to_M/``
+folders of the local datasites tree, looking again whenever the file watcher reports a change
+(:mod:`.watcher`). Each app connection opens its own
 outbound session on the canonical key and sends 60 KiB chunks; the app's EOF becomes Close
 ``eof`` (an app that wrote nothing sends an empty stream). Inbound tunnel sessions write into
 the newest app connection, waiting up to 30 s for one; an app that half-closed stays the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 from dataclasses import dataclass
@@ -38,13 +40,24 @@ from ...protocol.markers import (
 from ..localfs import MARKER_MAX_BYTES, read_regular_file
 from ..session.base import EOF, SessionClosed
 from ..session.outbound import OutboundSession
-from .discovery import find_named
+from .changes import FULL, ChangeFeed, Changes
+from .discovery import FileIndex
 from .listener import ListenerHub, LocalConnection, LocalListener, set_linger_reset
+from .watcher import TreeWatcher
 
 log = logging.getLogger("hotlink.tcp_proxy")
 
+# Without a file watcher (tests, tools): a full scan this often.
 SCAN_INTERVAL = 0.25
+# A listener that could not bind is tried again after this many seconds.
 BIND_RETRY = 2.0
+# Tunnels one client runs at most. Every marker naming us as a party becomes a listening
+# socket, and markers reach our tree from other people's datasites too: without a bound
+# anyone could make us hold sockets (and file descriptors) without end. Many more than the
+# channels of a few concurrent MPC runs among a handful of parties.
+MAX_TUNNELS = 64
+# Read errors that say nothing about the marker (out of file descriptors or memory).
+TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR})
 
 
 class StreamOpener(Protocol):
@@ -53,6 +66,10 @@ class StreamOpener(Protocol):
 
 # ---------------------------------------------------------------- discovery
 
+# Where a tunnel marker goes, for the warnings about one that is not there.
+MARKER_LAYOUT = f"<datasite>/<flow>/<run>/{MPC_DIR}/0_to_1/{TCP_MARKER}"
+MARKER_JSON = '{"from": "<email>", "to": "<email>", "ports": {"<email>": <port>, ...}}'
+
 
 @dataclass
 class _MarkerCache:
@@ -60,9 +77,28 @@ class _MarkerCache:
     channel: ProxyChannel | None
 
 
+def _misplaced(segments: list[str]) -> str | None:
+    """What is wrong with where a ``stream.tcp`` is, or None for a channel folder."""
+    in_mpc = MPC_DIR in segments[1:-2]
+    channel_dir = len(segments) >= 3 and parse_channel_dir(segments[-2]) is not None
+    if in_mpc and channel_dir:
+        return None
+    if not in_mpc and channel_dir:
+        fixed = "/".join([*segments[:-2], MPC_DIR, *segments[-2:]])
+        return f"it is not under an {MPC_DIR} folder (did you mean {fixed}?)"
+    folder = segments[-2] if len(segments) >= 2 else ""
+    what = f"its folder {folder!r} is not named N_to_M (the parties' ids, e.g. 0_to_1)"
+    return what if in_mpc else f"it is not under an {MPC_DIR} folder and {what}"
+
+
 class MarkerScanner:
-    """Finds tunnel markers; caches parsed files by (inode, mtime, size) and warns once per
-    version.
+    """Finds tunnel markers; caches parsed files by (inode, mtime, size), logs each marker
+    found or gone at INFO, and warns once per version about one it cannot use.
+
+    Every ``stream.tcp`` in the tree is looked at, because a marker in the wrong place must
+    not be ignored silently: one that holds JSON outside an ``_mpc/N_to_M`` folder gets a
+    warning that says where it belongs. A ``stream.tcp`` that holds no JSON object there is
+    an IPC endpoint's address (TCP mode, PROTOCOL.md §11.12), not a tunnel: left alone.
 
     Markers are read as untrusted input: regular files only (a FIFO would block the read),
     no links, at most :data:`~.localfs.MARKER_MAX_BYTES`, and any failure to read or parse one
@@ -73,23 +109,28 @@ class MarkerScanner:
     def __init__(self, datasites: Path, local_email: str) -> None:
         self.datasites = datasites
         self.local_email = local_email
+        self.index = FileIndex(datasites, TCP_MARKER)
+        self._indexed = False
         self._cache: dict[str, _MarkerCache] = {}
+        self._unreadable: set[str] = set()  # markers whose last read failed (warned once)
 
-    def scan(self) -> dict[str, ProxyChannel]:
-        """``canonical key -> channel``; with several markers per key the first path wins."""
+    def scan(self, changes: Changes = FULL) -> dict[str, ProxyChannel]:
+        """``canonical key -> channel`` after looking at ``changes`` (a full walk the first
+        time); with several markers per key the first path in walk order wins."""
+        if changes.full or not self._indexed:
+            self.index.rescan()
+            self._indexed = True
+        elif changes.paths:
+            self.index.update(changes.paths)
         found: dict[str, ProxyChannel] = {}
-        seen: set[str] = set()
-        for full, rel in find_named(self.datasites, TCP_MARKER):
-            segments = rel.split("/")
-            # Cheap path checks first: IPC's TCP-mode marker has the same name (§11.12).
-            if MPC_DIR not in segments[1:-2] or parse_channel_dir(segments[-2]) is None:
-                continue
-            seen.add(rel)
+        for full, rel in self.index.sorted_files():
             channel = self._load(full, rel)
             if channel is not None and channel.canonical_key not in found:
                 found[channel.canonical_key] = channel
-        for gone in set(self._cache) - seen:
-            del self._cache[gone]
+        for gone in set(self._cache) - set(self.index.files):
+            if self._cache.pop(gone).channel is not None:
+                log.info("tunnel marker removed: %s", gone)
+        self._unreadable &= set(self.index.files)
         return found
 
     def _load(self, full: str, rel: str) -> ProxyChannel | None:
@@ -104,19 +145,55 @@ class MarkerScanner:
         channel: ProxyChannel | None = None
         try:
             data = read_regular_file(Path(full), MARKER_MAX_BYTES, root=self.datasites)
-            text = data.decode("utf-8")
-            if text.strip():
-                channel = proxy_channel(rel, parse_tcp_marker(text, rel), self.local_email)
-        except (OSError, UnicodeDecodeError) as exc:
+            channel = self._parse(rel, data.decode("utf-8"))
+        except OSError as exc:
+            if exc.errno not in TRANSIENT_ERRNOS:
+                log.warning("tcp proxy: cannot read marker %s: %s", rel, exc)
+            else:
+                # A passing shortage: a running tunnel is not stopped for it, and the marker
+                # is read again next scan.
+                if rel not in self._unreadable:
+                    self._unreadable.add(rel)
+                    log.warning("tcp proxy: cannot read marker %s: %s (trying again)", rel, exc)
+                return cached.channel if cached is not None else None
+        except UnicodeDecodeError as exc:
             log.warning("tcp proxy: cannot read marker %s: %s", rel, exc)
         except ProtocolError as exc:
-            log.warning("tcp proxy: ignoring marker: %s", exc)
+            log.warning("tunnel marker ignored: %s; it must hold %s", exc, MARKER_JSON)
         except Exception as exc:  # one odd file must not hide the others
-            log.warning("tcp proxy: ignoring marker %s: %s", rel, type(exc).__name__)
+            log.warning("tunnel marker %s ignored: %s", rel, type(exc).__name__)
+        self._unreadable.discard(rel)
         if stat[2] > 0:
             # An empty file is probably still being written: read it again next scan.
             self._cache[rel] = _MarkerCache(stat, channel)
+        if channel is not None and (cached is None or cached.channel != channel):
+            log.info(
+                "tunnel marker found: %s (peer %s, listening on port %d)",
+                rel,
+                channel.peer_email,
+                channel.listen_port,
+            )
+        elif channel is None and cached is not None and cached.channel is not None:
+            log.info("tunnel marker no longer usable: %s", rel)
         return channel
+
+    def _parse(self, rel: str, text: str) -> ProxyChannel | None:
+        """The channel a marker's text describes, None when it is no tunnel marker (empty,
+        or an IPC address, or misplaced: warned); raises ProtocolError for a bad marker."""
+        if not text.strip():
+            return None
+        segments = rel.split("/")
+        problem = _misplaced(segments)
+        if problem is not None:
+            if text.lstrip().startswith("{"):
+                log.warning(
+                    "tunnel marker %s ignored: %s; a tunnel marker goes in %s",
+                    rel,
+                    problem,
+                    MARKER_LAYOUT,
+                )
+            return None
+        return proxy_channel(rel, parse_tcp_marker(text, rel), self.local_email)
 
 
 def tunnel_path_matches(path: str, info: ProxyChannel) -> bool:
@@ -301,6 +378,16 @@ class TunnelChannel(LocalListener[AppConnection]):
     def _usable(self, conn: AppConnection) -> bool:
         return not conn.closed and conn.write_open and not conn.bound
 
+    def eof_writer(self) -> AppConnection | None:
+        """An empty stream's end goes only to a connection whose app already sent its EOF
+        (it half-closed and waits for the answer, which is: nothing). A connection whose app
+        is still writing is the tunnel's next stream, not an answer to this one: ending it
+        would cut a stream that has not started."""
+        for conn in reversed(self.connections):
+            if self._usable(conn) and conn.app_eof:
+                return conn
+        return None
+
     async def wait_writer(self, within: float) -> AppConnection | None:
         conn = await super().wait_writer(within)
         if conn is not None:
@@ -341,19 +428,39 @@ class TcpProxy(ListenerHub):
         bind_host: str,
         chunk_size: int,
         opener: StreamOpener,
+        watcher: TreeWatcher | None = None,
         scan_interval: float = SCAN_INTERVAL,
     ) -> None:
         self.scanner = MarkerScanner(datasites, local_email)
         self.bind_host = bind_host
         self.chunk_size = chunk_size
         self.opener = opener
-        self.scan_interval = scan_interval
+        # Markers anywhere in the tree: every stream.tcp and the folders around them.
+        self.feed = (
+            watcher.feed(names={TCP_MARKER})
+            if watcher is not None
+            else ChangeFeed(poll_interval=scan_interval)
+        )
         self.channels: dict[str, TunnelChannel] = {}
         self._bind_failed: dict[str, float] = {}
+        self._over_cap: set[str] = set()  # found but not started for MAX_TUNNELS (warned)
+        self._found: dict[str, ProxyChannel] = {}
 
-    async def scan_once(self) -> None:
-        # Off the loop: the walk and the reads touch files anyone may have put there.
-        found = await asyncio.to_thread(self.scanner.scan)
+    def next_wakeup(self) -> float | None:
+        """When the next listener that failed to bind may be tried again."""
+        if not self._bind_failed:
+            return None
+        now = asyncio.get_running_loop().time()
+        return max(0.0, min(self._bind_failed.values()) + BIND_RETRY - now)
+
+    async def scan_once(self, changes: Changes = FULL) -> None:
+        if changes:
+            # Off the loop: the walk and the reads touch files anyone may have put there.
+            self._found = await asyncio.to_thread(self.scanner.scan, changes)
+        found = self._found
+        for key in set(self._bind_failed) - set(found):
+            del self._bind_failed[key]  # its marker is gone: nothing to retry
+        self._over_cap &= set(found)
         for key in list(self.channels):
             running = self.channels[key]
             info = found.get(key)
@@ -368,6 +475,19 @@ class TcpProxy(ListenerHub):
             failed_at = self._bind_failed.get(key)
             if failed_at is not None and now - failed_at < BIND_RETRY:
                 continue
+            if len(self.channels) >= MAX_TUNNELS:
+                if key not in self._over_cap:
+                    self._over_cap.add(key)
+                    log.warning(
+                        "tcp proxy: not starting %s (port %d): %d tunnels run already, "
+                        "the most one client runs; close one (hotlink tunnel close) or "
+                        "remove stale markers",
+                        key,
+                        info.listen_port,
+                        MAX_TUNNELS,
+                    )
+                continue
+            self._over_cap.discard(key)
             channel = TunnelChannel(info, self.bind_host, self.chunk_size, self.opener)
             try:
                 await channel.start()

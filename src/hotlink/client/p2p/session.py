@@ -96,6 +96,21 @@ _DRAIN_POLL = 0.005
 State = Literal["new", "negotiating", "open", "failed", "closed"]
 
 
+@dataclass(frozen=True, slots=True)
+class P2PPathInfo:
+    """What the status document shows of one session's peer connection."""
+
+    state: State
+    # The path now (``ws`` unless the channel is open), and the path the stream last used:
+    # a channel that opened and was not lost mid-stream carried it to the end.
+    transport: str
+    carried: str
+    # Why P2P was given up for this session ("" when it was not, or ended with the stream).
+    error: str
+    # The library's measured round trip in seconds, when it has one.
+    rtt: float | None
+
+
 @dataclass(frozen=True)
 class WebRTCConfig:
     """The transport's knobs (built from ClientSettings by the transport)."""
@@ -186,6 +201,10 @@ class P2PSession:
         self.rx_frames = 0
         # The stream is ending cleanly (eof sent or received): the channel closing is normal.
         self._ending = False
+        # A failure that was reported (not the channel closing with the stream's end), and
+        # whether it moved an open channel's stream to the WebSocket.
+        self.last_error = ""
+        self.fell_back = False
         self._sctp_warned = False
         self._bad_messages = 0
         self._deadline: asyncio.TimerHandle | None = None
@@ -371,6 +390,22 @@ class P2PSession:
         self.kind = transport_kind(local, remote)
         self._kind_known = local is not None or remote is not None
 
+    def path_info(self) -> P2PPathInfo:
+        rtt: float | None = None
+        if self.state == "open" and self.peer is not None:
+            try:
+                rtt = self.peer.round_trip_time()
+            except Exception:
+                rtt = None
+        opened = self.opened_at is not None and not self.fell_back
+        return P2PPathInfo(
+            state=self.state,
+            transport=self.transport_kind(),
+            carried=self.kind if opened else "ws",
+            error=self.last_error,
+            rtt=rtt,
+        )
+
     # ------------------------------------------------------------ failure
 
     def stream_ending(self) -> None:
@@ -395,6 +430,8 @@ class P2PSession:
         self._spawn(self._after_fail(), "teardown")
 
     def _report_failure(self, previous: State, reason: str, notify_peer: bool) -> None:
+        self.last_error = reason
+        self.fell_back = previous == "open"
         telemetry = self.owner.telemetry
         telemetry.incr("p2p_failed")
         telemetry.changed()

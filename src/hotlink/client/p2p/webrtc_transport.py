@@ -39,7 +39,7 @@ from ...protocol.messages import HotlinkSignal, Payload
 from ...settings import ClientSettings
 from ...webrtc import Backend, BackendUnavailableError, Peer, WebRTCError, load_backend
 from ..telemetry import Telemetry
-from .session import MIB, REPLAY_EXTRA, P2PSession, WebRTCConfig
+from .session import MIB, REPLAY_EXTRA, P2PPathInfo, P2PSession, WebRTCConfig
 from .signaling import (
     WEBRTC_ERROR,
     WEBRTC_KINDS,
@@ -50,6 +50,7 @@ from .signaling import (
     oversized,
 )
 from .transport import PeerSendError, SessionInfo, TransportHost
+from .turn_diagnosis import TurnDiagnosis
 
 log = logging.getLogger("hotlink.webrtc")
 
@@ -114,6 +115,7 @@ class WebRTCPeerTransport:
         self._gauges: dict[str, int] = {}
         self._closed = False
         self._capacity_logged = False
+        self._turn = TurnDiagnosis(relay_only=self.config.relay_only)
 
     # ------------------------------------------------------------ SessionOwner
 
@@ -213,6 +215,12 @@ class WebRTCPeerTransport:
                 servers,
                 " (with TURN credentials)" if user else "",
             )
+        if self._backend is not None and not self._closed:
+            # A wrong TURN password otherwise shows only as channels that never open.
+            self.spawn(self._diagnose_turn(), "hotlink-turn-check")
+
+    async def _diagnose_turn(self) -> None:
+        await self._turn.check(self._ice_servers())
 
     async def try_send(self, sid: str, frame: Frame) -> bool:
         session = self._sessions.get(sid)
@@ -304,6 +312,16 @@ class WebRTCPeerTransport:
     def transport_kind(self, sid: str) -> str:
         session = self._sessions.get(sid)
         return session.transport_kind() if session is not None else "ws"
+
+    def path_info(self, sid: str) -> P2PPathInfo | None:
+        """The peer connection of a live session, for the status document (None: it has none)."""
+        session = self._sessions.get(sid)
+        return session.path_info() if session is not None else None
+
+    @property
+    def backend_name(self) -> str | None:
+        """The WebRTC library in use, or None when none loaded."""
+        return self._backend.name if self._backend is not None else None
 
     async def close(self) -> None:
         """Close every peer connection (no lingering) and every task."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -171,8 +172,9 @@ class Sink(Protocol):
     async def wait_writer(self, within: float) -> AppWriter | None:
         """The newest app connection able to take data, waiting up to ``within`` s."""
 
-    def writer_now(self) -> AppWriter | None:
-        """The newest app connection able to take data now, without waiting (or None)."""
+    def eof_writer(self) -> AppWriter | None:
+        """The app connection an empty stream's end belongs to now, without waiting (or
+        None: then nobody is told)."""
 
 
 def log_state(direction: str, sid: str, src: str, dst: str, state: str, detail: str = "") -> None:
@@ -197,6 +199,7 @@ class OwnedSession:
         self.host = host
         self.sid = sid
         self.close_reason = ""
+        self.created = time.monotonic()  # for uptime in the status document
         self._requested_close: str | None = None
         self._done = asyncio.Event()
         self.task: asyncio.Task[None] | None = None

@@ -310,8 +310,9 @@ class InboundSession(OwnedSession):
         writer = self._writer
         if writer is None and self.delivered_bytes == 0:
             # An empty stream (the peer's app connected and left without writing): its EOF
-            # goes to an app connection that is there now; none waits for one to come.
-            writer = self.sink.writer_now()
+            # goes to an app connection there now that it may belong to (see the sink);
+            # none waits for one to come.
+            writer = self.sink.eof_writer()
         if writer is not None:
             writer.finish()
         return EOF

@@ -37,6 +37,7 @@ from .base import (
     eof_reason,
     log_state,
 )
+from .hints import BEHIND_AFTER, HINTS
 from .queues import BoundedQueue, QueueClosed
 
 log = logging.getLogger("hotlink.session")
@@ -93,7 +94,6 @@ class OutboundSession(OwnedSession):
         self.state: OutState = "pending"
         self.seq = 0
         self.reject_reason = ""
-        self.created = time.monotonic()
         self.queue: BoundedQueue[SendItem | None] = BoundedQueue(
             OUT_QUEUE_ITEMS, OUT_QUEUE_BYTES, _item_size
         )
@@ -190,9 +190,11 @@ class OutboundSession(OwnedSession):
                 await self._decided.wait()
         except TimeoutError:
             self._tell_peer("fallback")
+            HINTS.not_accepted(self.path, self.host.local_email, self.to, self.accept_timeout)
             return "accept timeout"
         if self.state != "accepted":
             self._tell_peer("fallback")
+            HINTS.refused(self.path, self.reject_reason, self.host.local_email, self.to)
             return f"rejected: {self.reject_reason}"
         log_state("out", self.sid, self.host.local_email, self.to, "accepted")
         await self.host.outbound_accepted(self)
@@ -227,9 +229,14 @@ class OutboundSession(OwnedSession):
         if self.credit.can_send():
             return
         self.host.telemetry.incr("flow_waits")
+        started = time.monotonic()
         while not self.credit.can_send():
             self._credit_changed.clear()
-            await self._credit_changed.wait()
+            try:
+                async with asyncio.timeout(BEHIND_AFTER):
+                    await self._credit_changed.wait()
+            except TimeoutError:
+                HINTS.receiver_behind(self.path, self.to, time.monotonic() - started)
 
     async def _end(self, reason: str) -> None:
         self.close_reason = reason

@@ -2,7 +2,7 @@
 
 Run as a process (root)::
 
-    python -m hotlink.wan_link --inner-ns NS --inner-dev DEV --outer-ns NS --outer-dev DEV \\
+    python -m hotlink.lab.wan_link --inner-ns NS --inner-dev DEV --outer-ns NS --outer-dev DEV \\
         [--delay-ms D] [--loss-pct P] [--seed S]
 
 It creates two TAP devices, ``--inner-dev`` in ``--inner-ns`` (a host's or a router's
@@ -78,9 +78,9 @@ def start_link(
     python: str = sys.executable,
 ) -> subprocess.Popen[bytes]:
     """Start the link between ``inner`` and ``outer`` (each ``(namespace, device)``) and wait
-    until both devices exist; stop it by pid (:func:`hotlink.devstack.stop_process`)."""
+    until both devices exist; stop it by pid (:func:`hotlink.lab.processes.stop_process`)."""
     argv = [
-        python, "-u", "-m", "hotlink.wan_link",
+        python, "-u", "-m", "hotlink.lab.wan_link",
         "--inner-ns", inner[0], "--inner-dev", inner[1],
         "--outer-ns", outer[0], "--outer-dev", outer[1],
         "--delay-ms", str(delay_ms), "--loss-pct", str(loss_pct),
@@ -93,8 +93,8 @@ def start_link(
     assert proc.stdout is not None
     line = proc.stdout.readline().decode().strip()
     if line != "ready":
-        # Imported here: the link process itself needs nothing of the devstack.
-        from .devstack import stop_process
+        # Imported here: the link process itself needs nothing else of the lab.
+        from .processes import stop_process
 
         stop_process(proc, 5)
         raise LinkError(f"WAN link {inner[0]}/{inner[1]} did not start (said {line!r})")
@@ -194,7 +194,7 @@ async def run_link(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hotlink.wan_link")
+    parser = argparse.ArgumentParser(prog="python -m hotlink.lab.wan_link")
     parser.add_argument("--inner-ns", required=True)
     parser.add_argument("--inner-dev", required=True)
     parser.add_argument("--outer-ns", required=True)
