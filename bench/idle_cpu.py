@@ -1,5 +1,5 @@
 """Idle CPU of a client on a big datasites tree, and how fast it picks up a new tunnel marker
-(``python -m bench.idle_cpu [--files 100000] [--idle 60] [--src DIR]``).
+(``python -m bench.idle_cpu [--files 100000] [--idle 300] [--src DIR]``).
 
 Builds a tree of ``--files`` files (``--per-folder`` files a folder, spread over a few
 datasites, plus ACL files and a few tunnel markers) in a temporary folder, starts a real relay
@@ -29,10 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hotlink.client.edges.watcher import RESCAN_INTERVAL
 from hotlink.lab.processes import child_env, client_settings, launch_client, launch_server
 
-# The client's safety rescan interval (hotlink.client.edges.watcher.RESCAN_INTERVAL).
-RESCAN_INTERVAL = 60.0
 EMAIL = "alice@example.com"
 PEER = "bob@example.com"
 OTHERS = 19  # other datasites sharing the tree with ours
@@ -152,7 +151,7 @@ def measure(
     *,
     files: int = 100_000,
     per_folder: int = 10,
-    idle: float = 60.0,
+    idle: float = RESCAN_INTERVAL,
     settle: float = 10.0,
     markers: int = 5,
     src: Path | None = None,
@@ -229,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--per-folder", type=int, default=10)
     parser.add_argument(
-        "--idle", type=float, default=60.0, help="seconds measured (a safety rescan included)"
+        "--idle",
+        type=float,
+        default=RESCAN_INTERVAL,
+        help="seconds measured (the default takes in one safety rescan of the whole tree)",
     )
     parser.add_argument("--settle", type=float, default=10.0, help="seconds before measuring")
     parser.add_argument("--markers", type=int, default=5, help="new markers timed")

@@ -30,7 +30,7 @@ from hotlink.lab.stack import stop_on_signals
 from .chart import PALETTE, Bar, Panel, draw
 from .flow import FlowConfig, FlowResults, paired_paths, run_flow
 from .goals import evaluate
-from .idle_cpu import IdleCpuResult
+from .idle_cpu import RESCAN_INTERVAL, IdleCpuResult
 from .idle_cpu import markdown as idle_markdown
 from .idle_cpu import measure as measure_idle_cpu
 from .paths import (
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.only or "idle-cpu" in args.only.split(","):
         _say("bench: idle-cpu ...")
         idle = measure_idle_cpu(
-            files=20_000 if args.quick else 100_000, idle=20.0 if args.quick else 60.0
+            files=20_000 if args.quick else 100_000, idle=20.0 if args.quick else RESCAN_INTERVAL
         )
     write_outputs(args, cfg, fcfg, results, flow, wan_note, time.monotonic() - started, idle)
     return 0

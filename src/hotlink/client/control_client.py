@@ -30,7 +30,6 @@ import http.client
 import json
 import os
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -148,23 +147,9 @@ def wait_for_status(
     alive: Callable[[], bool] | None = None,
 ) -> StatusDoc:
     """Poll until ``ok(doc)``; the socket may not exist yet. TimeoutError as a failure guard,
-    ControlUnavailable at once when ``alive()`` says the daemon died."""
-    deadline = time.monotonic() + timeout
-    last: StatusDoc | None = None
-    why = "no answer yet"
-    while True:
-        try:
-            last = fetch_status(path, timeout=max(0.5, min(5.0, timeout)))
-            if ok(last):
-                return last
-            why = "condition not met"
-        except ControlUnavailable as exc:
-            why = str(exc)
-        if alive is not None and not alive():
-            raise ControlUnavailable(f"the client exited ({why})")
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"status at {path} after {timeout:g} s: {why}; last: {last}")
-        time.sleep(poll)
+    ControlUnavailable at once when ``alive()`` says the daemon died. For code without an
+    event loop (it runs :func:`wait_for_status_async` on a loop of its own)."""
+    return asyncio.run(wait_for_status_async(path, ok, timeout, poll=poll, alive=alive))
 
 
 # ---------------------------------------------------------------- async client
