@@ -23,7 +23,7 @@ from ..protocol.messages import Ack, Error, FileWrite, Message, Nack
 from .edges.changes import FULL, ChangeFeed, Changes
 from .edges.discovery import FileIndex
 from .edges.watcher import TreeWatcher
-from .localfs import FileTooLarge, read_regular_file
+from .localfs import TRANSIENT_ERRNOS, FileTooLarge, read_regular_file
 
 log = logging.getLogger("hotlink.acl")
 
@@ -295,8 +295,19 @@ class AclPublisher:
         except FileTooLarge as exc:
             self._hold(rel, stat, "", str(exc))
             return False
-        except OSError as exc:  # a link, a FIFO, unreadable
-            self._hold(rel, stat, "", str(exc))
+        except OSError as exc:
+            if exc.errno in TRANSIENT_ERRNOS:
+                # Out of file descriptors or memory for a moment: nothing is wrong with the
+                # file, so it is read again after the usual back-off.
+                attempts = failed.attempts + 1 if failed is not None else 1
+                self.failed[rel] = _Failed(
+                    stat, "", refused=False, attempts=attempts,
+                    retry_at=loop.time() + retry_delay(attempts),
+                )  # fmt: skip
+                if attempts == 1:
+                    log.warning("acl %s cannot be read now: %s (trying again)", rel, exc)
+                return False
+            self._hold(rel, stat, "", str(exc))  # a link, a FIFO, unreadable
             return False
         if self.published.get(rel) == acl.etag:
             self.failed.pop(rel, None)  # back to what the server has

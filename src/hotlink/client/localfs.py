@@ -31,6 +31,9 @@ from pathlib import Path
 
 # Markers (stream.tcp, stream.sock, stream.accept) hold a line of JSON or an address.
 MARKER_MAX_BYTES = 64 * 1024
+# Read errors that say nothing about the file (out of file descriptors or memory): try again
+# later rather than treat the file as bad.
+TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR})
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC

@@ -406,7 +406,7 @@ class HotlinkManager:
                 log.warning(
                     "ipc unavailable for %s: %s (%d refused so far)",
                     short_path(folder),
-                    exc,
+                    short_path(str(exc), 300),
                     self._ipc_refused,
                 )
             self._reject(msg.sid, "ipc unavailable")

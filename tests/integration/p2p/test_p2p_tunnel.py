@@ -105,6 +105,7 @@ async def test_a_clean_end_is_not_a_p2p_failure(relay: ServerProcess, tmp_path: 
             doc = await await_telemetry(
                 client,
                 lambda d: d["live"]["inbound"] == 0 and d["live"]["outbound_accepted"] == 0,
+                timeout=60.0,  # a failure guard: a loaded machine writes telemetry late
             )
             assert doc["p2p_answers_ok"] >= 1  # the streams did run peer to peer
             assert doc.get("p2p_failed", 0) == 0

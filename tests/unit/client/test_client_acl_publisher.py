@@ -144,6 +144,36 @@ async def test_a_file_without_ack_is_retried_without_any_file_event(tmp_path: Pa
         await publisher.stop()
 
 
+async def test_a_file_unreadable_for_a_moment_is_published_once_it_can_be_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _own, server, _ = _setup(tmp_path)
+    watcher = TreeWatcher(tmp_path / "datasites", events=False, fallback_interval=3600)
+    publisher = AclPublisher(
+        tmp_path / "datasites", ALICE, server.send, watcher=watcher, ack_timeout=0.5
+    )
+    server.publisher = publisher
+    real_read = acl_publisher.read_acl_file
+    out_of_fds = [True]
+
+    def read(*args: object, **kwargs: object) -> object:
+        if out_of_fds[0]:
+            raise OSError(24, "Too many open files")
+        return real_read(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(acl_publisher, "read_acl_file", read)
+    publisher.start()
+    try:
+        await _passes(publisher, 2)
+        assert server.writes == [] and publisher.failed
+        assert not any(f.refused for f in publisher.failed.values())
+        out_of_fds[0] = False
+        # No file event: the retry timer brings the publisher back.
+        await until(lambda: len(publisher.published) == 2, timeout=20)
+    finally:
+        await publisher.stop()
+
+
 async def _passes(publisher: AclPublisher, n: int) -> None:
     """Let the publisher poll ``n`` more times."""
     target = publisher.passes + n

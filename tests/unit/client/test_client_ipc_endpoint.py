@@ -167,6 +167,30 @@ async def test_hub_serves_a_marker_dropped_after_start_on_file_events(
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def test_an_endpoint_made_for_an_inbound_session_closes_when_idle_on_file_events(
+    tmp_path: Path, sockets: Path
+) -> None:
+    """The discovery loop, waiting for file events only (no endpoints, no timer), is woken
+    by an endpoint made for an inbound session, so it closes that one once idle."""
+    datasites = tmp_path / "datasites"
+    (datasites / ALICE).mkdir(parents=True)
+    watcher = TreeWatcher(datasites, rescan_interval=3600)
+    hub = _hub(tmp_path, sockets, watcher=watcher, idle_grace=0.2)
+    tasks = [asyncio.create_task(watcher.run()), asyncio.create_task(hub.run())]
+    try:
+        await until(lambda: watcher.mode == "events", timeout=20)
+        await asyncio.sleep(0.5)  # the loop's first scans are done: it waits on events
+        folder = datasites / "bob@example.com" / "app_data" / "app" / "rpc" / "ep"
+        lease = await hub.endpoint_for(folder)
+        lease.release()  # the session ended
+        await until(lambda: not hub.endpoints, timeout=20)
+        assert watcher.rescans == 1  # no safety rescan did it
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def test_tcp_mode_hub_never_claims_a_tunnel_folder(tmp_path: Path, sockets: Path) -> None:
     datasites = tmp_path / "datasites"
     tunnel_like = datasites / ALICE / "app_data" / "x" / "_mpc" / "0_to_1"

@@ -581,3 +581,45 @@ async def test_tunnels_beyond_the_cap_are_not_started_until_one_ends(
         assert sorted(c.info.listen_port for c in proxy.channels.values()) == sorted(ports[1:])
     finally:
         await proxy.close()
+
+
+async def test_another_persons_markers_cannot_crowd_out_our_own_tunnels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(tcp_proxy_module, "MAX_TUNNELS", 4)
+    monkeypatch.setattr(tcp_proxy_module, "MAX_FOREIGN_TUNNELS", 3)
+    monkeypatch.setattr(tcp_proxy_module, "MAX_FOREIGN_TUNNELS_PER_PEER", 2)
+    mallory, trudy = "mallory@example.com", "trudy@example.com"
+
+    def foreign(owner: str, run: str) -> int:
+        # A marker in someone else's datasite (synced to us) that names us as a party.
+        port = _free_port()
+        folder = tmp_path / owner / f"shared/flows/x/{run}/_mpc/0_to_1"
+        folder.mkdir(parents=True)
+        (folder / "stream.tcp").write_text(
+            json.dumps({"from": owner, "to": ALICE, "ports": {owner: 1, ALICE: port}})
+        )
+        return port
+
+    flood = [foreign(mallory, f"m{i}") for i in range(5)] + [foreign(trudy, "t0")]
+    ours = _free_port()
+    (_channel_folder(tmp_path, "ours") / "stream.tcp").write_text(
+        json.dumps({"from": ALICE, "to": BOB, "ports": {ALICE: ours, BOB: 1}})
+    )
+    proxy = TcpProxy(
+        datasites=tmp_path, local_email=ALICE, bind_host="127.0.0.1", chunk_size=4096,
+        opener=Opener(),
+    )  # fmt: skip
+    try:
+        with caplog.at_level(logging.WARNING):
+            for _ in range(2):
+                await proxy.scan_once()
+        ports = {c.info.listen_port: c.info.peer_email for c in proxy.channels.values()}
+        assert ours in ports  # our own tunnel runs
+        assert sum(peer == mallory for peer in ports.values()) == 2  # mallory's share
+        assert flood[-1] in ports  # another person still gets theirs
+        assert len(ports) == 4
+        warned = [r.getMessage() for r in caplog.records if "not starting" in r.getMessage()]
+        assert len(warned) == 3 and all(mallory in w for w in warned)
+    finally:
+        await proxy.close()

@@ -85,6 +85,11 @@ class ChangeFeed:
         self._paths.clear()
         self._posted.set()
 
+    def wake(self) -> None:
+        """Make the waiting :meth:`next` return now, with whatever is pending (perhaps
+        nothing): the consumer's own state changed and its next timer may be sooner."""
+        self._posted.set()
+
     @property
     def pending(self) -> bool:
         return self._full or bool(self._paths)

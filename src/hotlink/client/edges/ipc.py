@@ -373,6 +373,9 @@ class IpcHub(ListenerHub):
             endpoint = self.endpoints.get(folder)
             if endpoint is None:
                 endpoint = await self._open(folder, inbound=True)
+                # The discovery loop may be waiting for file events alone (it had no
+                # endpoints): from now on it must also wake to close idle ones.
+                self.feed.wake()
             endpoint.idle_since = None
             return IpcLease(endpoint)
 

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ...protocol.acl import short_path
 from ...protocol.errors import ProtocolError
 from ...protocol.markers import (
     MPC_DIR,
@@ -37,7 +37,7 @@ from ...protocol.markers import (
     parse_tcp_marker,
     proxy_channel,
 )
-from ..localfs import MARKER_MAX_BYTES, read_regular_file
+from ..localfs import MARKER_MAX_BYTES, TRANSIENT_ERRNOS, read_regular_file
 from ..session.base import EOF, SessionClosed
 from ..session.outbound import OutboundSession
 from .changes import FULL, ChangeFeed, Changes
@@ -53,11 +53,13 @@ SCAN_INTERVAL = 0.25
 BIND_RETRY = 2.0
 # Tunnels one client runs at most. Every marker naming us as a party becomes a listening
 # socket, and markers reach our tree from other people's datasites too: without a bound
-# anyone could make us hold sockets (and file descriptors) without end. Many more than the
-# channels of a few concurrent MPC runs among a handful of parties.
-MAX_TUNNELS = 64
-# Read errors that say nothing about the marker (out of file descriptors or memory).
-TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR})
+# anyone could make us hold sockets (and file descriptors) without end. A tunnel with a
+# marker in our own datasite is one we (or our apps) set up; one known only from another
+# person's datasite is theirs, and each person gets a small share, so nobody can crowd out
+# our own. All far above the channels of a few concurrent MPC runs among a few parties.
+MAX_TUNNELS = 256
+MAX_FOREIGN_TUNNELS = 64
+MAX_FOREIGN_TUNNELS_PER_PEER = 8
 
 
 class StreamOpener(Protocol):
@@ -91,6 +93,17 @@ def _misplaced(segments: list[str]) -> str | None:
     return what if in_mpc else f"it is not under an {MPC_DIR} folder and {what}"
 
 
+def _where(rel: str) -> str:
+    """A marker's path for a log line: whole unless absurdly long."""
+    return short_path(rel, 200)
+
+
+def _text(exc: BaseException) -> str:
+    """An error for a log line: an OSError's text names the whole path, which anyone who can
+    put folders in our tree chooses."""
+    return short_path(str(exc), 300)
+
+
 class MarkerScanner:
     """Finds tunnel markers; caches parsed files by (inode, mtime, size), logs each marker
     found or gone at INFO, and warns once per version about one it cannot use.
@@ -112,6 +125,8 @@ class MarkerScanner:
         self.index = FileIndex(datasites, TCP_MARKER)
         self._indexed = False
         self._cache: dict[str, _MarkerCache] = {}
+        # Canonical keys with a marker in our own datasite (see MAX_FOREIGN_TUNNELS).
+        self.own: set[str] = set()
         self._unreadable: set[str] = set()  # markers whose last read failed (warned once)
 
     def scan(self, changes: Changes = FULL) -> dict[str, ProxyChannel]:
@@ -123,10 +138,16 @@ class MarkerScanner:
         elif changes.paths:
             self.index.update(changes.paths)
         found: dict[str, ProxyChannel] = {}
+        own: set[str] = set()
         for full, rel in self.index.sorted_files():
             channel = self._load(full, rel)
-            if channel is not None and channel.canonical_key not in found:
+            if channel is None:
+                continue
+            if rel.split("/", 1)[0] == self.local_email:
+                own.add(channel.canonical_key)
+            if channel.canonical_key not in found:
                 found[channel.canonical_key] = channel
+        self.own = own
         for gone in set(self._cache) - set(self.index.files):
             if self._cache.pop(gone).channel is not None:
                 log.info("tunnel marker removed: %s", gone)
@@ -148,20 +169,24 @@ class MarkerScanner:
             channel = self._parse(rel, data.decode("utf-8"))
         except OSError as exc:
             if exc.errno not in TRANSIENT_ERRNOS:
-                log.warning("tcp proxy: cannot read marker %s: %s", rel, exc)
+                log.warning("tcp proxy: cannot read marker %s: %s", _where(rel), _text(exc))
             else:
                 # A passing shortage: a running tunnel is not stopped for it, and the marker
                 # is read again next scan.
                 if rel not in self._unreadable:
                     self._unreadable.add(rel)
-                    log.warning("tcp proxy: cannot read marker %s: %s (trying again)", rel, exc)
+                    log.warning(
+                        "tcp proxy: cannot read marker %s: %s (trying again)",
+                        _where(rel),
+                        _text(exc),
+                    )
                 return cached.channel if cached is not None else None
         except UnicodeDecodeError as exc:
-            log.warning("tcp proxy: cannot read marker %s: %s", rel, exc)
+            log.warning("tcp proxy: cannot read marker %s: %s", _where(rel), _text(exc))
         except ProtocolError as exc:
-            log.warning("tunnel marker ignored: %s; it must hold %s", exc, MARKER_JSON)
+            log.warning("tunnel marker ignored: %s; it must hold %s", _text(exc), MARKER_JSON)
         except Exception as exc:  # one odd file must not hide the others
-            log.warning("tunnel marker %s ignored: %s", rel, type(exc).__name__)
+            log.warning("tunnel marker %s ignored: %s", _where(rel), type(exc).__name__)
         self._unreadable.discard(rel)
         if stat[2] > 0:
             # An empty file is probably still being written: read it again next scan.
@@ -169,12 +194,12 @@ class MarkerScanner:
         if channel is not None and (cached is None or cached.channel != channel):
             log.info(
                 "tunnel marker found: %s (peer %s, listening on port %d)",
-                rel,
+                _where(rel),
                 channel.peer_email,
                 channel.listen_port,
             )
         elif channel is None and cached is not None and cached.channel is not None:
-            log.info("tunnel marker no longer usable: %s", rel)
+            log.info("tunnel marker no longer usable: %s", _where(rel))
         return channel
 
     def _parse(self, rel: str, text: str) -> ProxyChannel | None:
@@ -188,7 +213,7 @@ class MarkerScanner:
             if text.lstrip().startswith("{"):
                 log.warning(
                     "tunnel marker %s ignored: %s; a tunnel marker goes in %s",
-                    rel,
+                    _where(rel),
                     problem,
                     MARKER_LAYOUT,
                 )
@@ -469,22 +494,24 @@ class TcpProxy(ListenerHub):
                 log.info("tcp proxy: stopping %s (port %d)", key, running.info.listen_port)
                 await running.close()
         now = asyncio.get_running_loop().time()
-        for key, info in found.items():
+        own = self.scanner.own
+        # Our own tunnels first, so that other people's markers never take their places.
+        for key, info in sorted(found.items(), key=lambda item: item[0] not in own):
             if key in self.channels:
                 continue
             failed_at = self._bind_failed.get(key)
             if failed_at is not None and now - failed_at < BIND_RETRY:
                 continue
-            if len(self.channels) >= MAX_TUNNELS:
+            full = self._cap_reached(key, info, own)
+            if full:
                 if key not in self._over_cap:
                     self._over_cap.add(key)
                     log.warning(
-                        "tcp proxy: not starting %s (port %d): %d tunnels run already, "
-                        "the most one client runs; close one (hotlink tunnel close) or "
-                        "remove stale markers",
-                        key,
+                        "tcp proxy: not starting %s (port %d): %s; close one (hotlink tunnel "
+                        "close) or remove stale markers",
+                        short_path(key),
                         info.listen_port,
-                        MAX_TUNNELS,
+                        full,
                     )
                 continue
             self._over_cap.discard(key)
@@ -511,6 +538,26 @@ class TcpProxy(ListenerHub):
                 key,
                 info.peer_email,
             )
+
+    def _cap_reached(self, key: str, info: ProxyChannel, own: set[str]) -> str:
+        """Why the tunnel ``key`` may not start now (MAX_TUNNELS...), or ''."""
+        if len(self.channels) >= MAX_TUNNELS:
+            return f"{MAX_TUNNELS} tunnels run already, the most one client runs"
+        if key in own:
+            return ""
+        foreign = [c for k, c in self.channels.items() if k not in own]
+        if len(foreign) >= MAX_FOREIGN_TUNNELS:
+            return (
+                f"{MAX_FOREIGN_TUNNELS} tunnels known only from other people's datasites run "
+                "already"
+            )
+        peer = info.peer_email
+        if sum(c.info.peer_email == peer for c in foreign) >= MAX_FOREIGN_TUNNELS_PER_PEER:
+            return (
+                f"{MAX_FOREIGN_TUNNELS_PER_PEER} tunnels known only from {peer}'s datasite run "
+                "already"
+            )
+        return ""
 
     def sink_for(self, path: str, peer: str) -> TunnelChannel | None:
         for channel in self.channels.values():
