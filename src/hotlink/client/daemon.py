@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .. import logs
+from ..loop_errors import accept_error_handler
 from ..protocol.messages import Error, Message, MsgType, System
 from ..settings import ClientSettings
 from .acl_publisher import AclPublisher
@@ -234,6 +235,9 @@ async def run_client(settings: ClientSettings) -> int:
     """Run until SIGTERM or SIGINT; the exit code is 0 on a clean stop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Out of descriptors (a hostile peer's markers, many app connections): one line per
+    # interval, not a traceback for every failed accept on every listener.
+    loop.set_exception_handler(accept_error_handler(log))
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import hotlink.client.edges.tcp_proxy as tcp_proxy_module
-from hotlink.client.edges.changes import FULL, ChangeFeed, Changes
+from hotlink.client.edges.changes import FULL, NOTHING, ChangeFeed, Changes
 from hotlink.client.edges.listener import ListenerHub
 from hotlink.client.edges.tcp_proxy import (
     MarkerScanner,
@@ -25,6 +25,7 @@ from hotlink.client.edges.tcp_proxy import (
 )
 from hotlink.client.edges.watcher import TreeWatcher
 from hotlink.client.localfs import MARKER_MAX_BYTES
+from hotlink.client.session.hints import Hints
 from hotlink.client.session.outbound import OutboundSession
 from hotlink.protocol.markers import TcpMarker, proxy_channel
 from hotlink.protocol.messages import HotlinkClose
@@ -558,6 +559,7 @@ async def test_tunnels_beyond_the_cap_are_not_started_until_one_ends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(tcp_proxy_module, "MAX_TUNNELS", 2)
+    monkeypatch.setattr(tcp_proxy_module, "HINTS", Hints())  # nothing said before
     ports = [_free_port() for _ in range(3)]
     for run, port in zip(("a", "b", "c"), ports, strict=True):
         folder = _channel_folder(tmp_path, run)
@@ -587,6 +589,7 @@ async def test_another_persons_markers_cannot_crowd_out_our_own_tunnels(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(tcp_proxy_module, "MAX_TUNNELS", 4)
+    monkeypatch.setattr(tcp_proxy_module, "HINTS", Hints())
     monkeypatch.setattr(tcp_proxy_module, "MAX_FOREIGN_TUNNELS", 3)
     monkeypatch.setattr(tcp_proxy_module, "MAX_FOREIGN_TUNNELS_PER_PEER", 2)
     mallory, trudy = "mallory@example.com", "trudy@example.com"
@@ -620,6 +623,31 @@ async def test_another_persons_markers_cannot_crowd_out_our_own_tunnels(
         assert flood[-1] in ports  # another person still gets theirs
         assert len(ports) == 4
         warned = [r.getMessage() for r in caplog.records if "not starting" in r.getMessage()]
-        assert len(warned) == 3 and all(mallory in w for w in warned)
+        assert len(warned) == 1 and mallory in warned[0]  # once for all of mallory's
+    finally:
+        await proxy.close()
+
+
+async def test_a_new_marker_unreadable_for_a_moment_is_read_again_without_an_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def out_of_descriptors(*args: object, **kwargs: object) -> bytes:
+        raise OSError(24, "Too many open files")
+
+    port = _free_port()
+    _marker(tmp_path, ALICE, port_alice=port)
+    proxy = TcpProxy(
+        datasites=tmp_path, local_email=ALICE, bind_host="127.0.0.1", chunk_size=4096,
+        opener=Opener(),
+    )  # fmt: skip
+    try:
+        monkeypatch.setattr(tcp_proxy_module, "read_regular_file", out_of_descriptors)
+        await proxy.scan_once()
+        assert proxy.channels == {}
+        assert proxy.next_wakeup() == tcp_proxy_module.READ_RETRY
+        monkeypatch.undo()
+        await proxy.scan_once(NOTHING)  # the timer ran out; no file event came
+        assert proxy.sink_for(CANONICAL, BOB) is not None
+        assert proxy.next_wakeup() is None
     finally:
         await proxy.close()

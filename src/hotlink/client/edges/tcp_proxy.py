@@ -39,6 +39,7 @@ from ...protocol.markers import (
 )
 from ..localfs import MARKER_MAX_BYTES, TRANSIENT_ERRNOS, read_regular_file
 from ..session.base import EOF, SessionClosed
+from ..session.hints import HINTS
 from ..session.outbound import OutboundSession
 from .changes import FULL, ChangeFeed, Changes
 from .discovery import FileIndex
@@ -49,8 +50,10 @@ log = logging.getLogger("hotlink.tcp_proxy")
 
 # Without a file watcher (tests, tools): a full scan this often.
 SCAN_INTERVAL = 0.25
-# A listener that could not bind is tried again after this many seconds.
+# A listener that could not bind, or a marker that could not be read for lack of file
+# descriptors, is tried again after this many seconds.
 BIND_RETRY = 2.0
+READ_RETRY = 2.0
 # Tunnels one client runs at most. Every marker naming us as a party becomes a listening
 # socket, and markers reach our tree from other people's datasites too: without a bound
 # anyone could make us hold sockets (and file descriptors) without end. A tunnel with a
@@ -127,7 +130,8 @@ class MarkerScanner:
         self._cache: dict[str, _MarkerCache] = {}
         # Canonical keys with a marker in our own datasite (see MAX_FOREIGN_TUNNELS).
         self.own: set[str] = set()
-        self._unreadable: set[str] = set()  # markers whose last read failed (warned once)
+        # Markers whose last read failed for lack of descriptors (warned once; read again).
+        self.unreadable: set[str] = set()
 
     def scan(self, changes: Changes = FULL) -> dict[str, ProxyChannel]:
         """``canonical key -> channel`` after looking at ``changes`` (a full walk the first
@@ -151,7 +155,7 @@ class MarkerScanner:
         for gone in set(self._cache) - set(self.index.files):
             if self._cache.pop(gone).channel is not None:
                 log.info("tunnel marker removed: %s", gone)
-        self._unreadable &= set(self.index.files)
+        self.unreadable &= set(self.index.files)
         return found
 
     def _load(self, full: str, rel: str) -> ProxyChannel | None:
@@ -173,8 +177,8 @@ class MarkerScanner:
             else:
                 # A passing shortage: a running tunnel is not stopped for it, and the marker
                 # is read again next scan.
-                if rel not in self._unreadable:
-                    self._unreadable.add(rel)
+                if rel not in self.unreadable:
+                    self.unreadable.add(rel)
                     log.warning(
                         "tcp proxy: cannot read marker %s: %s (trying again)",
                         _where(rel),
@@ -187,7 +191,7 @@ class MarkerScanner:
             log.warning("tunnel marker ignored: %s; it must hold %s", _text(exc), MARKER_JSON)
         except Exception as exc:  # one odd file must not hide the others
             log.warning("tunnel marker %s ignored: %s", _where(rel), type(exc).__name__)
-        self._unreadable.discard(rel)
+        self.unreadable.discard(rel)
         if stat[2] > 0:
             # An empty file is probably still being written: read it again next scan.
             self._cache[rel] = _MarkerCache(stat, channel)
@@ -472,13 +476,19 @@ class TcpProxy(ListenerHub):
         self._found: dict[str, ProxyChannel] = {}
 
     def next_wakeup(self) -> float | None:
-        """When the next listener that failed to bind may be tried again."""
-        if not self._bind_failed:
-            return None
-        now = asyncio.get_running_loop().time()
-        return max(0.0, min(self._bind_failed.values()) + BIND_RETRY - now)
+        """When the next listener that failed to bind, or marker that could not be read,
+        may be tried again."""
+        waits = [READ_RETRY] if self.scanner.unreadable else []
+        if self._bind_failed:
+            now = asyncio.get_running_loop().time()
+            waits.append(max(0.0, min(self._bind_failed.values()) + BIND_RETRY - now))
+        return min(waits) if waits else None
 
     async def scan_once(self, changes: Changes = FULL) -> None:
+        if not changes and self.scanner.unreadable:
+            # No event will come for a marker that was there all along: read it again.
+            root = self.scanner.datasites
+            changes = Changes(paths=frozenset(str(root / rel) for rel in self.scanner.unreadable))
         if changes:
             # Off the loop: the walk and the reads touch files anyone may have put there.
             self._found = await asyncio.to_thread(self.scanner.scan, changes)
@@ -506,12 +516,14 @@ class TcpProxy(ListenerHub):
             if full:
                 if key not in self._over_cap:
                     self._over_cap.add(key)
-                    log.warning(
-                        "tcp proxy: not starting %s (port %d): %s; close one (hotlink tunnel "
-                        "close) or remove stale markers",
-                        short_path(key),
-                        info.listen_port,
-                        full,
+                    # Said once in a while per person (or for all): one person's flood of
+                    # markers would otherwise be a line per marker.
+                    HINTS.say(
+                        "tunnel-cap",
+                        "" if key in own else info.peer_email,
+                        f"tcp proxy: not starting {short_path(key)} (port {info.listen_port}) "
+                        f"and perhaps more: {full}; close one (hotlink tunnel close) or remove "
+                        "stale markers",
                     )
                 continue
             self._over_cap.discard(key)
