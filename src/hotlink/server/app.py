@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from .. import __version__
+from ..loop_errors import LIMIT_LOG_INTERVAL, Throttle, accept_error_handler
 from ..protocol.codec import Encoding, choose_encoding, decode, encode
 from ..protocol.errors import ProtocolError
 from ..protocol.messages import HOTLINK_TYPES, HotlinkOpen, HotlinkReject, Message, MsgType, System
@@ -53,15 +54,12 @@ from .hub import (
     DEFAULT_QUEUE_BYTES,
     DEFAULT_QUEUE_MESSAGES,
     DEFAULT_WRITE_TIMEOUT,
-    LIMIT_LOG_INTERVAL,
     Admission,
     Connection,
     Frame,
     Hub,
     Refusal,
     TextFrame,
-    Throttle,
-    accept_error_handler,
     new_conn_id,
 )
 from .ice_headers import advertised_ice_servers, ice_headers, static_turn_password_ignored
@@ -467,6 +465,15 @@ class Relay:
                     self.metrics.budget_disconnects.inc()
                     self._drop_slow_reader(target, send.message, "relay over its queued bytes")
                     continue
+                # The receiver keeps within its share, yet all together are over the bound
+                # (many connections, each within its share): the one holding the most goes,
+                # so the bound holds however many connections there are.
+                hoarder = self.hub.largest_holder()
+                if hoarder is not None and hoarder.backlog > target.backlog + len(frame):
+                    self.metrics.budget_disconnects.inc()
+                    self._drop_slow_reader(
+                        hoarder, send.message, "relay over its queued bytes; it held the most"
+                    )
             if target.try_put(frame):
                 self.metrics.relayed(send.message.typ, len(frame))
             elif send.broadcast:
@@ -603,7 +610,7 @@ async def serve(
     _warn_if_fd_limit_binds(config.max_connections)
     loop = asyncio.get_running_loop()
     previous_handler = loop.get_exception_handler()
-    loop.set_exception_handler(accept_error_handler(relay.metrics.accept_errors.inc))
+    loop.set_exception_handler(accept_error_handler(log, relay.metrics.accept_errors.inc))
     # aiohttp closes a connection that has not sent a complete request within its
     # keep-alive timeout, from the connection's start (and between keep-alive requests).
     runner = web.AppRunner(

@@ -22,9 +22,8 @@ costs one frame, not one per reader. Text (JSON) frames are kept as UTF-8 bytes
 (:class:`TextFrame`) for the same reason: sending a ``str`` would encode a fresh copy per
 connection.
 
-:class:`Admission` caps WebSocket connections in total and per user;
-:func:`accept_error_handler` turns the event loop's report of a failed ``accept()`` (out
-of file descriptors) into one log line per interval.
+:class:`Admission` caps WebSocket connections in total and per user (a failed ``accept()``
+is reported by :mod:`hotlink.loop_errors`).
 
 Ownership: the WebSocket handler owns its :class:`Connection`. It calls ``start()`` after
 the upgrade and ``finish()`` on the way out, which cancels and awaits the writer and any
@@ -35,14 +34,12 @@ full); it only starts the close, the owner still awaits it.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -80,8 +77,6 @@ CLOSE_TIMEOUT = 2.0
 # noticed as closed (a dead peer is found by the heartbeat) and tools run by the same user.
 DEFAULT_MAX_CONNECTIONS_PER_USER = 8
 DEFAULT_MAX_CONNECTIONS = 10_000
-# How often at most a refused upgrade or a failed accept() is logged (the rest are counted).
-LIMIT_LOG_INTERVAL = 10.0
 
 
 def new_conn_id() -> str:
@@ -413,6 +408,15 @@ class Hub:
         for conn in self._conns.values():
             conn.note_unsent()
 
+    def largest_holder(self) -> Connection | None:
+        """The open connection holding the most for its peer (a scan of all of them: only
+        when the relay is over its bound)."""
+        return max(
+            (c for c in self._conns.values() if not c.closing),
+            key=lambda c: c.backlog,
+            default=None,
+        )
+
     def fair_share(self) -> int:
         """What one connection may hold while the relay is over its bound."""
         return max(self.ledger.limit // max(1, len(self._conns)), self.fair_share_floor)
@@ -438,26 +442,6 @@ class Hub:
 
 
 # ---------------------------------------------------------------- limits on connections
-
-
-class Throttle:
-    """At most one log line per ``interval`` seconds; counts the ones left out."""
-
-    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = interval
-        self._clock = clock
-        self._last: float | None = None
-        self._skipped = 0
-
-    def ready(self) -> int | None:
-        """None: stay quiet. Else log now; the value is how many were left out before."""
-        now = self._clock()
-        if self._last is not None and now - self._last < self.interval:
-            self._skipped += 1
-            return None
-        self._last = now
-        skipped, self._skipped = self._skipped, 0
-        return skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,44 +498,3 @@ class Admission:
         self._per_user[user] -= 1
         if not self._per_user[user]:
             del self._per_user[user]
-
-
-# What asyncio's accept loop reports when the process (or system) is out of descriptors or
-# buffers. It already stops accepting for a second and retries; it also logs a traceback
-# for every attempt, thousands of lines a second under a connection flood.
-ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-
-LoopExceptionHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]
-
-
-def accept_error_handler(
-    on_failure: Callable[[], None] | None = None, interval: float = LIMIT_LOG_INTERVAL
-) -> LoopExceptionHandler:
-    """An event-loop exception handler that logs failed accepts once per ``interval``.
-
-    Everything else goes to the loop's default handler. ``on_failure`` is called for every
-    failed accept (a metric).
-    """
-    throttle = Throttle(interval)
-
-    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        exc = context.get("exception")
-        if (
-            "socket" not in context
-            or not isinstance(exc, OSError)
-            or exc.errno not in ACCEPT_RESOURCE_ERRNOS
-        ):
-            loop.default_exception_handler(context)
-            return
-        if on_failure is not None:
-            on_failure()
-        skipped = throttle.ready()
-        if skipped is None:
-            return
-        log.warning(
-            "cannot accept new connections: %s; retrying every second%s",
-            exc.strerror or exc,
-            f" ({skipped} more failed accepts since the last report)" if skipped else "",
-        )
-
-    return handle

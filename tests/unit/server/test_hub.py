@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 
+from hotlink.loop_errors import Throttle, accept_error_handler
 from hotlink.protocol.flow import DEFAULT_WINDOW
 from hotlink.protocol.ice import ICE_SERVERS_HEADER, TURN_PASS_HEADER, TURN_USER_HEADER
 from hotlink.protocol.messages import MsgType
@@ -15,8 +16,6 @@ from hotlink.server.hub import (
     DEFAULT_QUEUE_MESSAGES,
     Admission,
     SendQueue,
-    Throttle,
-    accept_error_handler,
 )
 from hotlink.server.ice_headers import ice_headers, static_turn_password_ignored
 from hotlink.server.metrics import RelayMetrics
@@ -204,7 +203,7 @@ def _accept_failure(code: int = errno.EMFILE) -> dict[str, object]:
 
 async def test_a_flood_of_failed_accepts_is_one_log_line(caplog):
     failures: list[int] = []
-    handler = accept_error_handler(lambda: failures.append(1), interval=60.0)
+    handler = accept_error_handler(logging.getLogger("t"), lambda: failures.append(1), 60.0)
     loop = asyncio.get_running_loop()
     with caplog.at_level(logging.DEBUG):
         for _ in range(1000):
@@ -216,7 +215,7 @@ async def test_a_flood_of_failed_accepts_is_one_log_line(caplog):
 
 
 async def test_other_loop_errors_still_reach_the_default_handler(caplog):
-    handler = accept_error_handler(interval=60.0)
+    handler = accept_error_handler(logging.getLogger("t"), interval=60.0)
     loop = asyncio.get_running_loop()
     with caplog.at_level(logging.ERROR, logger="asyncio"):
         handler(loop, {"message": "something else", "exception": ValueError("boom")})

@@ -431,6 +431,32 @@ async def test_over_the_bound_a_direct_send_cuts_the_hoarder_not_the_reader_with
         await conn.finish()
 
 
+async def test_many_connections_within_their_share_cannot_hold_more_than_the_bound():
+    """Each hoarder stays under the share's floor, but together they pass the bound: the
+    one holding the most is cut for each send over it, so the total stays near the bound
+    however many hoarders there are, and the reader's stream goes on."""
+    relay = Relay(RelayConfig(max_queued_bytes=1 << 20))
+    relay.hub.fair_share_floor = 512 * 1024  # each hoarder below it: no one over its share
+    hoarders = [idle_reader(relay, f"h{i}@example.com") for i in range(8)]
+    reader = idle_reader(relay, "reader@example.com")
+    seq = 0
+    for _ in range(3):  # 3 x 8 x 100 KiB = 2.4 MiB offered to the hoarders
+        for h in hoarders:
+            seq += 1
+            relay._deliver([Send(h.id, data(seq, 100 * 1024))])
+    for i in range(20):  # the reader's stream, which its app takes as it comes
+        relay._deliver([Send(reader.id, data(1000 + i, 64 * 1024))])
+        assert not reader.closing
+        while len(reader.queue):
+            take(reader.queue)
+    held = relay.hub.ledger.total
+    assert held <= (1 << 20) + 200 * 1024, f"the relay holds {held} bytes"
+    assert counter(relay, "hotlink_budget_disconnects_total") >= 1
+    assert any(h.closing for h in hoarders)
+    for conn in (*hoarders, reader):
+        await conn.finish()
+
+
 async def test_the_queued_bytes_gauge_reports_the_ledger():
     relay = Relay(RelayConfig())
     reader = idle_reader(relay, "r@example.com")
