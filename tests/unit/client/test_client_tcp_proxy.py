@@ -530,6 +530,25 @@ async def test_a_failing_scan_never_ends_the_discovery_loop(
 # ---------------------------------------------------------------- bounds
 
 
+def _bare_proxy(datasites: Path) -> TcpProxy:
+    """A proxy whose scans the test runs itself (no discovery loop)."""
+    return TcpProxy(
+        datasites=datasites, local_email=ALICE, bind_host="127.0.0.1", chunk_size=4096,
+        opener=Opener(),
+    )  # fmt: skip
+
+
+def _own_marker(datasites: Path, run: str, port: int) -> None:
+    """A tunnel marker of ours (alice's datasite) listening on ``port``."""
+    (_channel_folder(datasites, run) / "stream.tcp").write_text(
+        json.dumps({"from": ALICE, "to": BOB, "ports": {ALICE: port, BOB: 1}})
+    )
+
+
+def _out_of_descriptors(*args: object, **kwargs: object) -> bytes:
+    raise OSError(24, "Too many open files")
+
+
 async def test_a_marker_that_cannot_be_read_for_a_moment_keeps_its_tunnel(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -539,10 +558,7 @@ async def test_a_marker_that_cannot_be_read_for_a_moment_keeps_its_tunnel(
         marker = tmp_path / ALICE / CHANNEL / "stream.tcp"
         marker.write_text(marker.read_text() + " ")  # a new version, read again
 
-        def out_of_descriptors(*args: object, **kwargs: object) -> bytes:
-            raise OSError(24, "Too many open files")
-
-        monkeypatch.setattr(tcp_proxy_module, "read_regular_file", out_of_descriptors)
+        monkeypatch.setattr(tcp_proxy_module, "read_regular_file", _out_of_descriptors)
         with caplog.at_level(logging.WARNING):
             for _ in range(3):
                 await proxy.scan_once()
@@ -562,14 +578,8 @@ async def test_tunnels_beyond_the_cap_are_not_started_until_one_ends(
     monkeypatch.setattr(tcp_proxy_module, "HINTS", Hints())  # nothing said before
     ports = [_free_port() for _ in range(3)]
     for run, port in zip(("a", "b", "c"), ports, strict=True):
-        folder = _channel_folder(tmp_path, run)
-        (folder / "stream.tcp").write_text(
-            json.dumps({"from": ALICE, "to": BOB, "ports": {ALICE: port, BOB: 1}})
-        )
-    proxy = TcpProxy(
-        datasites=tmp_path, local_email=ALICE, bind_host="127.0.0.1", chunk_size=4096,
-        opener=Opener(),
-    )  # fmt: skip
+        _own_marker(tmp_path, run, port)
+    proxy = _bare_proxy(tmp_path)
     try:
         with caplog.at_level(logging.WARNING):
             for _ in range(3):
@@ -606,13 +616,8 @@ async def test_another_persons_markers_cannot_crowd_out_our_own_tunnels(
 
     flood = [foreign(mallory, f"m{i}") for i in range(5)] + [foreign(trudy, "t0")]
     ours = _free_port()
-    (_channel_folder(tmp_path, "ours") / "stream.tcp").write_text(
-        json.dumps({"from": ALICE, "to": BOB, "ports": {ALICE: ours, BOB: 1}})
-    )
-    proxy = TcpProxy(
-        datasites=tmp_path, local_email=ALICE, bind_host="127.0.0.1", chunk_size=4096,
-        opener=Opener(),
-    )  # fmt: skip
+    _own_marker(tmp_path, "ours", ours)
+    proxy = _bare_proxy(tmp_path)
     try:
         with caplog.at_level(logging.WARNING):
             for _ in range(2):
@@ -631,17 +636,11 @@ async def test_another_persons_markers_cannot_crowd_out_our_own_tunnels(
 async def test_a_new_marker_unreadable_for_a_moment_is_read_again_without_an_event(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def out_of_descriptors(*args: object, **kwargs: object) -> bytes:
-        raise OSError(24, "Too many open files")
-
     port = _free_port()
     _marker(tmp_path, ALICE, port_alice=port)
-    proxy = TcpProxy(
-        datasites=tmp_path, local_email=ALICE, bind_host="127.0.0.1", chunk_size=4096,
-        opener=Opener(),
-    )  # fmt: skip
+    proxy = _bare_proxy(tmp_path)
     try:
-        monkeypatch.setattr(tcp_proxy_module, "read_regular_file", out_of_descriptors)
+        monkeypatch.setattr(tcp_proxy_module, "read_regular_file", _out_of_descriptors)
         await proxy.scan_once()
         assert proxy.channels == {}
         assert proxy.next_wakeup() == tcp_proxy_module.READ_RETRY
