@@ -23,7 +23,7 @@ import json
 import struct
 from dataclasses import fields
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgpack
 
@@ -460,3 +460,286 @@ def decode(frame: bytes | str) -> Message:
         if len(message) <= MAX_ERROR_CHARS:
             raise
         raise ProtocolError(clip_error(message)) from exc
+
+
+# ---------------------------------------------------------------- routing without decoding
+
+
+class DataHeader(NamedTuple):
+    """What routing needs of a msgpack ``HotlinkData`` frame, read without copying ``pay``.
+
+    :func:`peek_data` returns one only for a frame that :func:`decode` decodes cleanly into
+    ``Message(id, HotlinkData(sid, seq, pth, etg, pay))`` with ``len(pay) == pay_len``.
+    (A tuple: one is made per forwarded frame, and a frozen dataclass costs five times as
+    much to build.)
+    """
+
+    id: str
+    sid: str
+    seq: int
+    pth: str
+    etg: str
+    pay_len: int
+
+
+# What NamedTuple's own constructor does underneath, without its Python-level wrapper.
+_new_header = tuple.__new__
+_SID, _SEQ, _PTH, _ETG, _PAY = 1, 2, 4, 8, 16
+_FIELD_BITS = {b"sid": _SID, b"seq": _SEQ, b"pth": _PTH, b"etg": _ETG, b"pay": _PAY}
+_STR_BITS = _SID | _PTH | _ETG
+_U16 = struct.Struct(">H").unpack_from
+_U32 = struct.Struct(">I").unpack_from
+_U64 = struct.Struct(">Q").unpack_from
+
+
+def peek_data(frame: bytes) -> DataHeader | None:
+    """The header of a binary ``HotlinkData`` frame in the common msgpack form, else None.
+
+    The common form is what every client writes: the SB msgpack envelope, a map of exactly
+    ``id`` (str), ``typ`` (12) and ``dat`` (bin), and in ``dat`` a map of ``sid``, ``seq``
+    (unsigned), ``pth``, ``etg`` (str) and ``pay`` (bin), each at most once, with nothing
+    after either map. Anything else (another type, JSON, nil or unknown fields, str keys as
+    bin, ...) returns None and is left to :func:`decode`, which accepts or refuses it with
+    the usual error. So whatever this returns, a full decode would have returned too; the
+    relay routes on it and forwards the frame as is, without building the payload.
+    """
+    try:
+        return _peek_data(frame)
+    except (IndexError, UnicodeDecodeError, struct.error):
+        return None  # truncated, or not UTF-8: decode says which
+
+
+def _peek_data(buf: bytes) -> DataHeader | None:
+    # Straight-line code on purpose: this runs for every Data frame the relay forwards, and
+    # a helper call per field would cost more than the rest together. The frame must end
+    # where the outer map does, and ``dat`` where the inner one does (no trailing bytes).
+    size = len(buf)
+    head = buf[8]
+    if buf[:8] != b"SB\x01\x01\x83\xa2id" or not 0xA0 <= head <= 0xBF:
+        return _peek_any_order(buf)
+    pos = 9 + (head & 0x1F)
+    msg_id = buf[9:pos].decode("utf-8")
+    if buf[pos : pos + 11] != b"\xa3typ\xcd\x00\x0c\xa3dat":  # Go's and our own order
+        return _peek_any_order(buf)
+    pos += 11
+    head = buf[pos]
+    if head == 0xC5:
+        pos += 3
+        dat_end = pos + _U16(buf, pos - 2)[0]
+    elif head == 0xC6:
+        pos += 5
+        dat_end = pos + _U32(buf, pos - 4)[0]
+    elif head == 0xC4:
+        pos += 2
+        dat_end = pos + buf[pos - 1]
+    else:
+        return None
+    if dat_end != size:
+        return None
+    return _peek_fields(buf, msg_id, pos, size)
+
+
+def _peek_any_order(buf: bytes) -> DataHeader | None:
+    """The outer map with its three keys in any order (and ``typ`` in any width)."""
+    if buf[:5] != b"SB\x01\x01\x83":
+        return None
+    size = len(buf)
+    pos = 5
+    msg_id: str | None = None
+    typ = -1
+    dat_start = dat_end = -1
+    for _ in range(3):
+        head = buf[pos]
+        if not 0xA0 <= head <= 0xBF:
+            return None
+        key_end = pos + 1 + (head & 0x1F)
+        key = buf[pos + 1 : key_end]
+        pos = key_end
+        head = buf[pos]
+        if key == b"id" and msg_id is None:
+            if 0xA0 <= head <= 0xBF:
+                end = pos + 1 + (head & 0x1F)
+                pos += 1
+            elif head == 0xD9:
+                end = pos + 2 + buf[pos + 1]
+                pos += 2
+            else:
+                return None
+            if end > size:
+                return None
+            msg_id = buf[pos:end].decode("utf-8")
+            pos = end
+        elif key == b"typ" and typ < 0:
+            if head <= 0x7F:
+                typ = head
+                pos += 1
+            elif head == 0xCC:
+                typ = buf[pos + 1]
+                pos += 2
+            elif head == 0xCD:
+                typ = _U16(buf, pos + 1)[0]
+                pos += 3
+            else:
+                return None
+        elif key == b"dat" and dat_start < 0:
+            if head == 0xC5:
+                dat_start = pos + 3
+                dat_end = dat_start + _U16(buf, pos + 1)[0]
+            elif head == 0xC6:
+                dat_start = pos + 5
+                dat_end = dat_start + _U32(buf, pos + 1)[0]
+            elif head == 0xC4:
+                dat_start = pos + 2
+                dat_end = dat_start + buf[pos + 1]
+            else:
+                return None
+            pos = dat_end
+        else:
+            return None
+    if typ != MsgType.HOTLINK_DATA or msg_id is None or pos != size:
+        return None
+    return _peek_fields(buf, msg_id, dat_start, dat_end)
+
+
+def _peek_fields(buf: bytes, msg_id: str, pos: int, end: int) -> DataHeader | None:
+    """The HotlinkData map that fills ``buf[pos:end]``: first the order clients write
+    (``sid``, ``seq``, ``pth``, ``etg`` if any, ``pay``), then any order."""
+    head = buf[pos]
+    if (head == 0x84 or head == 0x85) and buf[pos + 1 : pos + 6] == b"\xa3sid\xb0":
+        # sid: 16 characters (DECISIONS.md #27), so a fixstr of 16.
+        sid = buf[pos + 6 : pos + 22].decode("utf-8")
+        at = pos + 22
+        if buf[at : at + 4] == b"\xa3seq":
+            kind = buf[at + 4]
+            if kind <= 0x7F:
+                seq = kind
+                at += 5
+            elif kind == 0xCD:
+                seq = _U16(buf, at + 5)[0]
+                at += 7
+            elif kind == 0xCE:
+                seq = _U32(buf, at + 5)[0]
+                at += 9
+            elif kind == 0xCF:
+                seq = _U64(buf, at + 5)[0]
+                at += 13
+            elif kind == 0xCC:
+                seq = buf[at + 5]
+                at += 6
+            else:
+                at = -1
+            if at > 0 and buf[at : at + 4] == b"\xa3pth":
+                kind = buf[at + 4]
+                if kind == 0xD9:
+                    stop = at + 6 + buf[at + 5]
+                    pth = buf[at + 6 : stop].decode("utf-8")
+                elif 0xA0 <= kind <= 0xBF:
+                    stop = at + 5 + (kind & 0x1F)
+                    pth = buf[at + 5 : stop].decode("utf-8")
+                else:
+                    stop = -1
+                etg = ""
+                if stop > 0 and head == 0x85 and buf[stop : stop + 4] == b"\xa3etg":
+                    kind = buf[stop + 4]
+                    if 0xA0 <= kind <= 0xBF:
+                        at = stop + 5 + (kind & 0x1F)
+                        etg = buf[stop + 5 : at].decode("utf-8")
+                        stop = at
+                    else:
+                        stop = -1
+                elif head == 0x85:
+                    stop = -1
+                if stop > 0 and buf[stop : stop + 4] == b"\xa3pay":
+                    kind = buf[stop + 4]
+                    if kind == 0xC5:
+                        pay_len = _U16(buf, stop + 5)[0]
+                        at = stop + 7 + pay_len
+                    elif kind == 0xC6:
+                        pay_len = _U32(buf, stop + 5)[0]
+                        at = stop + 9 + pay_len
+                    elif kind == 0xC4:
+                        pay_len = buf[stop + 5]
+                        at = stop + 6 + pay_len
+                    else:
+                        at = -1
+                    if at == end:
+                        return _new_header(DataHeader, (msg_id, sid, seq, pth, etg, pay_len))
+    return _peek_fields_any_order(buf, msg_id, pos, end)
+
+
+def _peek_fields_any_order(buf: bytes, msg_id: str, pos: int, end: int) -> DataHeader | None:
+    head = buf[pos]
+    if not 0x80 <= head <= 0x85:  # a fixmap of at most the five fields
+        return None
+    pos += 1
+    sid = pth = etg = ""
+    seq = pay_len = 0
+    seen = 0
+    for _ in range(head & 0x0F):
+        if buf[pos] != 0xA3:  # every field name has three letters
+            return None
+        key = buf[pos + 1 : pos + 4]
+        pos += 4
+        bit = _FIELD_BITS.get(key, 0)
+        if not bit or seen & bit:
+            return None  # an unknown or repeated field
+        seen |= bit
+        head = buf[pos]
+        if bit & _STR_BITS:
+            if 0xA0 <= head <= 0xBF:
+                stop = pos + 1 + (head & 0x1F)
+                pos += 1
+            elif head == 0xD9:
+                stop = pos + 2 + buf[pos + 1]
+                pos += 2
+            elif head == 0xDA:
+                stop = pos + 3 + _U16(buf, pos + 1)[0]
+                pos += 3
+            elif head == 0xC0:  # nil: the Rust client's absent string
+                pos += 1
+                stop = pos
+            else:
+                return None
+            if stop > end:
+                return None
+            text = buf[pos:stop].decode("utf-8")
+            pos = stop
+            if bit == _SID:
+                sid = text
+            elif bit == _PTH:
+                pth = text
+            else:
+                etg = text
+        elif bit == _SEQ:
+            if head <= 0x7F:
+                seq = head
+                pos += 1
+            elif head == 0xCE:
+                seq = _U32(buf, pos + 1)[0]
+                pos += 5
+            elif head == 0xCF:
+                seq = _U64(buf, pos + 1)[0]
+                pos += 9
+            elif head == 0xCC:
+                seq = buf[pos + 1]
+                pos += 2
+            elif head == 0xCD:
+                seq = _U16(buf, pos + 1)[0]
+                pos += 3
+            else:
+                return None
+        else:  # pay
+            if head == 0xC5:
+                pay_len = _U16(buf, pos + 1)[0]
+                pos += 3 + pay_len
+            elif head == 0xC6:
+                pay_len = _U32(buf, pos + 1)[0]
+                pos += 5 + pay_len
+            elif head == 0xC4:
+                pay_len = buf[pos + 1]
+                pos += 2 + pay_len
+            else:
+                return None
+    if pos != end:
+        return None
+    return _new_header(DataHeader, (msg_id, sid, seq, pth, etg, pay_len))

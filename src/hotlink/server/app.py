@@ -20,6 +20,13 @@ every second.
 Log lines anyone can cause (bad input, refused upgrades, connections opened and closed) are
 budgeted per user and relay-wide (:mod:`.logbudget`), with a summary of what was left out;
 text from the network in them, and in Error replies, is clipped and escaped.
+
+What it costs: a msgpack HotlinkData frame, the bulk of the traffic, takes a short way
+(``Relay._forward_data``): its header is read without building the payload, the router
+names the receivers from the session id, and the very frame is queued for each; metrics are
+plain counters read at scrape time; connections write what a turn of the loop queued with
+one ``send`` (see :mod:`.hub`). An ACL file's broadcast to everyone is queued once for all
+and written to idle connections in batches (:mod:`.fanout`).
 """
 
 from __future__ import annotations
@@ -39,14 +46,16 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from .. import __version__
 from ..loop_errors import LIMIT_LOG_INTERVAL, Throttle, accept_error_handler
-from ..protocol.codec import Encoding, choose_encoding, decode, encode
+from ..protocol.codec import Encoding, choose_encoding, decode, encode, peek_data
 from ..protocol.errors import ProtocolError
 from ..protocol.messages import HOTLINK_TYPES, HotlinkOpen, HotlinkReject, Message, MsgType, System
 from ..settings import ServerSettings
 from .acl_store import ACLStore
 from .auth import MIN_SECRET_BYTES, AuthError, dev_identity, token_identity, weak_secret
-from .decisions import ConnectionTable, Outcome, Send, clip_text, error_reply
+from .decisions import ConnectionTable, FanOut, Outcome, Send, clip_text, error_reply
+from .fanout import COALESCE_INTERVAL, DRAIN_PAUSE_FACTOR, Batch, Broadcast, join
 from .files import ACLUpload, FileHandler
+from .frames import COALESCE_MAX_FRAME
 from .hub import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_USER,
@@ -123,9 +132,14 @@ class Relay:
             self.connections,
             max_sessions_per_conn=config.max_sessions_per_conn,
             data_relay_log=debug_log,
+            acl_epoch=self.acls.epoch,
+            readers_of=self.acls.readers_of,
         )
-        self.files = FileHandler(self.acls, self.connections)
+        self.files = FileHandler(self.acls, self.connections, fan_out_acl_files=True)
         self.hub = Hub(config.max_queued_bytes)
+        self.broadcasts = self.hub.broadcasts
+        self._drain: asyncio.TimerHandle | None = None
+        self._next_drain = float("-inf")
         self.admission = Admission(config.max_connections, config.max_connections_per_user)
         self._refusal_log = Throttle(LIMIT_LOG_INTERVAL)
         # Keyed by user (a reconnect does not start afresh), and by remote address for
@@ -253,6 +267,7 @@ class Relay:
             remote=request.remote or "",
             transport=request.transport,
             ledger=self.hub.ledger,
+            busy=self.hub.busy,
         )
         self.hub.add(conn)
         self.connections.add(conn.id, user)
@@ -301,6 +316,8 @@ class Relay:
 
     def _handle_frame(self, conn: Connection, frame: bytes | str) -> ACLUpload | None:
         """Handle one frame now; an ACL FileWrite to parse is returned for the read loop."""
+        if type(frame) is bytes and self._forward_data(conn, frame):
+            return None
         kind = "text" if isinstance(frame, str) else "binary"
         try:
             message = decode(frame)
@@ -351,6 +368,36 @@ class Relay:
         self._report(conn, upload.message, outcome)
         if outcome.sends:
             self._deliver(outcome.sends, received=(upload.message, frame))
+        if outcome.fan_out is not None:
+            self._fan_out(outcome.fan_out, received=(upload.message, frame))
+
+    def _forward_data(self, conn: Connection, frame: bytes) -> bool:
+        """Forward a msgpack Data frame as is when that is all there is to do.
+
+        The relay's main work, so it takes the short way: the header is read without
+        building the payload (:func:`peek_data`), the router names the receivers from the
+        session id (:meth:`HotlinkRouter.data_targets`), and the very frame is queued for
+        each. False leaves the frame to the full path (decode, route, answer): another
+        message or form, a refusal to answer, a receiver that needs it re-encoded.
+        """
+        try:
+            head = peek_data(frame)
+            if head is None:
+                return False
+            targets = self.router.data_targets(conn.id, head.sid)
+        except Exception:  # the full path reports it
+            return False
+        if targets is None:
+            return False
+        receivers = [self.hub.get(peer) for peer in targets]
+        for target in receivers:
+            if target is not None and target.encoding != "msgpack" and not target.closing:
+                return False
+        self.metrics.received_by_type.count(MsgType.HOTLINK_DATA, len(frame))
+        for target in receivers:
+            if target is not None and not target.closing:
+                self._put(target, frame, MsgType.HOTLINK_DATA, head.id, broadcast=False)
+        return True
 
     def _route(self, conn: Connection, message: Message) -> Outcome | ACLUpload:
         if message.typ in HOTLINK_TYPES:
@@ -454,44 +501,166 @@ class Relay:
                     log.exception("%r: cannot encode %s", target, send.message.typ.name)
                     continue
                 frames[key] = frame
-            # A frame some connection holds already costs nothing more (see hub.QueuedBytes).
-            cost = self.hub.ledger.cost(frame)
-            if cost and self.hub.over_budget(cost):
-                if send.broadcast:
-                    self.metrics.budget_drops.inc()
-                    self._drop_broadcast(target, send.message, "the relay's queued bytes")
-                    continue
-                if target.backlog + len(frame) > self.hub.fair_share():
-                    self.metrics.budget_disconnects.inc()
-                    self._drop_slow_reader(target, send.message, "relay over its queued bytes")
-                    continue
-                # The receiver keeps within its share, yet all together are over the bound
-                # (many connections, each within its share): the one holding the most goes,
-                # so the bound holds however many connections there are.
-                hoarder = self.hub.largest_holder()
-                if hoarder is not None and hoarder.backlog > target.backlog + len(frame):
-                    self.metrics.budget_disconnects.inc()
-                    self._drop_slow_reader(
-                        hoarder, send.message, "relay over its queued bytes; it held the most"
-                    )
-            if target.try_put(frame):
-                self.metrics.relayed(send.message.typ, len(frame))
-            elif send.broadcast:
-                self._drop_broadcast(target, send.message, "send queue")
-            else:
-                self._drop_slow_reader(target, send.message, "send queue full")
+            self._put(target, frame, send.message.typ, send.message.id, send.broadcast)
 
-    def _drop_broadcast(self, target: Connection, message: Message, full: str) -> None:
+    def _put(
+        self, target: Connection, frame: Frame, typ: MsgType, msg_id: str, broadcast: bool
+    ) -> None:
+        """Queue one frame for ``target`` by the rules of :meth:`_deliver`."""
+        if target.log_seen != self.broadcasts.head:
+            self._catch_up(target)  # what it missed goes first (see .fanout)
+        # A frame some connection holds already costs nothing more (see hub.QueuedBytes).
+        hub = self.hub
+        cost = hub.ledger.cost(frame)
+        if cost and hub.ledger.total + cost > hub.ledger.limit and hub.over_budget(cost):
+            if broadcast:
+                self.metrics.budget_drops.inc()
+                self._drop_broadcast(target, typ, msg_id, "the relay's queued bytes")
+                return
+            if target.backlog + len(frame) > self.hub.fair_share():
+                self.metrics.budget_disconnects.inc()
+                self._drop_slow_reader(target, typ, "relay over its queued bytes")
+                return
+            # The receiver keeps within its share, yet all together are over the bound
+            # (many connections, each within its share): the one holding the most goes,
+            # so the bound holds however many connections there are.
+            hoarder = hub.largest_holder()
+            if hoarder is not None and hoarder.backlog > target.backlog + len(frame):
+                self.metrics.budget_disconnects.inc()
+                self._drop_slow_reader(
+                    hoarder, typ, "relay over its queued bytes; it held the most"
+                )
+        if target.try_put(frame):
+            self.metrics.relayed_by_type.count(typ, len(frame))
+        elif broadcast:
+            self._drop_broadcast(target, typ, msg_id, "send queue")
+        else:
+            self._drop_slow_reader(target, typ, "send queue full")
+
+    # ------------------------------------------------------------ broadcasts to everyone
+
+    def _fan_out(self, fan: FanOut, received: tuple[Message, bytes | str] | None) -> None:
+        """Broadcast ``fan.message`` to every connection but its sender's user's, queued once
+        for all (see :mod:`.fanout`); a large one, or one over the relay's queued bytes,
+        goes the way of any broadcast (:meth:`_deliver`)."""
+        message = fan.message
+        frames: dict[str, Frame] = {}
+        if received is not None and received[0] is message:
+            form, raw = _frame_form(received[1]), received[1]
+            if form is not None:
+                frames[form] = TextFrame(raw, "utf-8") if isinstance(raw, str) else raw
+        encoded = True
+        for encoding in ("msgpack", "json"):
+            if encoding in frames or not self.hub.by_encoding[encoding]:
+                continue  # the frame as it came, or nobody to send it to
+            try:
+                frames[encoding] = _encode_frame(message, encoding)
+            except Exception:
+                encoded = False  # _deliver reports it for each receiver, as for any send
+                break
+        size = sum(len(frame) for frame in frames.values())
+        if (
+            not encoded
+            or not frames
+            or max(len(frame) for frame in frames.values()) > COALESCE_MAX_FRAME
+            or self.hub.over_budget(size)
+        ):
+            self._deliver(
+                [
+                    Send(peer, message, broadcast=True)
+                    for peer, user in self.connections.items()
+                    if user != fan.exclude_user
+                ],
+                received,
+            )
+            return
+        self.broadcasts.append(Broadcast.of(frames, fan.exclude_user, message.typ, message.id))
+        # Connections with something queued or unsent get it now, by the usual rules (a
+        # full one drops it now); idle ones catch up together (_drain_broadcasts).
+        for conn in list(self.hub.busy):
+            if conn.user == fan.exclude_user:
+                continue
+            if conn.idle:
+                conn.settle()  # listed as busy, but it can wait for the others after all
+            else:
+                self._catch_up(conn)
+        if self._drain is None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, self._next_drain - loop.time())
+            self._drain = loop.call_later(delay, self._drain_broadcasts)
+
+    def _catch_up(self, conn: Connection, batches: dict[str, Batch] | None = None) -> None:
+        """Give ``conn`` the broadcasts it has not had: written in one go when it is idle
+        and they fit, else queued one by one (those that do not fit are dropped).
+
+        ``batches``: the whole log joined per encoding, for a connection that missed all of
+        it and sent none of it (see :meth:`_drain_broadcasts`).
+        """
+        seen, conn.log_seen = conn.log_seen, self.broadcasts.head
+        if conn.closing:
+            return
+        encoding = conn.encoding
+        batch = batches.get(encoding) if batches is not None else None
+        if batch is None:
+            user = conn.user
+            pending = self.broadcasts.since(seen)
+            batch = join([b for b in pending if b.exclude_user != user], encoding)
+        count = len(batch.broadcasts)
+        if not count:
+            return
+        queue = conn.queue
+        # Idle: nothing queued and nothing of ours left in the socket, so the batch fits
+        # when it is within the byte bound (or is a single frame, which always fits).
+        if (
+            conn.idle
+            and count <= queue.max_messages
+            and (count == 1 or batch.size <= queue.max_bytes)
+        ):
+            conn.write_batch(batch.data)
+            for typ, size, messages in batch.by_type:
+                self.metrics.relayed_by_type.count(typ, size, messages)
+            return
+        for b in batch.broadcasts:
+            self._put(conn, b.frames[encoding], b.typ, b.msg_id, broadcast=True)
+
+    def _drain_broadcasts(self) -> None:
+        """Catch every connection up with the broadcast log, then empty it.
+
+        Most connections missed the whole log and sent none of it: they all get the same
+        joined bytes (one object, whatever the number of receivers)."""
+        self._drain = None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        log_ = self.broadcasts
+        base, head = log_.base, log_.head
+        senders = log_.senders()
+        batches = {encoding: log_.batch(encoding) for encoding in ("msgpack", "json")}
+        try:
+            for conn in self.hub:
+                if conn.log_seen == head:
+                    continue
+                whole = conn.log_seen <= base and conn.user not in senders
+                self._catch_up(conn, batches if whole else None)
+        except Exception:
+            self.metrics.internal_errors.inc()
+            log.exception("internal error while writing broadcasts")
+        for conn in self.hub:
+            conn.log_seen = head
+        log_.clear()
+        took = loop.time() - started
+        self._next_drain = started + max(COALESCE_INTERVAL, took * (1 + DRAIN_PAUSE_FACTOR))
+
+    def _drop_broadcast(self, target: Connection, typ: MsgType, msg_id: str, full: str) -> None:
         self.metrics.queue_drops.inc()
         self.metrics.broadcast_drops.inc()
         self._log_bad(
             target,
             f"{full} full ({len(target.queue)} messages, {target.backlog} bytes queued here, "
-            f"{self.hub.ledger.total} in all); dropped broadcast {message.typ.name} "
-            f"{clip_text(message.id, 40)}",
+            f"{self.hub.ledger.total} in all); dropped broadcast {typ.name} "
+            f"{clip_text(msg_id, 40)}",
         )
 
-    def _drop_slow_reader(self, target: Connection, message: Message, reason: str) -> None:
+    def _drop_slow_reader(self, target: Connection, typ: MsgType, reason: str) -> None:
         self.metrics.queue_drops.inc()
         self.metrics.slow_disconnects.inc()
         log.warning(
@@ -502,7 +671,7 @@ class Relay:
             len(target.queue),
             target.backlog,
             self.hub.ledger.total,
-            message.typ.name,
+            typ.name,
         )
         # kill only starts the close (in its own task); this read loop goes on at once.
         target.kill(reason)
@@ -558,6 +727,9 @@ class Relay:
         self._reporter = asyncio.create_task(self._report_loop(), name="relay-log-reports")
 
     async def _stop_reports(self, app: web.Application) -> None:
+        if self._drain is not None:
+            self._drain.cancel()
+            self._drain = None
         # After every handler ended (aiohttp's cleanup order), so their lines are counted.
         if self._reporter is not None:
             self._reporter.cancel()

@@ -50,6 +50,15 @@ class Send:
     broadcast: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class FanOut:
+    """Broadcast ``message`` to every connection except those of ``exclude_user``: one
+    decision for all receivers, so the relay can queue it once (see :mod:`.fanout`)."""
+
+    message: Message
+    exclude_user: str
+
+
 @dataclass(slots=True)
 class Outcome:
     """The decisions for one input message.
@@ -57,11 +66,13 @@ class Outcome:
     ``refusal`` is a short label when the input was refused or dropped (a Reject reason such
     as ``permission denied``, or ``not participant``); it is counted per label in the metrics.
     ``detail`` says in words what happened, for the one log line the app writes about it.
+    ``fan_out`` is a broadcast to everyone but one user, after ``sends``.
     """
 
     sends: list[Send] = field(default_factory=list)
     refusal: str | None = None
     detail: str = ""
+    fan_out: FanOut | None = None
 
     def send(self, conn: ConnId, message: Message, *, broadcast: bool = False) -> None:
         self.sends.append(Send(conn, message, broadcast))
@@ -82,23 +93,49 @@ def error_reply(conn: ConnId, code: int, text: str, *, path: str = "") -> Send:
 
 
 class ConnectionTable:
-    """Which user each live connection belongs to, in connection order.
+    """Which user each live connection belongs to, in connection order, and each user's
+    connections.
 
     The router needs it to fan an Open out to readers, and the file handler to fan out a
-    FileWrite; the app keeps it in step with the hub (add on upgrade, remove on close).
+    FileWrite; the app keeps it in step with the hub (add on upgrade, remove on close). The
+    per-user index lets an Open with a target, or with readers the ACL names, reach them
+    without walking every connection (thousands of idle ones on a busy relay).
     """
 
     def __init__(self) -> None:
         self._users: dict[ConnId, str] = {}
+        # user -> its connections in connection order (a few: connections per user are capped)
+        self._by_user: dict[str, list[ConnId]] = {}
+        self._order: dict[ConnId, int] = {}
+        self._next = 0
 
     def add(self, conn: ConnId, user: str) -> None:
+        self.remove(conn)
         self._users[conn] = user
+        self._by_user.setdefault(user, []).append(conn)
+        self._order[conn] = self._next
+        self._next += 1
 
     def remove(self, conn: ConnId) -> None:
-        self._users.pop(conn, None)
+        user = self._users.pop(conn, None)
+        if user is None:
+            return
+        del self._order[conn]
+        conns = self._by_user[user]
+        conns.remove(conn)
+        if not conns:
+            del self._by_user[user]
 
     def user(self, conn: ConnId) -> str | None:
         return self._users.get(conn)
+
+    def of_user(self, user: str) -> list[ConnId]:
+        """The connections of ``user``, in connection order."""
+        return list(self._by_user.get(user, ()))
+
+    def in_order(self, conns: list[ConnId]) -> list[ConnId]:
+        """``conns`` (live connections) sorted into connection order."""
+        return sorted(conns, key=self._order.__getitem__)
 
     def items(self) -> Iterator[tuple[ConnId, str]]:
         return iter(list(self._users.items()))

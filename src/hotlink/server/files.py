@@ -38,7 +38,7 @@ from ..protocol.messages import (
     Nack,
 )
 from .acl_store import ACLStore, normalize_path, owner_of
-from .decisions import ConnectionTable, ConnId, Outcome, error_reply
+from .decisions import ConnectionTable, ConnId, FanOut, Outcome, error_reply
 from .router import IGNORED, PERMISSION_DENIED
 
 WRITE_DENIED = "permission denied for write operation"
@@ -70,9 +70,15 @@ def hash_principal(principal: str) -> str:
 
 
 class FileHandler:
-    def __init__(self, acls: ACLStore, connections: ConnectionTable) -> None:
+    """``fan_out_acl_files``: answer a loaded ACL file's broadcast as one :class:`FanOut`
+    instead of a send per connection (the relay queues it once for everyone)."""
+
+    def __init__(
+        self, acls: ACLStore, connections: ConnectionTable, *, fan_out_acl_files: bool = False
+    ) -> None:
         self.acls = acls
         self.connections = connections
+        self.fan_out_acl_files = fan_out_acl_files
         self._parse_slots = asyncio.Semaphore(MAX_ACL_PARSES)
 
     def handle(self, conn: ConnId, message: Message) -> Outcome | ACLUpload:
@@ -106,6 +112,25 @@ class FileHandler:
                 out, conn, message, p.pth, f"{user} may not write {short_path(path)}"
             )
         out.send(conn, Message.new(Ack(oid=message.id)))
+        for peer in self._readers(path, user):
+            out.send(peer, message, broadcast=True)
+        out.detail = (
+            f"file write {short_path(path)} ({len(p.con)} bytes) "
+            f"sent to {len(out.sends) - 1} conn(s)"
+        )
+        return out
+
+    def _readers(self, path: str, user: str) -> list[ConnId]:
+        """The connections of every other user who may read ``path``, in connection order:
+        only those of the users its rule names when it names them all."""
+        named = self.acls.readers_of(path)
+        if named is not None:
+            peers: list[ConnId] = []
+            for reader in named:
+                if reader != user and self.acls.can_access(path, reader, Access.READ):
+                    peers += self.connections.of_user(reader)
+            return self.connections.in_order(peers)
+        peers = []
         readable: dict[str, bool] = {}
         for peer, peer_user in self.connections.items():
             if peer_user == user:
@@ -113,12 +138,8 @@ class FileHandler:
             if peer_user not in readable:
                 readable[peer_user] = self.acls.can_access(path, peer_user, Access.READ)
             if readable[peer_user]:
-                out.send(peer, message, broadcast=True)
-        out.detail = (
-            f"file write {short_path(path)} ({len(p.con)} bytes) "
-            f"sent to {len(out.sends) - 1} conn(s)"
-        )
-        return out
+                peers.append(peer)
+        return peers
 
     def _write_acl(
         self, conn: ConnId, user: str, message: Message, p: FileWrite, path: str
@@ -153,22 +174,28 @@ class FileHandler:
         Awaited by the uploading connection's read loop; cancelling it (the connection
         closed) leaves the thread to finish its bounded work and loads nothing.
         """
-        async with self._parse_slots:
+        # A client re-publishes all its ACL files on every (re)connect; one the store holds
+        # already, word for word, changes nothing and is not parsed again.
+        if not self.acls.holds(upload.path, upload.text):
+            async with self._parse_slots:
+                try:
+                    compiled = await asyncio.to_thread(prepare_acl, upload.text, upload.path)
+                except ACLError as exc:
+                    return self._acl_refused(upload.conn, upload.message, str(exc))
             try:
-                compiled = await asyncio.to_thread(prepare_acl, upload.text, upload.path)
+                self.acls.install(upload.path, compiled, upload.text)
             except ACLError as exc:
                 return self._acl_refused(upload.conn, upload.message, str(exc))
-        try:
-            self.acls.install(upload.path, compiled)
-        except ACLError as exc:
-            return self._acl_refused(upload.conn, upload.message, str(exc))
         out = Outcome()
         out.send(upload.conn, Message.new(Ack(oid=upload.message.id)))
         # ACL files go to every other user unchecked, as in the reference: clients need them
         # to know what they may send.
-        for peer, peer_user in self.connections.items():
-            if peer_user != upload.user:
-                out.send(peer, upload.message, broadcast=True)
+        if self.fan_out_acl_files:
+            out.fan_out = FanOut(upload.message, upload.user)
+        else:
+            for peer, peer_user in self.connections.items():
+                if peer_user != upload.user:
+                    out.send(peer, upload.message, broadcast=True)
         out.detail = f"loaded ACL file {short_path(upload.path)}"
         return out
 

@@ -1,13 +1,13 @@
-"""Live WebSocket connections, each with one bounded send queue and one writer task, and the
-limits on how many there may be.
+"""Live WebSocket connections, each with one bounded send queue, and the limits on how many
+there may be.
 
 Every frame for a client goes through its :class:`SendQueue`, bounded in messages *and*
-bytes, and one writer task drains it onto the socket. Putting a frame never waits: the
-relay must not stop reading one connection because another is behind (a sender whose read
-loop stalls stops answering pings and its client drops the connection). Clients grant each
-session a window of a few MiB and never stop reading their WebSocket, so a queue only
-overflows when its reader is not reading at all; the relay then drops that reader (direct
-sends) or the frame (broadcasts).
+bytes, and is written from there onto the socket (see "Writing" below). Putting a frame
+never waits: the relay must not stop reading one connection because another is behind (a
+sender whose read loop stalls stops answering pings and its client drops the connection).
+Clients grant each session a window of a few MiB and never stop reading their WebSocket,
+so a queue only overflows when its reader is not reading at all; the relay then drops that
+reader (direct sends) or the frame (broadcasts).
 
 The byte bound covers what a connection holds in its queue *and* in its socket's write
 buffer (a peer that stops reading leaves the last frames there), so memory per connection
@@ -15,10 +15,20 @@ stays under the bound whatever the clients do. A :class:`QueuedBytes` ledger add
 over all connections for the relay-wide bound (``--max-queued-bytes``): every connection
 can be within its own bound while thousands of them together exhaust the machine.
 
+Writing: once started on a real transport, a connection writes what was queued during one
+turn of the event loop in one go (:meth:`Connection._flush`, scheduled with ``call_soon``
+by the first frame queued): small frames are framed here (RFC 6455 §5.2; a server never
+masks) and joined into one buffer, so a burst read from one sender reaches its receiver
+with one ``send`` instead of one per frame, and no task wakes per frame. When the socket
+is behind (its write buffer over the transport's high-water mark), or closing, a writer
+task takes over and sends frame by frame through aiohttp, which waits for the socket to
+drain (with the write timeout); once the queue is empty the task ends and the direct path
+resumes. An idle connection holds no task. Either way frames leave in queue order.
+
 A frame is encoded once and the very same bytes object is queued for every receiver;
-aiohttp writes a frame over 16 KiB to the transport as is, and Python's socket transports
-keep a reference to unsent data, not a copy, so a large broadcast to many idle readers
-costs one frame, not one per reader. Text (JSON) frames are kept as UTF-8 bytes
+frames over 16 KiB go to the transport as they are (as aiohttp does), and Python's socket
+transports keep a reference to unsent data, not a copy, so a large broadcast to many idle
+readers costs one frame, not one per reader. Text (JSON) frames are kept as UTF-8 bytes
 (:class:`TextFrame`) for the same reason: sending a ``str`` would encode a fresh copy per
 connection.
 
@@ -26,9 +36,9 @@ connection.
 is reported by :mod:`hotlink.loop_errors`).
 
 Ownership: the WebSocket handler owns its :class:`Connection`. It calls ``start()`` after
-the upgrade and ``finish()`` on the way out, which cancels and awaits the writer and any
-close in flight. ``kill()`` may be called by anyone (another handler that found the queue
-full); it only starts the close, the owner still awaits it.
+the upgrade and ``finish()`` on the way out, which cancels and awaits the writer task (if
+one runs) and any close in flight. ``kill()`` may be called by anyone (another handler that
+found the queue full); it only starts the close, the owner still awaits it.
 """
 
 from __future__ import annotations
@@ -38,23 +48,17 @@ import logging
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..protocol.codec import Encoding
+from .fanout import BroadcastLog
+from .frames import COALESCE_MAX_FRAME, Frame, TextFrame, frame_header
 
 log = logging.getLogger("hotlink.server")
 
-
-class TextFrame(bytes):
-    """The UTF-8 bytes of a text (JSON) frame, encoded once for every receiver."""
-
-    __slots__ = ()
-
-
-Frame = bytes  # a binary frame, or a TextFrame
 
 # Room for several flow-controlled sessions toward one receiver that is behind but reading
 # (each has at most its credit window, 8 MiB by default, in flight); the reference's 256
@@ -126,6 +130,10 @@ class QueuedBytes:
             del self._held[key]
             self.total -= len(frame)
 
+    def release_all(self, frames: Iterable[Frame]) -> None:
+        for frame in frames:
+            self.release(frame)
+
 
 class SendQueue:
     """A FIFO of frames bounded by count and total size; one frame always fits when empty.
@@ -176,6 +184,24 @@ class SendQueue:
         self._readable.set()
         return True
 
+    def get_nowait(self) -> Frame | None:
+        """The oldest frame, or None when there is none; releases it like :meth:`get`."""
+        if not self._frames:
+            return None
+        frame = self._frames.popleft()
+        self._bytes -= len(frame)
+        if self._ledger is not None:
+            self._ledger.release(frame)
+        return frame
+
+    def take_all(self) -> list[Frame]:
+        """Every queued frame, oldest first, still held in the ledger: the caller holds them
+        from now on (a connection keeps them until its socket buffer cannot hold them)."""
+        frames = list(self._frames)
+        self._frames.clear()
+        self._bytes = 0
+        return frames
+
     async def get(self) -> Frame | None:
         while not self._frames:
             if self._closed:
@@ -214,6 +240,7 @@ class Connection:
         remote: str = "",
         transport: asyncio.Transport | None = None,
         ledger: QueuedBytes | None = None,
+        busy: set[Connection] | None = None,
     ) -> None:
         self.id = conn_id
         self.user = user
@@ -235,6 +262,17 @@ class Connection:
         self.close_reason = ""
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
+        # The direct write path (see the module's notes): on once started on a real
+        # transport; ``_slow`` while a writer task sends what is queued.
+        self._direct = False
+        self._flush_due = False
+        self._slow = False
+        self._high_water = 0
+        # The first broadcast of the relay's BroadcastLog this connection has not had.
+        self.log_seen = 0
+        # The hub's set of connections that may not be idle (see Hub.busy): joined whenever
+        # something is queued or left unsent, left once seen idle.
+        self._busy = busy
 
     def __repr__(self) -> str:
         return f"conn {self.id} ({self.user})"
@@ -242,6 +280,21 @@ class Connection:
     @property
     def closing(self) -> bool:
         return self._closer is not None or self.queue.closed
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, written or waiting: what is written now goes out at once."""
+        return (
+            self._direct
+            and not self._slow
+            and not self._written
+            and not len(self.queue)
+            and not self.queue.closed
+            and self._closer is None
+            and not self.ws.closed
+            and self.transport is not None
+            and not self.transport.is_closing()
+        )
 
     @property
     def unsent(self) -> int:
@@ -280,38 +333,146 @@ class Connection:
 
     def try_put(self, frame: Frame) -> bool:
         """Queue ``frame`` unless the queue and the socket buffer together are full."""
-        return self.queue.try_put(frame, self.note_unsent())
+        # The socket's buffer only matters when something was written and may still be
+        # in it: on the direct path, once a flush saw it empty nothing is held there.
+        unsent = self.note_unsent() if self._written or not self._direct else 0
+        if not self.queue.try_put(frame, unsent):
+            return False
+        if self._busy is not None:
+            self._busy.add(self)
+        if self._direct and not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return True
 
     def start(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.id}")
+        """Start writing. On a real transport frames are written directly and a writer
+        task runs only while the socket is behind; stand-ins (tests) get one for good."""
+        transport = self.transport
+        if not isinstance(transport, asyncio.Transport):
+            self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.id}")
+            return
+        self._direct = True
+        self._high_water = transport.get_write_buffer_limits()[1]
+        if len(self.queue):
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write everything queued now, unless the socket is behind (then the writer task
+        takes over) or a writer task is sending already."""
+        self._flush_due = False
+        if self._slow or not len(self.queue):
+            return
+        transport = self.transport
+        assert transport is not None
+        if (
+            self.ws.closed
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > self._high_water
+        ):
+            # An idle connection holds no task: one is made when there is waiting to do.
+            self._slow = True
+            self._writer = asyncio.create_task(self._slow_path(), name=f"ws-writer-{self.id}")
+            return
+        frames = self.queue.take_all()
+        # From here the frames are in (or on their way to) the socket's buffer; the ledger
+        # keeps holding them until the buffer cannot hold them any more.
+        written = self._written
+        chunk: list[bytes] = []
+        size = 0
+        try:
+            for frame in frames:
+                written.append(frame)
+                size += len(frame)
+                chunk.append(frame_header(frame))
+                if len(frame) <= COALESCE_MAX_FRAME:
+                    chunk.append(frame)
+                    continue
+                transport.write(b"".join(chunk))
+                transport.write(frame)
+                chunk = []
+            if chunk:
+                transport.write(b"".join(chunk))
+        except Exception as exc:  # the transport broke under us: this connection is done
+            self._written_bytes += size
+            self.kill(f"write failed: {exc!r}")
+            return
+        if transport.get_write_buffer_size() or self._ledger is None:
+            self._written_bytes += size
+            self.note_unsent()
+            return
+        # The usual case: the socket took everything, so nothing written is held any more.
+        self._ledger.release_all(written)
+        written.clear()
+        self._written_bytes = 0
+        self.settle()
+
+    def settle(self) -> None:
+        """Leave the hub's busy set if idle now."""
+        if self._busy is not None and self.idle:
+            self._busy.discard(self)
+
+    def write_batch(self, data: bytes) -> None:
+        """Write ``data``, frames already framed, now; only for an :attr:`idle` connection
+        (the caller checks: nothing queued may go after it).
+
+        What the socket does not take at once stays held (see :meth:`note_unsent`)."""
+        transport = self.transport
+        assert transport is not None
+        try:
+            transport.write(data)
+        except Exception as exc:  # the transport broke under us: this connection is done
+            self.kill(f"write failed: {exc!r}")
+            return
+        if transport.get_write_buffer_size():
+            self._written.append(data)
+            self._written_bytes += len(data)
+            if self._ledger is not None:
+                self._ledger.hold(data)
+            if self._busy is not None:
+                self._busy.add(self)
 
     async def _write_loop(self) -> None:
         while True:
             frame = await self.queue.get()
-            if frame is None:
+            if frame is None or not await self._send(frame):
                 return
-            # The frame leaves the queue and enters the socket's buffer: held in the ledger
-            # the whole time (the write may wait for a peer that never reads).
-            self._written.append(frame)
-            self._written_bytes += len(frame)
-            if self._ledger is not None:
-                self._ledger.hold(frame)
-            try:
-                async with asyncio.timeout(self.write_timeout):
-                    if isinstance(frame, TextFrame):
-                        # Already UTF-8: send_str would encode a copy for this connection.
-                        await self.ws.send_frame(frame, WSMsgType.TEXT)
-                    else:
-                        await self.ws.send_bytes(frame)
-            except TimeoutError:
-                self.kill(f"write timed out after {self.write_timeout:g}s")
+
+    async def _slow_path(self) -> None:
+        """Send what is queued through aiohttp, frame by frame (it waits while the socket is
+        behind), until the queue is empty; then the direct path resumes."""
+        while (frame := self.queue.get_nowait()) is not None:
+            if not await self._send(frame):
                 return
-            except Exception as exc:
-                # Usually the peer went away under us (ConnectionResetError); whatever it
-                # was, this connection cannot be written to any more, so close it.
-                self.kill(f"write failed: {exc!r}")
-                return
-            self.note_unsent()
+        self._slow = False
+        self.settle()
+
+    async def _send(self, frame: Frame) -> bool:
+        """Send one frame taken from the queue; False when the connection had to be killed."""
+        # The frame leaves the queue and enters the socket's buffer: held in the ledger
+        # the whole time (the write may wait for a peer that never reads).
+        self._written.append(frame)
+        self._written_bytes += len(frame)
+        if self._ledger is not None:
+            self._ledger.hold(frame)
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                if isinstance(frame, TextFrame):
+                    # Already UTF-8: send_str would encode a copy for this connection.
+                    await self.ws.send_frame(frame, WSMsgType.TEXT)
+                else:
+                    await self.ws.send_bytes(frame)
+        except TimeoutError:
+            self.kill(f"write timed out after {self.write_timeout:g}s")
+            return False
+        except Exception as exc:
+            # Usually the peer went away under us (ConnectionResetError); whatever it
+            # was, this connection cannot be written to any more, so close it.
+            self.kill(f"write failed: {exc!r}")
+            return False
+        self.note_unsent()
+        return True
 
     def kill(self, reason: str, code: int = WSCloseCode.TRY_AGAIN_LATER) -> None:
         """Start closing this connection (idempotent). The owner awaits it in ``finish``."""
@@ -387,7 +548,14 @@ class Hub:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._conns: dict[str, Connection] = {}
+        # Connections that may have something queued or unsent: a superset of those that
+        # are not idle (a connection joins when given a frame and leaves when seen idle).
+        self.busy: set[Connection] = set()
+        # How many connections use each encoding (a broadcast is encoded only for those).
+        self.by_encoding: Counter[str] = Counter()
         self.ledger = QueuedBytes(max_queued_bytes)
+        # Broadcasts to everyone, queued once for all connections (see .fanout).
+        self.broadcasts = BroadcastLog(self.ledger)
         self.fair_share_floor = fair_share_floor
         self._clock = clock
         self._refreshed = float("-inf")
@@ -407,6 +575,8 @@ class Hub:
         self._refreshed = self._clock()
         for conn in self._conns.values():
             conn.note_unsent()
+        for conn in list(self.busy):
+            conn.settle()
 
     def largest_holder(self) -> Connection | None:
         """The open connection holding the most for its peer (a scan of all of them: only
@@ -423,9 +593,15 @@ class Hub:
 
     def add(self, conn: Connection) -> None:
         self._conns[conn.id] = conn
+        self.busy.add(conn)  # until seen idle
+        conn.log_seen = self.broadcasts.head  # only broadcasts made from now on
+        self.by_encoding[conn.encoding] += 1
 
     def remove(self, conn_id: str) -> None:
-        self._conns.pop(conn_id, None)
+        conn = self._conns.pop(conn_id, None)
+        if conn is not None:
+            self.busy.discard(conn)
+            self.by_encoding[conn.encoding] -= 1
 
     def get(self, conn_id: str) -> Connection | None:
         return self._conns.get(conn_id)

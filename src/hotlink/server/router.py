@@ -24,6 +24,15 @@ Where we differ from the reference, and why:
   well-behaved peer.
 * An Open may not take over another user's session id (the reference overwrites it), and a
   connection may hold at most ``max_sessions_per_conn`` open sessions.
+
+Cost (what thousands of connections and tens of thousands of frames a second ask of it):
+with an ``acl_epoch`` (the server's ACL store), a Data frame's readers are decided once per
+session and ACL epoch, not per frame; :meth:`HotlinkRouter.data_targets` answers the relay's
+question "where does this frame go" from the session id alone, so the relay can forward the
+frame without decoding it. With ``readers_of``, an Open without a target is offered to the
+connections of the users its path's rule names, and an Open with one to that user's
+connections, without walking every connection; only a rule that admits anyone or a user
+pattern still asks about every connected user.
 """
 
 from __future__ import annotations
@@ -80,6 +89,8 @@ class HotlinkRouter:
         *,
         max_sessions_per_conn: int = DEFAULT_MAX_SESSIONS_PER_CONN,
         data_relay_log: Callable[[str], None] | None = None,
+        acl_epoch: Callable[[], object] | None = None,
+        readers_of: Callable[[str], frozenset[str] | None] | None = None,
     ) -> None:
         self.access = access
         self.connections = connections
@@ -87,6 +98,10 @@ class HotlinkRouter:
         self.max_sessions_per_conn = max_sessions_per_conn
         # SYFTBOX_HOTLINK_DEBUG: the reference's "hotlink data relay" trace.
         self._data_relay_log = data_relay_log
+        # Without them (a policy that cannot say when it changes, or who reads a path),
+        # every decision is asked afresh and Opens ask about every connected user.
+        self._acl_epoch = acl_epoch
+        self._readers_of = readers_of
 
     # ------------------------------------------------------------ entry points
 
@@ -109,6 +124,21 @@ class HotlinkRouter:
         if isinstance(payload, HotlinkSignal):
             return self._signal(conn, user, message, payload)
         return Outcome().refuse(IGNORED, f"{message.typ.name} is not a hotlink message")
+
+    def data_targets(self, conn: ConnId, sid: str) -> tuple[ConnId, ...] | None:
+        """The connections a Data frame on ``sid`` from ``conn`` is forwarded to, when
+        forwarding is all there is to do: the session exists and ``conn``'s user opened it.
+        None otherwise (and with the debug trace on): :meth:`handle` has the answer.
+
+        Reads nothing but the session id, changes nothing: the relay asks before it
+        decodes the frame, and decodes it only when the answer is None.
+        """
+        if self._data_relay_log is not None:
+            return None
+        session = self.sessions.get(sid)
+        if session is None or self.connections.user(conn) != session.from_user:
+            return None
+        return self._data_readers(session)
 
     def disconnect(self, conn: ConnId) -> Outcome:
         """Clean up after ``conn`` closed (DECISIONS.md #18).
@@ -208,16 +238,36 @@ class HotlinkRouter:
                 out.send(peer, _closed(p.sid, SUPERSEDED))
         # Same id as the opener's message; frm is always the authenticated user.
         forward = Message(message.id, HotlinkOpen(sid=p.sid, pth=path, frm=user, to=to))
+        for peer in self._offer_to(user, path, to):
+            out.send(peer, forward, broadcast=True)
+        out.detail = f"open {p.sid} {short_path(path)} offered to {len(out.sends)} connection(s)"
+        return out
+
+    def _offer_to(self, user: str, path: str, to: str) -> list[ConnId]:
+        """The connections an Open of ``path`` by ``user`` goes to, in connection order:
+        those of every other user who may read it, or only of ``to`` (already checked)."""
+        if to:
+            return self.connections.of_user(to)
+        readers = self._readers_of(path) if self._readers_of is not None else None
+        if readers is not None:
+            peers: list[ConnId] = []
+            for reader in readers:
+                if reader == user:
+                    continue
+                conns = self.connections.of_user(reader)
+                if conns and self._can(path, reader, Access.READ):
+                    peers += conns
+            return self.connections.in_order(peers)
+        peers = []
         readable: dict[str, bool] = {}
         for peer, peer_user in self.connections.items():
-            if peer_user == user or (to and peer_user != to):
+            if peer_user == user:
                 continue
             if peer_user not in readable:
                 readable[peer_user] = self._can(path, peer_user, Access.READ)
             if readable[peer_user]:
-                out.send(peer, forward, broadcast=True)
-        out.detail = f"open {p.sid} {short_path(path)} offered to {len(out.sends)} connection(s)"
-        return out
+                peers.append(peer)
+        return peers
 
     def _accept(self, conn: ConnId, user: str, message: Message, p: HotlinkAccept) -> Outcome:
         out = Outcome()
@@ -269,10 +319,8 @@ class HotlinkRouter:
                 )
                 return out.refuse(NOT_SENDER, f"data {p.sid}: {user} is not the opener")
             return self._not_participant(out, conn, user, "data", p.sid)
-        for peer, peer_user in session.accepted.items():
-            # Re-checked per message: an ACL change takes effect mid-stream (§3.4).
-            if self._can(session.path, peer_user, Access.READ):
-                out.send(peer, message)
+        for peer in self._data_readers(session):
+            out.send(peer, message)
         if self._data_relay_log is not None and (
             p.seq <= 3 or p.seq % 500 == 0 or len(out.sends) != 1
         ):
@@ -331,6 +379,25 @@ class HotlinkRouter:
         return self._not_participant(out, conn, user, what, session.sid)
 
     # ------------------------------------------------------------ helpers
+
+    def _data_readers(self, session: Session) -> tuple[ConnId, ...]:
+        """The accepted connections whose users may read the session's path.
+
+        Checked for every frame (an ACL change takes effect mid-stream, §3.4), but decided
+        afresh only when the ACL epoch moved or the acceptors changed.
+        """
+        epoch = self._acl_epoch() if self._acl_epoch is not None else None
+        if epoch is not None and session.readers_epoch == epoch:
+            return session.readers
+        readers = tuple(
+            peer
+            for peer, peer_user in session.accepted.items()
+            if self._can(session.path, peer_user, Access.READ)
+        )
+        if epoch is not None:
+            session.readers = readers
+            session.readers_epoch = epoch
+        return readers
 
     def _can(self, path: str, user: str, level: Access) -> bool:
         return self.access.can_access(path, user, level)

@@ -23,6 +23,10 @@ class Session:
     from_conn: ConnId
     # Accepting connection -> its user; insertion order is the order of acceptance.
     accepted: dict[ConnId, str] = field(default_factory=dict)
+    # The accepted connections whose users may read ``path``, as decided in ACL epoch
+    # ``readers_epoch`` (None: not decided since ``accepted`` last changed).
+    readers: tuple[ConnId, ...] = ()
+    readers_epoch: object = None
 
     @property
     def is_tcp(self) -> bool:
@@ -65,11 +69,13 @@ class SessionStore:
 
     def accept(self, session: Session, conn: ConnId, user: str) -> None:
         session.accepted[conn] = user
+        session.readers_epoch = None
         self._accepted.setdefault(conn, set()).add(session.sid)
 
     def unaccept(self, session: Session, conn: ConnId) -> bool:
         if session.accepted.pop(conn, None) is None:
             return False
+        session.readers_epoch = None
         _discard(self._accepted, conn, session.sid)
         return True
 
