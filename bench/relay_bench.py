@@ -52,6 +52,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from hotlink.lab.processes import die_with_parent
 from hotlink.protocol.codec import decode, encode_msgpack
 from hotlink.protocol.messages import (
     Ack,
@@ -183,24 +184,35 @@ def _pinned(argv: list[str]) -> list[str]:
     return [taskset, "-c", str(SERVER_CORE), *argv]
 
 
-def _start_blocking(name: str, argv: list[str], env: dict[str, str], ready: Path) -> Server:
-    log = ready.with_suffix(".log")
+def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            _pinned(argv), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        return subprocess.Popen(
+            _pinned(argv),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
-    deadline = time.monotonic() + GUARD
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"{name} did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.05)
-    port = json.loads(ready.read_text())["port"]
-    return Server(name, proc, port, log)
+
+
+def _ready_port(ready: Path) -> int | None:
+    return int(json.loads(ready.read_text())["port"]) if ready.exists() else None
 
 
 async def _start(name: str, argv: list[str], env: dict[str, str], ready: Path) -> Server:
-    return await asyncio.to_thread(_start_blocking, name, argv, env, ready)
+    # Spawned from the loop's thread, not a worker: the parent-death signal follows the
+    # thread that forked, so an interrupted or killed benchmark leaves no server behind.
+    log = ready.with_suffix(".log")
+    proc = _spawn(argv, env, log)
+    deadline = time.monotonic() + GUARD
+    while (port := _ready_port(ready)) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"{name} did not start: {log.read_text()[-2000:]}")
+        await asyncio.sleep(0.05)
+    return Server(name, proc, port, log)
 
 
 def _env(relay_src: Path | None) -> dict[str, str]:

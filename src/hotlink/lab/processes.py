@@ -54,7 +54,7 @@ class StackError(RuntimeError):
     """A process exited early or a log line never appeared; the message has the log's tail."""
 
 
-def _set_parent_death_signal() -> None:
+def die_with_parent() -> None:
     """preexec_fn: SIGTERM this child when the launching thread dies (Linux only)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -383,7 +383,7 @@ def spawn(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_set_parent_death_signal if parent_death else None,
+            preexec_fn=die_with_parent if parent_death else None,
         )
 
 
