@@ -657,6 +657,27 @@ class Results:
     date: str
 
 
+def results_from_json(doc: dict[str, Any]) -> Results:
+    """The :class:`Results` a ``--json`` file holds."""
+    scale = doc.get("scale")
+    return Results(
+        doc["config"],
+        doc["relay_src"],
+        [Throughput(**row) for row in doc.get("throughput") or []],
+        Scale(
+            **{
+                **scale,
+                "open_few": OpenLatency(**scale["open_few"]),
+                "open_many": OpenLatency(**scale["open_many"]),
+            }
+        )
+        if scale
+        else None,
+        [Storm(**row) for row in doc.get("storm") or []],
+        doc["date"],
+    )
+
+
 def _median(rows: list[Throughput], name: str) -> float:
     return statistics.median(r.msgs_per_s for r in rows if r.name == name)
 

@@ -171,6 +171,7 @@ def markdown(
     chart: str | None,
     flow: FlowResults | None = None,
     flow_cfg: FlowConfig | None = None,
+    sections: Sequence[str] = (),
 ) -> str:
     fcfg = flow_cfg or (FlowConfig.quick() if quick else FlowConfig())
     v = machine["versions"]
@@ -211,6 +212,8 @@ def markdown(
         lines += ["", f"_{wan_note}_"]
     if flow is not None:
         lines += flow_sections(flow, fcfg)
+    for section in sections:
+        lines += ["", section.rstrip("\n")]
     lines += ["", "| Goal | Target | Measured | Verdict |", "|---|---|---|---|"]
     lines += [f"| {g.name} | {g.target} | {g.measured} | {g.verdict} |" for g in goals]
     if chart:

@@ -19,20 +19,24 @@ import argparse
 import asyncio
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from hotlink.lab.stack import stop_on_signals
 
 from .chart import PALETTE, Bar, Panel, draw
 from .flow import FlowConfig, FlowResults, paired_paths, run_flow
-from .goals import evaluate
+from .goals import Goal, evaluate, many_tunnels_goal, relay_goals
 from .idle_cpu import RESCAN_INTERVAL, IdleCpuResult
 from .idle_cpu import markdown as idle_markdown
 from .idle_cpu import measure as measure_idle_cpu
+from .many_tunnels import markdown as many_tunnels_markdown
+from .many_tunnels import measure as measure_many_tunnels
 from .paths import (
     BenchConfig,
     PathResult,
@@ -40,12 +44,16 @@ from .paths import (
     raw_datachannel,
     tcp_floor,
 )
+from .relay_bench import markdown as relay_markdown
+from .relay_bench import results_from_json as relay_results
 from .report import machine_info, markdown
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "bench" / "results"
 ALL_PATHS = ("tcp", "ws", "p2p-libdatachannel", "p2p-aiortc", "raw-libdatachannel", "raw-aiortc")
 FLOW_STEPS = ("slow-reader", "shared-ws")
-ALL_STEPS = (*ALL_PATHS, *FLOW_STEPS, "idle-cpu")
+EXTRA_STEPS = ("relay", "many-tunnels")
+ALL_STEPS = (*ALL_PATHS, *FLOW_STEPS, *EXTRA_STEPS, "idle-cpu")
 
 
 def _say(msg: str) -> None:
@@ -130,6 +138,57 @@ async def run_wan(cfg: BenchConfig) -> tuple[list[PathResult], str | None]:
     return results, note
 
 
+@dataclass
+class Section:
+    """A part of the run with its own table: its markdown, its JSON and its goals."""
+
+    key: str
+    markdown: str
+    data: Any
+    goals: list[Goal] = field(default_factory=list)
+
+
+async def run_relay(quick: bool) -> Section:
+    """bench/relay_bench.py in a child process: it pins itself and its servers to cores and
+    raises its descriptor limit, which must not leak into the rest of the run."""
+    with tempfile.TemporaryDirectory(prefix="hotlink-bench-") as tmp:
+        out = Path(tmp) / "relay.json"
+        argv = [sys.executable, "-m", "bench.relay_bench", "--json", str(out)]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, *(["--quick"] if quick else []), cwd=REPO, stdout=asyncio.subprocess.DEVNULL
+        )
+        code = await proc.wait()
+        if code != 0 or not out.exists():
+            error = f"relay benchmark exited with {code}"
+            return Section(
+                "relay", f"_Relay benchmark failed: {error}_\n", None, relay_goals(None, error)
+            )
+        doc = json.loads(out.read_text())
+    text = "#### The relay against a bare forwarder, and at scale\n\n" + relay_markdown(
+        relay_results(doc)
+    )
+    return Section("relay", text + "\n", doc, relay_goals(doc))
+
+
+async def run_many_tunnels(quick: bool) -> Section:
+    result = await measure_many_tunnels(size=(16 if quick else 128) * 2**20)
+    return Section(
+        "many-tunnels", many_tunnels_markdown(result), result.to_json(), many_tunnels_goal(result)
+    )
+
+
+async def run_sections(quick: bool, only: Sequence[str]) -> list[Section]:
+    steps = {"relay": run_relay, "many-tunnels": run_many_tunnels}
+    sections = []
+    for key in EXTRA_STEPS:
+        if key in only:
+            _say(f"bench: {key} ...")
+            sections.append(await steps[key](quick))
+            for goal in sections[-1].goals:
+                _say(f"bench: {goal.name}: {goal.measured} ({goal.verdict})")
+    return sections
+
+
 def _chart(results: Sequence[PathResult], path: Path, title: str) -> Path:
     def bars(rows: Sequence[PathResult], value: str) -> list[Bar]:
         out = []
@@ -183,8 +242,9 @@ def write_outputs(
     wan_note: str | None,
     seconds: float,
     idle: IdleCpuResult | None = None,
+    sections: Sequence[Section] = (),
 ) -> None:
-    goals = evaluate(results, flow)
+    goals = evaluate(results, flow) + [g for s in sections for g in s.goals]
     machine = machine_info()
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -200,6 +260,7 @@ def write_outputs(
         chart=png.name,
         flow=flow,
         flow_cfg=fcfg,
+        sections=[s.markdown for s in sections],
     )
     doc = {
         "machine": machine,
@@ -212,6 +273,7 @@ def write_outputs(
         "wan_note": wan_note,
         "chart": png.name,
         "idle_cpu": idle.to_json() if idle is not None else None,
+        "sections": {s.key: s.data for s in sections},
     }
     if idle is not None:
         table += idle_markdown(idle)
@@ -252,13 +314,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, rounds=args.rounds)
     started = time.monotonic()
     results, flow, wan_note = asyncio.run(collect(args, cfg, fcfg))
+    only = args.only.split(",") if args.only else list(ALL_STEPS)
+    sections = asyncio.run(run_sections(args.quick, only))
     idle = None
     if not args.only or "idle-cpu" in args.only.split(","):
         _say("bench: idle-cpu ...")
         idle = measure_idle_cpu(
             files=20_000 if args.quick else 100_000, idle=20.0 if args.quick else RESCAN_INTERVAL
         )
-    write_outputs(args, cfg, fcfg, results, flow, wan_note, time.monotonic() - started, idle)
+    elapsed = time.monotonic() - started
+    write_outputs(args, cfg, fcfg, results, flow, wan_note, elapsed, idle, sections)
     return 0
 
 
