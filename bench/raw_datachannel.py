@@ -29,8 +29,9 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from hotlink.protocol.ice import IceCandidate
-from hotlink.webrtc import Peer, load_backend
+from hotlink.webrtc import Backend, Peer, load_backend
 from hotlink.webrtc.pair import connect_pair
+from hotlink.webrtc.sctp_settings import SctpSettings
 
 DEFAULT_SIZE = 32 * 1024 * 1024
 # 60 KiB: the hotlink read size (DECISIONS.md #6), so each message is a typical HLNK frame.
@@ -67,6 +68,14 @@ class RawResult:
             f"rtt p50 {self.rtt_p50_ms:6.3f} ms  p90 {self.rtt_p90_ms:6.3f} ms  "
             f"p99 {self.rtt_p99_ms:6.3f} ms"
         )
+
+
+def _backend(name: str, mtu: int, sctp: SctpSettings | None) -> Backend:
+    """``name``'s backend; libdatachannel ones get ``sctp`` (None: the backend's defaults)."""
+    backend = load_backend(name, mtu=mtu)
+    if sctp is not None and hasattr(backend, "sctp_settings"):
+        backend.sctp_settings = sctp
+    return backend
 
 
 def _percentile(sorted_values: list[float], fraction: float) -> float:
@@ -140,11 +149,13 @@ async def measure(
     rtt_size: int = DEFAULT_RTT_SIZE,
     processes: int = 1,
     mtu: int = 0,
+    sctp: SctpSettings | None = None,
 ) -> RawResult:
     """Open a pair (``offerer`` backend offers, ``answerer`` answers), measure, close it.
 
     ``processes``: 1 (both peers here) or 2 (the answerer in a child process). ``mtu`` goes
-    to libdatachannel peers (0: its default)."""
+    to libdatachannel peers (0: its default), and so do ``sctp`` settings (None: the
+    backend's defaults)."""
     answerer = answerer or offerer
     if processes == 2:
         return await _measure_two_processes(
@@ -155,6 +166,7 @@ async def measure(
             rtt_samples=rtt_samples,
             rtt_size=rtt_size,
             mtu=mtu,
+            sctp=sctp,
         )
     if processes != 1:
         raise ValueError(f"processes must be 1 or 2, got {processes}")
@@ -173,7 +185,7 @@ async def measure(
         else:
             pings.put_nowait(data)
 
-    offer_backend, answer_backend = load_backend(offerer, mtu=mtu), load_backend(answerer, mtu=mtu)
+    offer_backend, answer_backend = _backend(offerer, mtu, sctp), _backend(answerer, mtu, sctp)
     started = time.perf_counter()
     pair = await connect_pair(
         offer_backend,
@@ -267,13 +279,13 @@ async def _receive(conn: Connection) -> tuple[str, Any]:
     return str(kind), value
 
 
-def _answerer_process(conn: Connection, backend: str, mtu: int) -> None:
+def _answerer_process(conn: Connection, backend: str, mtu: int, sctp: SctpSettings | None) -> None:
     """Child process entry point: answer, then count bulk bytes or echo."""
     with contextlib.suppress(EOFError, OSError, KeyboardInterrupt):
-        asyncio.run(_answerer(conn, backend, mtu))
+        asyncio.run(_answerer(conn, backend, mtu, sctp))
 
 
-async def _answerer(conn: Connection, backend: str, mtu: int) -> None:
+async def _answerer(conn: Connection, backend: str, mtu: int, sctp: SctpSettings | None) -> None:
     echo: asyncio.Queue[bytes] = asyncio.Queue()
     expect = received = 0
     echoing = False
@@ -287,7 +299,7 @@ async def _answerer(conn: Connection, backend: str, mtu: int) -> None:
         if expect and received >= expect:
             conn.send(("received", received))
 
-    peer = load_backend(backend, mtu=mtu).create_peer([], _Endpoint(conn, sink))
+    peer = _backend(backend, mtu, sctp).create_peer([], _Endpoint(conn, sink))
 
     async def echo_all() -> None:
         while True:
@@ -323,17 +335,18 @@ async def _measure_two_processes(
     rtt_samples: int,
     rtt_size: int,
     mtu: int,
+    sctp: SctpSettings | None = None,
 ) -> RawResult:
     ours, theirs = multiprocessing.Pipe()
     # spawn: a fork would copy our event loop and the library's threads' state.
     child = multiprocessing.get_context("spawn").Process(
-        target=_answerer_process, args=(theirs, answerer, mtu), daemon=True
+        target=_answerer_process, args=(theirs, answerer, mtu, sctp), daemon=True
     )
     child.start()
     theirs.close()
     pongs: asyncio.Queue[bytes] = asyncio.Queue()
     events = _Endpoint(ours, pongs.put_nowait)
-    peer = load_backend(offerer, mtu=mtu).create_peer([], events)
+    peer = _backend(offerer, mtu, sctp).create_peer([], events)
     loop = asyncio.get_running_loop()
     bulk_done: asyncio.Future[int] = loop.create_future()
     child_ready = asyncio.Event()
@@ -411,6 +424,7 @@ async def measure_all(
     processes: int = 1,
     mtu: int = 0,
     pairs: tuple[tuple[str, str], ...] = PAIRS,
+    sctp: SctpSettings | None = None,
 ) -> list[RawResult]:
     """Every same-backend and cross-backend pair, one after the other."""
     return [
@@ -423,6 +437,7 @@ async def measure_all(
             rtt_size=rtt_size,
             processes=processes,
             mtu=mtu,
+            sctp=sctp,
         )
         for a, b in pairs
     ]
@@ -441,9 +456,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--backend", choices=("libdatachannel", "aiortc"), help="only this same-backend pair"
     )
+    parser.add_argument(
+        "--sctp-buffer", type=int, default=None, help="libdatachannel SCTP send/receive buffer"
+    )
+    parser.add_argument(
+        "--sctp-cc", type=int, default=0, help="libdatachannel congestion control (0-3)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
     pairs = ((args.backend, args.backend),) if args.backend else PAIRS
+    sctp = None
+    if args.sctp_buffer is not None or args.sctp_cc:
+        buffer = args.sctp_buffer or 0
+        sctp = SctpSettings(
+            recv_buffer_size=buffer,
+            send_buffer_size=buffer,
+            congestion_control_module=args.sctp_cc,
+        )
     results = asyncio.run(
         measure_all(
             size=args.size,
@@ -453,6 +482,7 @@ def main(argv: list[str] | None = None) -> None:
             processes=args.processes,
             mtu=args.mtu,
             pairs=pairs,
+            sctp=sctp,
         )
     )
     for result in results:

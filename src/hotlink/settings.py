@@ -31,6 +31,7 @@ from enum import Enum
 from pathlib import PurePath
 from typing import Any, ClassVar, Literal, Self
 
+from .event_loop import EVENT_LOOPS, EventLoop
 from .logs import LOG_FORMATS, LOG_LEVELS, LogFormat, LogLevel
 from .protocol.errors import ProtocolError
 from .protocol.ice import IceServer, ice_advertisement, parse_ice_servers, stun_server_to_ice
@@ -146,6 +147,21 @@ def _stun_server(value: str, where: str) -> str:
     return value
 
 
+def _zero_or_range(lo: int, hi: int) -> Callable[[Any, str], Any]:
+    def check(value: Any, where: str) -> Any:
+        if value != 0 and not lo <= value <= hi:
+            raise SettingsError(f"{where}={value!r}: must be 0 or {lo}..{hi}")
+        return value
+
+    return check
+
+
+# The bounds the libdatachannel backend accepts (webrtc/libdatachannel_backend.py,
+# webrtc/sctp_settings.py), checked at start-up so a typo is not a silent WebRTC-off later.
+_webrtc_mtu = _zero_or_range(576, 4096)
+_sctp_buffer = _zero_or_range(MIB, 16 * MIB)
+
+
 def _host_port(value: str, where: str) -> str:
     split_host_port(value, where)
     return value
@@ -177,6 +193,15 @@ P_LIMITS = "Limits"
 
 def _log_specs(level_default: str, format_default: str = "text") -> tuple[Spec, ...]:
     return (
+        # asyncio's loop by default: out of descriptors, uvloop (libuv) accepts new
+        # connections and closes them at once without a word (an app would read a clean
+        # EOF), where asyncio's loop leaves them waiting and reports it (see loop_errors).
+        Spec(
+            "event_loop", "choice", "asyncio",
+            "asyncio or uvloop (faster on the WebSocket path; auto: uvloop where installed).",
+            P_LOG,
+            env=("SYFTBOX_HOTLINK_EVENT_LOOP",), choices=EVENT_LOOPS,
+        ),
         Spec(
             "log_level", "choice", None, "Least severe log lines shown.", P_LOG,
             env=("SYFTBOX_HOTLINK_LOG_LEVEL",), choices=LOG_LEVELS, default_text=level_default,
@@ -241,6 +266,17 @@ CLIENT_SPECS: tuple[Spec, ...] = (
     Spec("webrtc_buffered_high", "int", MIB,
          "Bytes buffered on a data channel before sending waits, 0-16777216.", P_P2P,
          env=("SYFTBOX_HOTLINK_WEBRTC_BUFFERED_HIGH",), lo=0, hi=16 * MIB),
+    Spec("webrtc_mtu", "int", 0,
+         "libdatachannel's SCTP packet size: 0 (its 1280) or 576-4096. Larger is 2-3x faster "
+         "but only safe between peers on one host or a jumbo-frame LAN.", P_P2P,
+         env=("SYFTBOX_HOTLINK_WEBRTC_MTU",), check=_webrtc_mtu),
+    Spec("webrtc_sctp_buffer", "int", 0,
+         "libdatachannel's SCTP send and receive buffers: 0 (its 1 MiB) or 1048576-16777216; "
+         "size it to the path's bandwidth x round trip (1 Gbit/s x 40 ms = 5 MB).", P_P2P,
+         env=("SYFTBOX_HOTLINK_WEBRTC_SCTP_BUFFER",), check=_sctp_buffer),
+    Spec("webrtc_tuning", "bool", True,
+         "hotlink's tuning of aiortc (SACKs, batched reads, receive buffers); 0 runs it as "
+         "shipped, to compare.", P_P2P, env=("SYFTBOX_HOTLINK_WEBRTC_TUNING",)),
     Spec("webrtc_backpressure_wait_ms", "int", 1500,
          "Milliseconds a send waits for a data channel to drain, 0-10000.", P_P2P,
          env=("SYFTBOX_HOTLINK_WEBRTC_BACKPRESSURE_WAIT_MS",), lo=0, hi=10_000),
@@ -545,6 +581,9 @@ class ClientSettings(_Layered):
 
     # WebRTC sending.
     webrtc_buffered_high: int = MIB  # SYFTBOX_HOTLINK_WEBRTC_BUFFERED_HIGH, max 16 MiB
+    webrtc_mtu: int = 0  # SYFTBOX_HOTLINK_WEBRTC_MTU: 0 or 576..4096
+    webrtc_sctp_buffer: int = 0  # SYFTBOX_HOTLINK_WEBRTC_SCTP_BUFFER: 0 or 1..16 MiB
+    webrtc_tuning: bool = True  # SYFTBOX_HOTLINK_WEBRTC_TUNING
     webrtc_backpressure_wait_ms: int = 1500  # SYFTBOX_HOTLINK_WEBRTC_BACKPRESSURE_WAIT_MS
     ws_fallback_grace_ms: int = 1500  # SYFTBOX_HOTLINK_WS_FALLBACK_GRACE_MS, max 10 s
     # Ours, not the reference's: TURN relay candidates only (like a browser's
@@ -573,6 +612,7 @@ class ClientSettings(_Layered):
     # Logging (hotlink.logs). None: info (debug with SYFTBOX_HOTLINK_DEBUG), text.
     log_level: LogLevel | None = None  # SYFTBOX_HOTLINK_LOG_LEVEL
     log_format: LogFormat | None = None  # SYFTBOX_HOTLINK_LOG_FORMAT
+    event_loop: EventLoop = "asyncio"  # SYFTBOX_HOTLINK_EVENT_LOOP
 
     SPECS = CLIENT_SPECS
 
@@ -632,6 +672,7 @@ class ServerSettings(_Layered):
     env_name: str = ""  # SYFTBOX_ENV (PROD/STAGE: JSON logs unless a format is given)
     log_level: LogLevel | None = None  # SYFTBOX_HOTLINK_LOG_LEVEL; None: info
     log_format: LogFormat | None = None  # SYFTBOX_HOTLINK_LOG_FORMAT; None: see env_name
+    event_loop: EventLoop = "asyncio"  # SYFTBOX_HOTLINK_EVENT_LOOP
 
     # Relay limits and start-up data (flags and config files only). None: the relay's default.
     acl_dir: str | None = None

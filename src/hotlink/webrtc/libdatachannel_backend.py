@@ -22,6 +22,19 @@ callback on each library thread therefore takes one extra, never released ``Ensu
 callback only takes and drops the GIL. Measured: about 25 us less per message each way
 (loopback round trip of two processes, p50, 350 -> 300 us).
 
+SCTP: libdatachannel's SCTP settings (buffers, congestion control, SACK and RTO timers) are
+process-wide; the backend hands its :class:`~.sctp_settings.SctpSettings` to the library
+before each new peer connection (:mod:`.sctp_settings`, a no-op while they stay the same).
+
+Where the time goes (loopback, two processes, 60 KiB messages): per SCTP packet, not per
+message. Each packet is one DTLS record, one ``sendto`` (which runs the receiver's whole
+loopback path in the sender's softirq and wakes its poll thread) and one hand-off between
+the library's threads, and every second one comes back as a SACK: the kernel's UDP path and
+the wake-ups are about half the CPU, copies and malloc a seventh, AES-GCM an eighth,
+usrsctp a tenth; Python callbacks are a few per cent. Hence the MTU below matters far more
+than anything else (1280 -> 4096: 2-3x), while larger SCTP buffers, the thread-pool size,
+message sizes up to 256 KiB and the other congestion-control modules change nothing there.
+
 Blocking: the binding releases the GIL in every call that can block. The only slow one is the
 teardown (``rtcDelete*`` joins the transports), which runs in the default executor so the
 event loop never waits on it.
@@ -51,6 +64,7 @@ from .base import (
     PeerEvents,
     WebRTCError,
 )
+from .sctp_settings import DEFAULT_SCTP_SETTINGS, SctpSettings, apply_sctp_settings
 
 log = logging.getLogger("hotlink.webrtc.libdatachannel")
 
@@ -68,7 +82,8 @@ _POLICY_ALL = 0
 _POLICY_RELAY = 1
 
 # The largest MTU we let libdatachannel use. Its default (0: 1280) suits every path; larger
-# values cut the per-packet work (loopback, 2 cores: 4000 -> about 1.6x the throughput) but
+# values cut the per-packet work (loopback, 2 cores, raw channel between two processes: 1280
+# -> 4096 is 26-39 -> 62-108 MiB/s; a hotlink tunnel 18-25 -> 47-66 MB/s) but
 # are safe only where both ends are ours and the path carries such datagrams unfragmented (one
 # host, jumbo-frame LANs): libjuice reads datagrams into a 4096-byte buffer and drops larger
 # ones, so anything above this stalls the association.
@@ -459,14 +474,20 @@ class LibdatachannelPeer(PeerBase):
 
 class LibdatachannelBackend(Backend):
     """``mtu``: 0 for libdatachannel's default (1280), else ``MIN_MTU``..``MAX_MTU`` bytes
-    (see :data:`MAX_MTU` for when more than the default is safe)."""
+    (see :data:`MAX_MTU` for when more than the default is safe).
+
+    ``sctp_settings`` go to the library before each new peer connection (a no-op while they
+    stay the same; see :mod:`.sctp_settings`): they are process-wide, so every backend of a
+    process should carry the same ones.
+    """
 
     name = "libdatachannel"
 
-    def __init__(self, *, mtu: int = 0) -> None:
+    def __init__(self, *, mtu: int = 0, sctp_settings: SctpSettings | None = None) -> None:
         if mtu and not MIN_MTU <= mtu <= MAX_MTU:
             raise ValueError(f"libdatachannel MTU must be 0 or {MIN_MTU}..{MAX_MTU}, got {mtu}")
         self.mtu = mtu
+        self.sctp_settings = sctp_settings or DEFAULT_SCTP_SETTINGS
 
     def create_peer(
         self,
@@ -477,6 +498,7 @@ class LibdatachannelBackend(Backend):
         buffered_high: int = DEFAULT_BUFFERED_HIGH,
         backpressure_wait: float = DEFAULT_BACKPRESSURE_WAIT,
     ) -> LibdatachannelPeer:
+        apply_sctp_settings(self.sctp_settings)
         return LibdatachannelPeer(
             ice_servers,
             events,

@@ -51,6 +51,7 @@ from ...webrtc import (
     Peer,
     WebRTCError,
 )
+from ...webrtc.sctp_settings import DEFAULT_SCTP_SETTINGS, SctpSettings
 from ..telemetry import Telemetry
 from .signaling import (
     ICE_CANDIDATE,
@@ -81,8 +82,10 @@ SIGNAL_QUEUE = 256
 # Candidates an answerer holds before the offer that makes its peer connection arrives.
 EARLY_CANDIDATES = 64
 # Frames kept for a resend over WS after a channel failure, beyond the send buffer itself:
-# what is in flight plus what the remote library took but its owner had not yet read.
+# what is in flight plus what the remote library took but its owner had not yet read. With
+# SCTP's buffers larger than libdatachannel's 1 MiB default, replay_window() adds the excess.
 REPLAY_EXTRA = 4 * MIB
+_LIBRARY_SCTP_BUFFER = MIB
 # After the session ends, the sender keeps its peer until the receiver closes its end (it has
 # everything) or the send buffer has been empty this long, at most LINGER_MAX.
 LINGER_DRAINED = 2.0
@@ -118,6 +121,10 @@ class WebRTCConfig:
     backend: str = "auto"
     relay_only: bool = False
     buffered_high: int = MIB
+    # libdatachannel only: SCTP MTU (0: the library's 1280) and process-wide SCTP settings.
+    mtu: int = 0
+    sctp: SctpSettings = DEFAULT_SCTP_SETTINGS
+    tuned: bool = True  # aiortc with hotlink's tuning (False: as shipped)
     backpressure_wait: float = 1.5
     grace: float = 1.5
     open_timeout: float = 15.0
@@ -130,6 +137,17 @@ class WebRTCConfig:
     linger_drained: float = LINGER_DRAINED
     linger_max: float = LINGER_MAX
     drain_wait: float = DRAIN_WAIT
+
+
+def replay_window(buffered_high: int, sctp: SctpSettings) -> int:
+    """Bytes of frames to keep for a resend: everything the channel may hold that the remote
+    owner has not read, i.e. our send buffer (``buffered_high``), SCTP's send buffer and the
+    peer's SCTP receive buffer (assumed the same size as ours), plus REPLAY_EXTRA's margin."""
+    excess = sum(
+        max(0, (size or _LIBRARY_SCTP_BUFFER) - _LIBRARY_SCTP_BUFFER)
+        for size in (sctp.send_buffer_size, sctp.recv_buffer_size)
+    )
+    return max(MIB, buffered_high) + REPLAY_EXTRA + excess
 
 
 class SessionOwner(Protocol):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import Coroutine, Mapping
@@ -38,8 +39,9 @@ from ...protocol.ice import (
 from ...protocol.messages import HotlinkSignal, Payload
 from ...settings import ClientSettings
 from ...webrtc import Backend, BackendUnavailableError, Peer, WebRTCError, load_backend
+from ...webrtc.sctp_settings import DEFAULT_SCTP_SETTINGS, SctpSettings
 from ..telemetry import Telemetry
-from .session import MIB, REPLAY_EXTRA, P2PPathInfo, P2PSession, WebRTCConfig
+from .session import P2PPathInfo, P2PSession, WebRTCConfig, replay_window
 from .signaling import (
     WEBRTC_ERROR,
     WEBRTC_KINDS,
@@ -60,19 +62,34 @@ OUTBOX_SIZE = 4096
 __all__ = ["WebRTCConfig", "WebRTCPeerTransport", "config_from_settings"]
 
 
+def sctp_from_settings(settings: ClientSettings) -> SctpSettings:
+    """The SCTP settings for libdatachannel: ``webrtc_sctp_buffer`` (0: our default) for both
+    the send and the receive buffer, the rest as DEFAULT_SCTP_SETTINGS has it."""
+    buffer = settings.webrtc_sctp_buffer
+    if not buffer:
+        return DEFAULT_SCTP_SETTINGS
+    return dataclasses.replace(
+        DEFAULT_SCTP_SETTINGS, recv_buffer_size=buffer, send_buffer_size=buffer
+    )
+
+
 def config_from_settings(settings: ClientSettings) -> WebRTCConfig:
     buffered_high = max(1, settings.webrtc_buffered_high)
+    sctp = sctp_from_settings(settings)
     return WebRTCConfig(
         backend=settings.webrtc_backend,
         relay_only=settings.relay_only,
         buffered_high=buffered_high,
+        mtu=settings.webrtc_mtu,
+        sctp=sctp,
+        tuned=settings.webrtc_tuning,
         backpressure_wait=settings.webrtc_backpressure_wait_ms / 1000.0,
         grace=settings.ws_fallback_grace_ms / 1000.0,
         open_timeout=settings.webrtc_open_timeout_ms / 1000.0,
         p2p_only=settings.p2p_only,
         strict=settings.bench_strict,
         kill_after=settings.debug_p2p_kill_after,
-        replay_window=max(MIB, buffered_high) + REPLAY_EXTRA,
+        replay_window=replay_window(buffered_high, sctp),
     )
 
 
@@ -192,7 +209,12 @@ class WebRTCPeerTransport:
         self.host = host
         if self._backend is None and not self._backend_error:
             try:
-                self._backend = load_backend(self.config.backend)
+                self._backend = load_backend(
+                    self.config.backend,
+                    mtu=self.config.mtu,
+                    sctp=self.config.sctp,
+                    tuned=self.config.tuned,
+                )
             except (BackendUnavailableError, ValueError) as exc:
                 self._backend_error = str(exc)
                 log.error("hotlink webrtc unavailable, every frame uses the websocket: %s", exc)
