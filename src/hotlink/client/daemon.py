@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .. import logs
+from ..event_loop import loop_name
+from ..event_loop import run as run_on_loop
 from ..loop_errors import accept_error_handler
 from ..protocol.messages import Error, Message, MsgType, System
 from ..settings import ClientSettings
@@ -170,7 +172,13 @@ class ClientDaemon:
         s = self.settings
         self.own.mkdir(parents=True, exist_ok=True)
         await self.control.start()
-        log.info("hotlink client %s, data dir %s, server %s", s.email, s.data_dir, s.server_url)
+        log.info(
+            "hotlink client %s, data dir %s, server %s, %s loop",
+            s.email,
+            s.data_dir,
+            s.server_url,
+            loop_name(asyncio.get_running_loop()),
+        )
         if s.hotlink:
             parts = ["ws relay"]
             if s.tcp_proxy:
@@ -247,4 +255,4 @@ async def run_client(settings: ClientSettings) -> int:
 def main(settings: ClientSettings) -> int:
     """Run the daemon; raises :class:`RelayRefused` when the relay refuses who we are."""
     setup_logging(settings)
-    return asyncio.run(run_client(settings))
+    return run_on_loop(run_client(settings), settings.event_loop)

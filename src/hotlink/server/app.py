@@ -45,6 +45,8 @@ from urllib.parse import urlsplit
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from .. import __version__
+from ..event_loop import loop_name
+from ..event_loop import run as run_on_loop
 from ..loop_errors import LIMIT_LOG_INTERVAL, Throttle, accept_error_handler
 from ..protocol.codec import Encoding, choose_encoding, decode, encode, peek_data
 from ..protocol.errors import ProtocolError
@@ -803,13 +805,14 @@ async def serve(
     port = addresses[0][1] if addresses else settings.port
     ice = advertised_ice_servers(settings)
     log.info(
-        "hotlink relay %s listening on http://%s:%d (%s mode; ICE advertisement: %s%s)",
+        "hotlink relay %s listening on http://%s:%d (%s mode; ICE advertisement: %s%s; %s loop)",
         __version__,
         settings.host,
         port,
         "token" if settings.auth_enabled else "dev",
         ice or "none",
         ", TURN REST credentials" if ice and settings.turn_secret else "",
+        loop_name(loop),
     )
     if ready_file is not None:
         _write_ready_file(ready_file, settings.host, port)
@@ -845,4 +848,4 @@ def _warn_if_fd_limit_binds(max_connections: int) -> None:
 
 
 def run(config: RelayConfig, *, ready_file: Path | None = None) -> None:
-    asyncio.run(serve(config, ready_file=ready_file))
+    run_on_loop(serve(config, ready_file=ready_file), config.settings.event_loop)

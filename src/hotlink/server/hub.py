@@ -225,6 +225,14 @@ class SendQueue:
         self._readable.set()
 
 
+def _real_transport(transport: object) -> bool:
+    """A socket's transport: asyncio's, or uvloop's (which is not an asyncio.Transport
+    subclass, though it behaves as one)."""
+    return isinstance(transport, asyncio.Transport) or type(transport).__module__.startswith(
+        "uvloop"
+    )
+
+
 class Connection:
     def __init__(
         self,
@@ -349,9 +357,10 @@ class Connection:
         """Start writing. On a real transport frames are written directly and a writer
         task runs only while the socket is behind; stand-ins (tests) get one for good."""
         transport = self.transport
-        if not isinstance(transport, asyncio.Transport):
+        if not _real_transport(transport):
             self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.id}")
             return
+        assert transport is not None
         self._direct = True
         self._high_water = transport.get_write_buffer_limits()[1]
         if len(self.queue):

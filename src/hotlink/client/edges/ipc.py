@@ -108,8 +108,7 @@ class IpcConnection(LocalConnection):
     async def write(self, data: bytes) -> None:
         if self.closed:
             raise ConnectionResetError("ipc connection is closed")
-        self.writer.write(data)
-        await self.writer.drain()
+        await self._write_app(data)
 
     def finish(self) -> None:
         # IPC connections carry many sessions' frames; a session's end does not end them.

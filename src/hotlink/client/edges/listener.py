@@ -52,7 +52,8 @@ def set_linger_reset(sock: Any, reset: bool) -> None:
     otherwise the kernel delivers what is buffered and a FIN."""
     if not is_tcp(sock):
         return
-    with contextlib.suppress(OSError):  # already closed: nothing left to decide
+    # Already closed: nothing left to decide (uvloop's socket says so with a ValueError).
+    with contextlib.suppress(OSError, ValueError):
         sock.setsockopt(
             socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET if reset else _LINGER_OFF
         )
@@ -87,6 +88,18 @@ class LocalConnection:
         self.sock = writer.get_extra_info("socket")
         self.tcp = is_tcp(self.sock)
         set_linger_reset(self.sock, True)
+
+    async def _write_app(self, data: bytes) -> None:
+        """Write ``data`` and wait for room. A connection the app has left raises
+        ConnectionResetError on every loop: uvloop raises RuntimeError for a closed
+        transport where asyncio's loop drops the bytes and fails the drain."""
+        if self.writer.transport.is_closing():
+            raise ConnectionResetError("app connection is closed")
+        try:
+            self.writer.write(data)
+        except RuntimeError as exc:
+            raise ConnectionResetError(f"app connection is closed: {exc}") from None
+        await self.writer.drain()
 
     def _reset(self) -> None:
         """End the socket so the app sees a failure: a TCP reset."""

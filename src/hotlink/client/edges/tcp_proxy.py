@@ -281,8 +281,7 @@ class AppConnection(LocalConnection):
     async def write(self, data: bytes) -> None:
         if self.closed or not self.write_open:
             raise ConnectionResetError("app connection is closed")
-        self.writer.write(data)
-        await self.writer.drain()
+        await self._write_app(data)
 
     def write_nowait(self, data: bytes) -> bool:
         """Write without waiting when the socket's buffer is empty (no backpressure)."""
