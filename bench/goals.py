@@ -58,6 +58,7 @@ def _find(
     backend: str = "",
     *,
     flow_control: bool = True,
+    variant: str = "",
 ) -> PathResult:
     for r in results:
         if (
@@ -65,6 +66,7 @@ def _find(
             and r.kind == kind
             and (not backend or r.backend == backend)
             and r.flow_control == flow_control
+            and r.variant == variant
         ):
             return r
     return PathResult("missing", group, kind, backend, error="not run")
@@ -235,8 +237,10 @@ def _issue7(results: Sequence[PathResult]) -> list[Goal]:
 
 P2P_MIN_MB_S = 150.0
 P2P_RTT_EXTRA_MS = 0.100
-# Issue 13's figure for a tunnel over aiortc before its tuning (make bench, loopback).
+# Issue 13's figure for a tunnel over aiortc before its tuning (make bench, loopback), shown
+# beside the goal, which compares with aiortc as shipped in the same run.
 AIORTC_BEFORE_MB_S = 8.5
+AIORTC_STOCK = "as shipped"  # the variant row: SYFTBOX_HOTLINK_WEBRTC_TUNING=0
 AIORTC_GAIN = 2.0
 RELAY_FORWARDER_RATIO = 0.5
 RELAY_ONE_CORE_MSGS = 50_000
@@ -274,12 +278,17 @@ def issue13_loopback(results: Sequence[PathResult]) -> list[Goal]:
         goals.append(Goal(name, target, measured, extra <= P2P_RTT_EXTRA_MS))
     else:
         goals.append(Goal(name, target, why or "no data", None))
-    name = f"P2P aiortc throughput vs {AIORTC_BEFORE_MB_S} MB/s before its tuning"
+    stock = _find(results, "loopback", "p2p", "aiortc", variant=AIORTC_STOCK)
+    name = "P2P aiortc throughput, tuned vs as shipped (same run)"
     target = f">= {AIORTC_GAIN:.0f} x"
-    why = _why_not(aiortc)
-    if why is None and aiortc.throughput_mb_s:
-        gain = aiortc.throughput_mb_s / AIORTC_BEFORE_MB_S
-        measured = f"{gain:.1f} x ({aiortc.throughput_mb_s:.1f} MB/s)"
+    why = _why_not(aiortc, stock)
+    if why is None and aiortc.throughput_mb_s and stock.throughput_mb_s:
+        gain = aiortc.throughput_mb_s / stock.throughput_mb_s
+        measured = (
+            f"{gain:.1f} x ({aiortc.throughput_mb_s:.1f} vs {stock.throughput_mb_s:.1f} MB/s; "
+            f"{aiortc.throughput_mb_s / AIORTC_BEFORE_MB_S:.1f} x the issue's "
+            f"{AIORTC_BEFORE_MB_S} MB/s)"
+        )
         goals.append(Goal(name, target, measured, gain >= AIORTC_GAIN))
     else:
         goals.append(Goal(name, target, why or "no data", None))

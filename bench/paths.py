@@ -60,6 +60,8 @@ class PathResult:
     # Every stream measured, MB/s, when the row is the median of several (bench/flow.py).
     throughput_samples: list[float] = field(default_factory=list)
     flow_control: bool = True  # False: both clients ran with SYFTBOX_HOTLINK_FLOW_CONTROL=0
+    # A row with other client settings than the defaults (``extra_env``): "" for the default.
+    variant: str = ""
     rtt: dict[str, dict[str, float]] = field(default_factory=dict)  # "64" -> p50/p90/p99 ms
     setup_first_byte_ms: float | None = None
     setup_channel_open_ms: float | None = None
@@ -155,17 +157,20 @@ async def hotlink_path(
     server_host: str = "127.0.0.1",
     netns: Mapping[str, str] | None = None,
     connect: Connector | Mapping[str, Connector] | None = None,
+    variant: str = "",
+    extra_env: Mapping[str, str] | None = None,
 ) -> PathResult:
     """Relay + alice + bob as real processes, the tunnel, and the measurements on it.
 
     ``netns`` maps ``server``/emails to network namespaces (WAN shape); ``connect`` opens a
-    connection to a proxy port inside alice's or bob's namespace then.
+    connection to a proxy port inside alice's or bob's namespace then. ``extra_env`` are
+    client settings of a ``variant`` row.
     """
     kind = "ws" if ws_only else "p2p"
-    result = PathResult(name, group, kind, backend="" if ws_only else backend)
+    result = PathResult(name, group, kind, backend="" if ws_only else backend, variant=variant)
 
     async def body() -> None:
-        env = client_env(backend, ws_only)
+        env = client_env(backend, ws_only, extra=extra_env)
         with DevStack() as stack:
             await stack.astart_server(server_host, netns=(netns or {}).get("server"))
             alice, bob = await start_pair(stack, env=env, netns=netns)

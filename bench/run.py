@@ -4,9 +4,11 @@ Side by side, on loopback and with the same payloads: a raw TCP connection (the 
 hotlink's WebSocket relay path and P2P with libdatachannel (each with flow control on and
 off, bench/flow.py), P2P with aiortc, and each backend's raw data channel. Then flow control
 at work: slow readers on P2P, and two sessions on one WebSocket while one app stalls. Then,
-as root, a WAN shape in network namespaces: P2P against the WebSocket relay. Last, the idle
-CPU of a client on a 100,000-file tree and its reaction to a new marker (bench/idle_cpu.py;
-leave it out with ``--only``). Writes
+as root, a WAN shape in network namespaces: P2P against the WebSocket relay. Then the relay
+against a bare WebSocket forwarder and at scale (bench/relay_bench.py), ten tunnels at once
+(bench/many_tunnels.py) and, as root, the WAN matrix: P2P against TCP CUBIC and BBR on the
+same namespace path (bench/wan_matrix.py). Last, the idle CPU of a client on a 100,000-file
+tree and its reaction to a new marker (bench/idle_cpu.py; leave it out with ``--only``). Writes
 ``bench/results/<timestamp>.json``, ``<timestamp>.png`` and ``latest.md`` (the table for the
 README), and prints the table.
 
@@ -31,7 +33,7 @@ from hotlink.lab.stack import stop_on_signals
 
 from .chart import PALETTE, Bar, Panel, draw
 from .flow import FlowConfig, FlowResults, paired_paths, run_flow
-from .goals import Goal, evaluate, many_tunnels_goal, relay_goals
+from .goals import AIORTC_STOCK, Goal, evaluate, many_tunnels_goal, relay_goals
 from .idle_cpu import RESCAN_INTERVAL, IdleCpuResult
 from .idle_cpu import markdown as idle_markdown
 from .idle_cpu import measure as measure_idle_cpu
@@ -47,12 +49,23 @@ from .paths import (
 from .relay_bench import markdown as relay_markdown
 from .relay_bench import results_from_json as relay_results
 from .report import machine_info, markdown
+from .wan_matrix import for_this_machine, matrix_goals, run_matrix
+from .wan_matrix import markdown as matrix_markdown
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
-ALL_PATHS = ("tcp", "ws", "p2p-libdatachannel", "p2p-aiortc", "raw-libdatachannel", "raw-aiortc")
+ALL_PATHS = (
+    "tcp",
+    "ws",
+    "p2p-libdatachannel",
+    "p2p-libdatachannel-mtu",
+    "p2p-aiortc",
+    "p2p-aiortc-stock",
+    "raw-libdatachannel",
+    "raw-aiortc",
+)
 FLOW_STEPS = ("slow-reader", "shared-ws")
-EXTRA_STEPS = ("relay", "many-tunnels")
+EXTRA_STEPS = ("relay", "many-tunnels", "wan-matrix")
 ALL_STEPS = (*ALL_PATHS, *FLOW_STEPS, *EXTRA_STEPS, "idle-cpu")
 
 
@@ -88,6 +101,24 @@ async def run_loopback(cfg: BenchConfig, fcfg: FlowConfig, only: Sequence[str]) 
             cfg, "hotlink P2P libdatachannel", repeats=fcfg.repeats, backend="libdatachannel"
         ),
         "p2p-aiortc": lambda: _one(hotlink_path(cfg, "hotlink P2P aiortc", backend="aiortc")),
+        "p2p-aiortc-stock": lambda: _one(
+            hotlink_path(
+                cfg,
+                "hotlink P2P aiortc, as shipped",
+                backend="aiortc",
+                variant=AIORTC_STOCK,
+                extra_env={"SYFTBOX_HOTLINK_WEBRTC_TUNING": "0"},
+            )
+        ),
+        "p2p-libdatachannel-mtu": lambda: _one(
+            hotlink_path(
+                cfg,
+                "hotlink P2P libdatachannel, MTU 4096 (same host)",
+                backend="libdatachannel",
+                variant="mtu 4096",
+                extra_env={"SYFTBOX_HOTLINK_WEBRTC_MTU": "4096"},
+            )
+        ),
         "raw-libdatachannel": lambda: _one(raw_datachannel(cfg, "libdatachannel")),
         "raw-aiortc": lambda: _one(raw_datachannel(cfg, "aiortc")),
     }
@@ -177,8 +208,17 @@ async def run_many_tunnels(quick: bool) -> Section:
     )
 
 
+async def run_wan_matrix(quick: bool) -> Section:
+    result = await run_matrix(for_this_machine(quick))
+    return Section("wan-matrix", matrix_markdown(result), result.to_json(), matrix_goals(result))
+
+
 async def run_sections(quick: bool, only: Sequence[str]) -> list[Section]:
-    steps = {"relay": run_relay, "many-tunnels": run_many_tunnels}
+    steps = {
+        "relay": run_relay,
+        "many-tunnels": run_many_tunnels,
+        "wan-matrix": run_wan_matrix,
+    }
     sections = []
     for key in EXTRA_STEPS:
         if key in only:
@@ -289,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, 200 rounds (~2 min)")
     parser.add_argument("--size", help="payload one way, e.g. 64MiB (default 64MiB, quick 8MiB)")
     parser.add_argument("--rounds", type=int, help="ping-pong rounds per size (default 2000)")
-    parser.add_argument("--no-wan", action="store_true", help="skip the namespace WAN shape")
+    parser.add_argument(
+        "--no-wan", action="store_true", help="skip the namespace WAN shape and matrix"
+    )
     parser.add_argument(
         "--only",
         help=f"comma-separated subset of: {','.join(ALL_STEPS)},wan (default: all)",
@@ -315,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     results, flow, wan_note = asyncio.run(collect(args, cfg, fcfg))
     only = args.only.split(",") if args.only else list(ALL_STEPS)
+    if args.no_wan:
+        only = [key for key in only if key != "wan-matrix"]
     sections = asyncio.run(run_sections(args.quick, only))
     idle = None
     if not args.only or "idle-cpu" in args.only.split(","):

@@ -1,30 +1,38 @@
-"""A WAN shape in network namespaces: the relay far away, alice and bob close to each other.
+"""A WAN shape in network namespaces: three hosts on a bridge, each link impaired as asked.
 
     server 203.0.113.10 ─┐
     alice  203.0.113.21 ─┼─ br0 (hub namespace)
     bob    203.0.113.22 ─┘
 
-Each host's link to the hub delays what the host sends (its egress) and limits it to
-100 Mbit/s. With egress delays of 35 ms (server) and 5 ms (alice, bob), every round trip
-crosses two egresses: alice-server and bob-server 40 ms, alice-bob 10 ms. The delay is
-``tc netem`` where the kernel has it, else a user-space link (:mod:`hotlink.lab.wan_link`) with a
-``tbf`` rate limit. Only documentation addresses; nothing is connected to the host's own network.
+Each host's link to the hub delays what the host sends (its egress), drops a share of it and
+limits it to a rate (:class:`HostLink`). Every round trip crosses two egresses: with the
+default shape (server 35 ms, alice and bob 5 ms, 100 Mbit/s) alice-server and bob-server
+are 40 ms apart, alice-bob 10 ms. :meth:`WanShape.peers` builds the benchmark matrix's shape:
+alice and bob a given round trip apart with a given loss in each direction, the relay close.
 
-Namespaces are ``hlb<pid>-<host>``; :meth:`WanShape.close` (also at exit) stops the links
-and every process inside and deletes them.
+The delay and loss are ``tc netem`` where the kernel has it, else a user-space link
+(:mod:`hotlink.lab.wan_link`); the rate is ``tbf`` then. A host whose link is neither delayed
+nor lossy gets a plain veth pair (no copier process). Only documentation addresses; nothing
+is connected to the host's own network.
+
+Namespaces are ``hlb<pid>-<n>-<host>``; :meth:`WanShape.close` (also at exit) stops the
+links and every process inside and deletes them.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from hotlink.demo.measure import Connector, Link
 from hotlink.lab.netns import open_connection_in_netns, socket_in_netns
@@ -33,8 +41,34 @@ from hotlink.lab.wan_link import netem_available, start_link
 
 HOSTS = ("server", "alice", "bob")
 IPS = {"server": "203.0.113.10", "alice": "203.0.113.21", "bob": "203.0.113.22"}
-EGRESS_DELAY_MS = {"server": 35.0, "alice": 5.0, "bob": 5.0}
 RATE = "100mbit"
+# The tbf queue holds this much sending time; beyond it packets are dropped, as at a router.
+QUEUE_MS = 50
+
+_shape_numbers = itertools.count()
+
+
+@dataclass(frozen=True)
+class HostLink:
+    """What a host's link does to what the host sends: ``delay_ms`` one way, ``loss_pct``
+    of its packets dropped, at most ``rate`` (tc syntax, e.g. ``100mbit``; None: no limit)."""
+
+    delay_ms: float = 0.0
+    loss_pct: float = 0.0
+    rate: str | None = RATE
+
+    @property
+    def impaired(self) -> bool:
+        return self.delay_ms > 0 or self.loss_pct > 0
+
+
+DEFAULT_LINKS: Mapping[str, HostLink] = {
+    "server": HostLink(35.0),
+    "alice": HostLink(5.0),
+    "bob": HostLink(5.0),
+}
+# Kept for callers of the first version of this module.
+EGRESS_DELAY_MS = {host: link.delay_ms for host, link in DEFAULT_LINKS.items()}
 
 
 class WanError(RuntimeError):
@@ -59,12 +93,59 @@ def unsupported_reason() -> str | None:
     return None
 
 
+_RATE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+
+
+def rate_bits(rate: str) -> int:
+    """``100mbit`` -> 100_000_000 (tc's decimal units; ``bit`` only, as we write them)."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([kmg]?)bit", rate.strip().lower())
+    if match is None:
+        raise ValueError(f"rate {rate!r}: expected e.g. 100mbit or 1gbit")
+    return int(float(match.group(1)) * _RATE_UNITS[match.group(2)])
+
+
+def tbf_args(rate: str) -> list[str]:
+    """A ``tbf`` that passes ``rate`` smoothly: a bucket of 2 ms of data (at least 32 KiB,
+    so a GSO burst of one TCP segment train fits) and a queue of QUEUE_MS."""
+    bytes_per_s = rate_bits(rate) // 8
+    burst = max(32 * 1024, bytes_per_s * 2 // 1000)
+    limit = max(256 * 1024, bytes_per_s * QUEUE_MS // 1000)
+    return ["tbf", "rate", rate, "burst", str(burst), "limit", str(limit)]
+
+
 class WanShape:
-    def __init__(self) -> None:
-        self.prefix = f"hlb{os.getpid()}-"
-        self.links: list[subprocess.Popen[bytes]] = []
+    """The namespaces and links of one shape; build with ``with WanShape(...) as wan``."""
+
+    def __init__(self, links: Mapping[str, HostLink] | None = None) -> None:
+        self.links = dict(links or DEFAULT_LINKS)
+        missing = set(HOSTS) - set(self.links)
+        if missing:
+            raise ValueError(f"no link for {sorted(missing)}")
+        self.prefix = f"hlb{os.getpid()}-{next(_shape_numbers)}-"
+        self.link_procs: list[subprocess.Popen[bytes]] = []
         self.method = ""
         self._closed = False
+
+    @classmethod
+    def peers(
+        cls,
+        rtt_ms: float,
+        *,
+        loss_pct: float = 0.0,
+        rate: str | None = RATE,
+        relay_delay_ms: float = 0.0,
+    ) -> WanShape:
+        """alice and bob ``rtt_ms`` apart (half on each one's egress), ``loss_pct`` lost in
+        each direction, each sending at most ``rate``; the relay ``relay_delay_ms`` from
+        the bridge, lossless (only the session's start crosses it)."""
+        half = rtt_ms / 2
+        return cls(
+            {
+                "server": HostLink(relay_delay_ms, 0.0, rate),
+                "alice": HostLink(half, loss_pct, rate),
+                "bob": HostLink(half, loss_pct, rate),
+            }
+        )
 
     def ns(self, host: str) -> str:
         return self.prefix + host
@@ -101,29 +182,38 @@ class WanShape:
         self._ip("hub", "link", "add", "br0", "type", "bridge")
         self._ip("hub", "link", "set", "br0", "up")
         for host in HOSTS:
+            link = self.links[host]
             port = f"p-{host}"
-            if netem:
+            if netem or not link.impaired:
                 self._ip(host, "link", "add", "eth0", "type", "veth",
                          "peer", "name", port, "netns", self.ns("hub"))  # fmt: skip
             else:
-                self._start_link(host, port)
+                self._start_link(host, port, link)
             self._ip("hub", "link", "set", port, "master", "br0")
             self._ip("hub", "link", "set", port, "up")
             self._ip(host, "addr", "add", f"{IPS[host]}/24", "dev", "eth0")
             self._ip(host, "link", "set", "eth0", "up")
-            delay = f"{EGRESS_DELAY_MS[host]}ms"
-            if netem:
-                self._exec(host, "tc", "qdisc", "add", "dev", "eth0", "root", "netem",
-                           "limit", "10000", "delay", delay, "rate", RATE)  # fmt: skip
-            else:
-                self._exec(host, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf",
-                           "rate", RATE, "burst", "128kb", "latency", "100ms")  # fmt: skip
+            self._shape(host, link, netem)
 
-    def _start_link(self, host: str, port: str) -> None:
-        link = start_link(
-            (self.ns(host), "eth0"), (self.ns("hub"), port), delay_ms=EGRESS_DELAY_MS[host]
+    def _shape(self, host: str, link: HostLink, netem: bool) -> None:
+        if netem and link.impaired:
+            args = ["netem", "limit", "100000", "delay", f"{link.delay_ms}ms"]
+            if link.loss_pct:
+                args += ["loss", f"{link.loss_pct}%"]
+            if link.rate:
+                args += ["rate", link.rate]
+            self._exec(host, "tc", "qdisc", "add", "dev", "eth0", "root", *args)
+        elif link.rate:
+            self._exec(host, "tc", "qdisc", "add", "dev", "eth0", "root", *tbf_args(link.rate))
+
+    def _start_link(self, host: str, port: str, link: HostLink) -> None:
+        proc = start_link(
+            (self.ns(host), "eth0"),
+            (self.ns("hub"), port),
+            delay_ms=link.delay_ms,
+            loss_pct=link.loss_pct,
         )
-        self.links.append(link)
+        self.link_procs.append(proc)
 
     def close(self) -> None:
         if self._closed:
@@ -136,10 +226,19 @@ class WanShape:
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
-        for proc in self.links:
+        for proc in self.link_procs:
             stop_process(proc, 5)
         for host in (*HOSTS, "hub"):
             _run(["ip", "netns", "delete", self.ns(host)], check=False)
+
+    def describe(self) -> str:
+        parts = []
+        for host in HOSTS:
+            link = self.links[host]
+            rate = link.rate or "unlimited"
+            loss = f", {link.loss_pct:g} % loss" if link.loss_pct else ""
+            parts.append(f"{host} egress {link.delay_ms:g} ms{loss}, {rate}")
+        return "; ".join(parts)
 
     # ------------------------------------------------------------ reaching into a namespace
 
