@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from hotlink.protocol.ice import IceCandidate
-from hotlink.webrtc import Backend, Peer, load_backend
+from hotlink.webrtc import Peer, load_backend
 from hotlink.webrtc.pair import connect_pair
 from hotlink.webrtc.sctp_settings import SctpSettings
 
@@ -68,14 +68,6 @@ class RawResult:
             f"rtt p50 {self.rtt_p50_ms:6.3f} ms  p90 {self.rtt_p90_ms:6.3f} ms  "
             f"p99 {self.rtt_p99_ms:6.3f} ms"
         )
-
-
-def _backend(name: str, mtu: int, sctp: SctpSettings | None) -> Backend:
-    """``name``'s backend; libdatachannel ones get ``sctp`` (None: the backend's defaults)."""
-    backend = load_backend(name, mtu=mtu)
-    if sctp is not None and hasattr(backend, "sctp_settings"):
-        backend.sctp_settings = sctp
-    return backend
 
 
 def _percentile(sorted_values: list[float], fraction: float) -> float:
@@ -185,7 +177,10 @@ async def measure(
         else:
             pings.put_nowait(data)
 
-    offer_backend, answer_backend = _backend(offerer, mtu, sctp), _backend(answerer, mtu, sctp)
+    offer_backend, answer_backend = (
+        load_backend(offerer, mtu=mtu, sctp=sctp),
+        load_backend(answerer, mtu=mtu, sctp=sctp),
+    )
     started = time.perf_counter()
     pair = await connect_pair(
         offer_backend,
@@ -299,7 +294,7 @@ async def _answerer(conn: Connection, backend: str, mtu: int, sctp: SctpSettings
         if expect and received >= expect:
             conn.send(("received", received))
 
-    peer = _backend(backend, mtu, sctp).create_peer([], _Endpoint(conn, sink))
+    peer = load_backend(backend, mtu=mtu, sctp=sctp).create_peer([], _Endpoint(conn, sink))
 
     async def echo_all() -> None:
         while True:
@@ -346,7 +341,7 @@ async def _measure_two_processes(
     theirs.close()
     pongs: asyncio.Queue[bytes] = asyncio.Queue()
     events = _Endpoint(ours, pongs.put_nowait)
-    peer = _backend(offerer, mtu, sctp).create_peer([], events)
+    peer = load_backend(offerer, mtu=mtu, sctp=sctp).create_peer([], events)
     loop = asyncio.get_running_loop()
     bulk_done: asyncio.Future[int] = loop.create_future()
     child_ready = asyncio.Event()

@@ -104,6 +104,13 @@ QUICK = Config(seconds=2.0, rounds=2, idle=3000, opens=100, storm=1000, leak_che
 # ---------------------------------------------------------------- the bare forwarder
 
 
+def _write_port_file(path: Path, port: int) -> None:
+    # Whole or not at all: the parent polls for the file and reads it as soon as it exists.
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"port": port}))
+    tmp.replace(path)
+
+
 async def forwarder(port_file: Path) -> None:
     """A WebSocket server that pairs ``?pair=N&role=s`` with ``role=r`` and forwards each
     message from s to r as is: what any relay costs at least, with aiohttp."""
@@ -137,7 +144,7 @@ async def forwarder(port_file: Path) -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    await asyncio.to_thread(port_file.write_text, json.dumps({"port": port}))
+    await asyncio.to_thread(_write_port_file, port_file, port)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()

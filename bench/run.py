@@ -188,7 +188,12 @@ async def run_relay(quick: bool) -> Section:
         proc = await asyncio.create_subprocess_exec(
             *argv, *(["--quick"] if quick else []), cwd=REPO, stdout=asyncio.subprocess.DEVNULL
         )
-        code = await proc.wait()
+        try:
+            code = await proc.wait()
+        except BaseException:  # interrupted: its SIGTERM handler stops its servers
+            proc.terminate()
+            await asyncio.shield(proc.wait())
+            raise
         if code != 0 or not out.exists():
             error = f"relay benchmark exited with {code}"
             return Section(

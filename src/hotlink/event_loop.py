@@ -39,9 +39,15 @@ def loop_factory(choice: EventLoop) -> Callable[[], asyncio.AbstractEventLoop] |
     return factory
 
 
+def is_uvloop(obj: object) -> bool:
+    """Whether ``obj`` (a loop, a transport) is uvloop's, which does not subclass asyncio's
+    classes though it behaves as them."""
+    return type(obj).__module__.startswith("uvloop")
+
+
 def loop_name(loop: asyncio.AbstractEventLoop) -> str:
     """``uvloop`` or ``asyncio``, for the start-up log line and status."""
-    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+    return "uvloop" if is_uvloop(loop) else "asyncio"
 
 
 def run[T](main: Coroutine[Any, Any, T], choice: EventLoop) -> T:

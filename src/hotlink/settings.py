@@ -189,19 +189,21 @@ P_COMPAT = "SyftBox compatibility"
 P_LISTEN = "Listening"
 P_AUTH = "Authentication"
 P_LIMITS = "Limits"
+P_PROCESS = "Process"
+
+
+# asyncio's loop by default: out of descriptors, uvloop (libuv) accepts new connections and
+# closes them at once without a word (an app would read a clean EOF), where asyncio's loop
+# leaves them waiting and reports it (see loop_errors).
+EVENT_LOOP_SPEC = Spec(
+    "event_loop", "choice", "asyncio",
+    "asyncio or uvloop (faster on the WebSocket path; auto: uvloop where installed).",
+    P_PROCESS, env=("SYFTBOX_HOTLINK_EVENT_LOOP",), choices=EVENT_LOOPS,
+)  # fmt: skip
 
 
 def _log_specs(level_default: str, format_default: str = "text") -> tuple[Spec, ...]:
     return (
-        # asyncio's loop by default: out of descriptors, uvloop (libuv) accepts new
-        # connections and closes them at once without a word (an app would read a clean
-        # EOF), where asyncio's loop leaves them waiting and reports it (see loop_errors).
-        Spec(
-            "event_loop", "choice", "asyncio",
-            "asyncio or uvloop (faster on the WebSocket path; auto: uvloop where installed).",
-            P_LOG,
-            env=("SYFTBOX_HOTLINK_EVENT_LOOP",), choices=EVENT_LOOPS,
-        ),
         Spec(
             "log_level", "choice", None, "Least severe log lines shown.", P_LOG,
             env=("SYFTBOX_HOTLINK_LOG_LEVEL",), choices=LOG_LEVELS, default_text=level_default,
@@ -229,6 +231,7 @@ CLIENT_SPECS: tuple[Spec, ...] = (
          default_text="send it whenever one is given"),
     # Logging.
     *_log_specs("info; debug with --debug"),
+    EVENT_LOOP_SPEC,
     Spec("debug", "bool", False, "Debug logging and a trace of hotlink data frames.", P_LOG,
          env=("SYFTBOX_HOTLINK_DEBUG",)),
     Spec("latency_trace", "bool", False, "Log per-message latency traces.", P_LOG,
@@ -375,6 +378,7 @@ SERVER_SPECS: tuple[Spec, ...] = (
          clamp=False, default_text="10"),
     # Logging.
     *_log_specs("info", "text; json when --env is PROD or STAGE"),
+    EVENT_LOOP_SPEC,
     Spec("debug", "bool", False, "Log the hotlink data relay trace.", P_LOG,
          env=("SYFTBOX_HOTLINK_DEBUG",)),
     Spec("latency_trace", "bool", False, "Log per-message latency traces.", P_LOG,

@@ -146,12 +146,13 @@ class DelayLine:
         self.queue: collections.deque[tuple[float, bytes]] = collections.deque()
         self.loop = asyncio.get_running_loop()
         self.timer: asyncio.TimerHandle | None = None
+        self.dropped = 0  # frames lost on purpose, to a full line or a full device
 
     def _write(self, frame: bytes) -> None:
         try:
             os.write(self.dst, frame)
         except OSError:
-            pass  # device queue full or down: a lost frame, as on a real link
+            self.dropped += 1  # device queue full or down: a lost frame, as on a real link
 
     def on_readable(self) -> None:
         now = time.monotonic()
@@ -164,11 +165,14 @@ class DelayLine:
                 self.stop.set()
                 return
             if self.loss and self.rng.random() < self.loss:
+                self.dropped += 1
                 continue
             if self.delay <= 0:
                 self._write(frame)
             elif len(self.queue) < MAX_QUEUED:
                 self.queue.append((now + self.delay, frame))
+            else:
+                self.dropped += 1
         if self.queue and self.timer is None:
             self._schedule()
 

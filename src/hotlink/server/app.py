@@ -514,7 +514,7 @@ class Relay:
         # A frame some connection holds already costs nothing more (see hub.QueuedBytes).
         hub = self.hub
         cost = hub.ledger.cost(frame)
-        if cost and hub.ledger.total + cost > hub.ledger.limit and hub.over_budget(cost):
+        if cost and hub.over_budget(cost):
             if broadcast:
                 self.metrics.budget_drops.inc()
                 self._drop_broadcast(target, typ, msg_id, "the relay's queued bytes")

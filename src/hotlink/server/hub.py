@@ -53,6 +53,7 @@ from dataclasses import dataclass
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from ..event_loop import is_uvloop
 from ..protocol.codec import Encoding
 from .fanout import BroadcastLog
 from .frames import COALESCE_MAX_FRAME, Frame, TextFrame, frame_header
@@ -225,14 +226,6 @@ class SendQueue:
         self._readable.set()
 
 
-def _real_transport(transport: object) -> bool:
-    """A socket's transport: asyncio's, or uvloop's (which is not an asyncio.Transport
-    subclass, though it behaves as one)."""
-    return isinstance(transport, asyncio.Transport) or type(transport).__module__.startswith(
-        "uvloop"
-    )
-
-
 class Connection:
     def __init__(
         self,
@@ -276,6 +269,12 @@ class Connection:
         self._flush_due = False
         self._slow = False
         self._high_water = 0
+        # Bytes handed to the transport on the direct path, and the watch on its buffer:
+        # frames written there have no awaited write to time out, so a timer checks that a
+        # peer with bytes unsent keeps taking some (the reference's per-write timeout).
+        self._bytes_out = 0
+        self._taken_mark = 0
+        self._drain_timer: asyncio.TimerHandle | None = None
         # The first broadcast of the relay's BroadcastLog this connection has not had.
         self.log_seen = 0
         # The hub's set of connections that may not be idle (see Hub.busy): joined whenever
@@ -357,7 +356,7 @@ class Connection:
         """Start writing. On a real transport frames are written directly and a writer
         task runs only while the socket is behind; stand-ins (tests) get one for good."""
         transport = self.transport
-        if not _real_transport(transport):
+        if not (isinstance(transport, asyncio.Transport) or is_uvloop(transport)):
             self._writer = asyncio.create_task(self._write_loop(), name=f"ws-writer-{self.id}")
             return
         assert transport is not None
@@ -375,11 +374,7 @@ class Connection:
             return
         transport = self.transport
         assert transport is not None
-        if (
-            self.ws.closed
-            or transport.is_closing()
-            or transport.get_write_buffer_size() > self._high_water
-        ):
+        if self.ws.closed or transport.is_closing() or self.unsent > self._high_water:
             # An idle connection holds no task: one is made when there is waiting to do.
             self._slow = True
             self._writer = asyncio.create_task(self._slow_path(), name=f"ws-writer-{self.id}")
@@ -398,18 +393,21 @@ class Connection:
                 if len(frame) <= COALESCE_MAX_FRAME:
                     chunk.append(frame)
                     continue
-                transport.write(b"".join(chunk))
-                transport.write(frame)
+                self._write(transport, b"".join(chunk))
+                self._write(transport, frame)
                 chunk = []
             if chunk:
-                transport.write(b"".join(chunk))
+                self._write(transport, b"".join(chunk))
+            unsent = transport.get_write_buffer_size()
         except Exception as exc:  # the transport broke under us: this connection is done
             self._written_bytes += size
             self.kill(f"write failed: {exc!r}")
             return
-        if transport.get_write_buffer_size() or self._ledger is None:
+        if unsent or self._ledger is None:
             self._written_bytes += size
             self.note_unsent()
+            if unsent:
+                self._watch_drain()
             return
         # The usual case: the socket took everything, so nothing written is held any more.
         self._ledger.release_all(written)
@@ -422,6 +420,34 @@ class Connection:
         if self._busy is not None and self.idle:
             self._busy.discard(self)
 
+    def _write(self, transport: asyncio.Transport, data: bytes) -> None:
+        transport.write(data)
+        self._bytes_out += len(data)
+
+    def _watch_drain(self) -> None:
+        """Bytes were left unsent: check in ``write_timeout`` s that the peer took some."""
+        if self._drain_timer is None and not self.closing:
+            self._taken_mark = self._bytes_out - self.unsent
+            loop = asyncio.get_running_loop()
+            self._drain_timer = loop.call_later(self.write_timeout, self._check_drain)
+
+    def _check_drain(self) -> None:
+        self._drain_timer = None
+        if self.closing:
+            return
+        unsent = self.note_unsent()
+        if not unsent:
+            return
+        if self._bytes_out - unsent <= self._taken_mark:
+            self.kill(f"write timed out after {self.write_timeout:g}s")
+            return
+        self._watch_drain()  # it reads, slowly: watch the next stretch
+
+    def _stop_drain_watch(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+
     def write_batch(self, data: bytes) -> None:
         """Write ``data``, frames already framed, now; only for an :attr:`idle` connection
         (the caller checks: nothing queued may go after it).
@@ -430,11 +456,13 @@ class Connection:
         transport = self.transport
         assert transport is not None
         try:
-            transport.write(data)
+            self._write(transport, data)
+            unsent = transport.get_write_buffer_size()
         except Exception as exc:  # the transport broke under us: this connection is done
             self.kill(f"write failed: {exc!r}")
             return
-        if transport.get_write_buffer_size():
+        if unsent:
+            self._watch_drain()
             self._written.append(data)
             self._written_bytes += len(data)
             if self._ledger is not None:
@@ -489,6 +517,7 @@ class Connection:
             return
         self.close_reason = reason
         self.queue.close()
+        self._stop_drain_watch()
         self._closer = asyncio.create_task(self._close(code, reason), name=f"ws-closer-{self.id}")
 
     async def _close(self, code: int, reason: str) -> None:
@@ -534,6 +563,7 @@ class Connection:
     async def finish(self) -> None:
         """Owner's clean-up: stop the writer, close the socket, await both tasks."""
         self.queue.close()
+        self._stop_drain_watch()
         if self._closer is None and not self.ws.closed:
             self._closer = asyncio.create_task(self._close(WSCloseCode.OK, ""))
         elif self._writer is not None:

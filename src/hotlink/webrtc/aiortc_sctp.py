@@ -71,7 +71,8 @@ class TunedSctpTransport(RTCSctpTransport):
     # Some sent chunk may be marked for retransmission: aiortc's full _transmit must run.
     # True until proven otherwise, so a switch mid-association starts on the safe path.
     _hl_retransmit_possible = True
-    _hl_flush_task: asyncio.Task[None] | None = None
+    # The delayed SACKs being sent (each a short task); cancelled by stop(), their owner.
+    _hl_sack_tasks: set[asyncio.Task[None]] | None = None
     # The peer's receive window from its latest SACK (None until the first one).
     _hl_peer_rwnd: int | None = None
 
@@ -153,7 +154,11 @@ class TunedSctpTransport(RTCSctpTransport):
         """End of batch: acknowledge what the batch left unacknowledged."""
         self._hl_flush_pending = False
         if self._sack_needed and self._hl_unacked:
-            self._hl_flush_task = asyncio.ensure_future(self._hl_send_pending_sack())
+            if self._hl_sack_tasks is None:
+                self._hl_sack_tasks = set()
+            task = asyncio.ensure_future(self._hl_send_pending_sack())
+            self._hl_sack_tasks.add(task)
+            task.add_done_callback(self._hl_sack_tasks.discard)
 
     async def _hl_send_pending_sack(self) -> None:
         if not (self._sack_needed and self._hl_unacked):
@@ -164,6 +169,12 @@ class TunedSctpTransport(RTCSctpTransport):
             pass  # DTLS went down meanwhile; nothing left to acknowledge to
         except Exception:
             log.exception("aiortc: delayed SACK failed")
+
+    async def stop(self) -> None:
+        for task in list(self._hl_sack_tasks or ()):
+            task.cancel()
+        await asyncio.gather(*(self._hl_sack_tasks or ()), return_exceptions=True)
+        await super().stop()
 
     # ------------------------------------------------------------ sending
 

@@ -46,6 +46,9 @@ MAX_SCTP_BUFFER = 16 * MIB
 # Never below libdatachannel's own default: smaller only costs throughput.
 MIN_SCTP_BUFFER = 1 * MIB
 
+# Zero ints after the known fields (see SctpSettings.as_struct).
+STRUCT_PADDING = 20
+
 # rtcSctpSettings.congestionControlModule values (usrsctp's SCTP_CC_*).
 CC_RFC2581 = 0
 CC_HSTCP = 1
@@ -88,8 +91,10 @@ class SctpSettings:
                 raise ValueError(f"{name} must be >= 0 (0: the library's default)")
 
     def as_struct(self) -> ctypes.Array[ctypes.c_int]:
+        """The C struct, zero-padded: should a later library read more fields than these
+        twelve, it reads 0 ("the library's default") instead of memory past our array."""
         values = astuple(self)
-        return (ctypes.c_int * len(values))(*values)
+        return (ctypes.c_int * (len(values) + STRUCT_PADDING))(*values)
 
 
 def sctp_buffer_for(bandwidth_bps: int, rtt_ms: int, *, budget: int = MAX_SCTP_BUFFER) -> int:

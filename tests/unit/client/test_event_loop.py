@@ -1,5 +1,5 @@
-"""The event loop a daemon runs on: uvloop where it imports, asyncio's loop when asked or
-when uvloop is missing, and a clear error when uvloop is asked for and missing."""
+"""The event loop a daemon runs on: asyncio's by default, uvloop when asked for (``auto``:
+where it imports), and a clear error when uvloop is asked for and missing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from hotlink.event_loop import EventLoopError, loop_factory, loop_name, run
-from hotlink.settings import ClientSettings, ServerSettings
+from hotlink.settings import ClientSettings, ServerSettings, SettingsError
 
 
 async def _which() -> str:
@@ -43,5 +43,7 @@ def test_uvloop_asked_for_and_missing_is_a_clear_error(monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize("cls", [ClientSettings, ServerSettings])
 def test_setting_from_environment(cls: type[ClientSettings] | type[ServerSettings]) -> None:
-    assert cls.load(env={"SYFTBOX_HOTLINK_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
     assert cls.load(env={}).event_loop == "asyncio"
+    assert cls.load(env={"SYFTBOX_HOTLINK_EVENT_LOOP": "uvloop"}).event_loop == "uvloop"
+    with pytest.raises(SettingsError, match="SYFTBOX_HOTLINK_EVENT_LOOP"):
+        cls.load(env={"SYFTBOX_HOTLINK_EVENT_LOOP": "tokio"})

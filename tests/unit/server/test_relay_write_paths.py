@@ -349,3 +349,44 @@ async def test_the_senders_own_ack_comes_first_and_its_own_connections_get_nothi
     assert [m.payload for m in messages_on(wire_of(carol1))] == [Ack(oid=upload.id)]
     assert messages_on(wire_of(carol2)) == []
     assert messages_on(wire_of(bob)) == [upload]
+
+
+# ---------------------------------------------------------------- the drain watch
+
+
+async def _unsent_burst(relay: Relay) -> tuple[Connection, Wire]:
+    """Bob's socket keeps what is written to it: a burst leaves bytes unsent."""
+    alice, bob = await streaming(relay)
+    wire = wire_of(bob)
+    wire.held = 10_000
+    for data in data_frames([1000] * 8):
+        relay._handle_frame(alice, data)
+    await turns()
+    assert wire.data, "the burst was written on the direct path"
+    assert bob._drain_timer is not None, "bytes left unsent are watched"
+    return bob, wire
+
+
+def _period_ends(conn: Connection) -> None:
+    """What the watch's timer does when ``write_timeout`` has passed (run here, not waited)."""
+    assert conn._drain_timer is not None
+    conn._drain_timer.cancel()
+    conn._check_drain()
+
+
+async def test_a_reader_that_takes_nothing_is_cut_after_the_write_timeout(relay):
+    bob, _wire = await _unsent_burst(relay)
+    _period_ends(bob)
+    assert bob.closing and "write timed out" in bob.close_reason
+    assert bob._drain_timer is None
+
+
+async def test_a_reader_that_keeps_taking_is_not_cut(relay):
+    bob, wire = await _unsent_burst(relay)
+    for _ in range(5):
+        wire.held -= 1000  # the peer took some of what waited
+        _period_ends(bob)
+        assert not bob.closing, bob.close_reason
+    wire.held = 0  # all taken: nothing left to watch
+    _period_ends(bob)
+    assert not bob.closing and bob._drain_timer is None

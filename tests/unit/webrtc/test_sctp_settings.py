@@ -21,6 +21,7 @@ from hotlink.webrtc.sctp_settings import (
     MAX_SCTP_BUFFER,
     MIB,
     MIN_SCTP_BUFFER,
+    STRUCT_PADDING,
     SctpSettings,
     applied_sctp_settings,
     apply_sctp_settings,
@@ -70,12 +71,14 @@ def test_the_struct_is_twelve_ints_in_the_c_order() -> None:
     assert [_snake(n) for n in C_FIELDS] == [f.name for f in fields(SctpSettings)]
     settings = SctpSettings(*range(1, 4), 4, 5, 2, *range(7, 13))
     struct = settings.as_struct()
-    assert ctypes.sizeof(struct) == 12 * ctypes.sizeof(ctypes.c_int) == 48
-    assert list(struct) == list(astuple(settings)) == [1, 2, 3, 4, 5, 2, *range(7, 13)]
+    # Twelve known fields, then zeros ("default") for any field a later library might add.
+    assert ctypes.sizeof(struct) == (12 + STRUCT_PADDING) * ctypes.sizeof(ctypes.c_int)
+    assert list(struct)[:12] == list(astuple(settings)) == [1, 2, 3, 4, 5, 2, *range(7, 13)]
+    assert list(struct)[12:] == [0] * STRUCT_PADDING
 
 
 def test_zero_means_the_library_default_and_bad_values_are_refused() -> None:
-    assert list(SctpSettings().as_struct()) == [0] * 12
+    assert list(SctpSettings().as_struct()) == [0] * (12 + STRUCT_PADDING)
     SctpSettings(max_burst=-1, delayed_sack_timeout_ms=-1)  # "disabled" is allowed
     with pytest.raises(ValueError, match="congestion_control_module"):
         SctpSettings(congestion_control_module=7)
@@ -107,7 +110,7 @@ def test_applying_is_idempotent_and_a_change_is_applied_again(
     wide = SctpSettings(recv_buffer_size=8 * MIB, send_buffer_size=8 * MIB)
     assert apply_sctp_settings(wide, library_path="x")
     assert apply_sctp_settings(wide, library_path="x")
-    assert fake.calls == [[8 * MIB, 8 * MIB] + [0] * 10]
+    assert fake.calls == [[8 * MIB, 8 * MIB] + [0] * (10 + STRUCT_PADDING)]
     assert applied_sctp_settings() == wide
     assert apply_sctp_settings(DEFAULT_SCTP_SETTINGS, library_path="x")
     assert len(fake.calls) == 2 and applied_sctp_settings() == DEFAULT_SCTP_SETTINGS
