@@ -641,7 +641,8 @@ def _verdict(r: CellResult, backend: str, congestion: Sequence[str]) -> str:
     return text
 
 
-def markdown(result: MatrixResult) -> str:
+def markdown(result: MatrixResult, *, with_goals: bool = True) -> str:
+    """The matrix's tables; ``with_goals=False`` where the caller lists the goals itself."""
     cfg = result.config
     lines = [
         f"### WAN matrix ({'quick' if cfg.quick else 'full'} run)",
@@ -701,9 +702,10 @@ def markdown(result: MatrixResult) -> str:
     ]
     if errors:
         lines += ["", "Failures:", "", *errors]
-    goals = matrix_goals(result)
-    lines += ["", "| Goal | Target | Measured | Verdict |", "|---|---|---|---|"]
-    lines += [f"| {g.name} | {g.target} | {g.measured} | {g.verdict} |" for g in goals]
+    if with_goals:
+        goals = matrix_goals(result)
+        lines += ["", "| Goal | Target | Measured | Verdict |", "|---|---|---|---|"]
+        lines += [f"| {g.name} | {g.target} | {g.measured} | {g.verdict} |" for g in goals]
     lines.append(f"\n_Matrix time: {result.seconds:.0f} s._")
     return "\n".join(lines) + "\n"
 
