@@ -137,7 +137,7 @@ class Relay:
             acl_epoch=self.acls.epoch,
             readers_of=self.acls.readers_of,
         )
-        self.files = FileHandler(self.acls, self.connections, fan_out_acl_files=True)
+        self.files = FileHandler(self.acls, self.connections)
         self.hub = Hub(config.max_queued_bytes)
         self.broadcasts = self.hub.broadcasts
         self._drain: asyncio.TimerHandle | None = None

@@ -70,15 +70,12 @@ def hash_principal(principal: str) -> str:
 
 
 class FileHandler:
-    """``fan_out_acl_files``: answer a loaded ACL file's broadcast as one :class:`FanOut`
-    instead of a send per connection (the relay queues it once for everyone)."""
+    """A loaded ACL file's broadcast is answered as one :class:`FanOut` instead of a send
+    per connection (the relay queues it once for everyone, see :mod:`.fanout`)."""
 
-    def __init__(
-        self, acls: ACLStore, connections: ConnectionTable, *, fan_out_acl_files: bool = False
-    ) -> None:
+    def __init__(self, acls: ACLStore, connections: ConnectionTable) -> None:
         self.acls = acls
         self.connections = connections
-        self.fan_out_acl_files = fan_out_acl_files
         self._parse_slots = asyncio.Semaphore(MAX_ACL_PARSES)
 
     def handle(self, conn: ConnId, message: Message) -> Outcome | ACLUpload:
@@ -190,12 +187,7 @@ class FileHandler:
         out.send(upload.conn, Message.new(Ack(oid=upload.message.id)))
         # ACL files go to every other user unchecked, as in the reference: clients need them
         # to know what they may send.
-        if self.fan_out_acl_files:
-            out.fan_out = FanOut(upload.message, upload.user)
-        else:
-            for peer, peer_user in self.connections.items():
-                if peer_user != upload.user:
-                    out.send(peer, upload.message, broadcast=True)
+        out.fan_out = FanOut(upload.message, upload.user)
         out.detail = f"loaded ACL file {short_path(upload.path)}"
         return out
 
