@@ -11,14 +11,11 @@ daemon reports it (docs/DECISIONS-LOCAL.md "Event loop"). ``asyncio`` is the def
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
 EventLoop = Literal["auto", "asyncio", "uvloop"]
 EVENT_LOOPS: tuple[EventLoop, ...] = ("auto", "asyncio", "uvloop")
-
-log = logging.getLogger(__name__)
 
 
 class EventLoopError(RuntimeError):
