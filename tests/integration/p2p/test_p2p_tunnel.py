@@ -101,12 +101,17 @@ async def test_a_clean_end_is_not_a_p2p_failure(relay: ServerProcess, tmp_path: 
             finally:
                 await close_writer(alice_w)
                 await close_writer(bob_w)
+        docs = {}
         for client in t.clients:
-            doc = await await_telemetry(
+            docs[client.email] = doc = await await_telemetry(
                 client,
                 lambda d: d["live"]["inbound"] == 0 and d["live"]["outbound_accepted"] == 0,
                 timeout=60.0,  # a failure guard: a loaded machine writes telemetry late
             )
-            assert doc["p2p_answers_ok"] >= 1  # the streams did run peer to peer
             assert doc.get("p2p_failed", 0) == 0
             assert "WARNING" not in client.log_text()
+        # The streams did run peer to peer. Only alice's streams carry bytes: bob's reverse
+        # sessions are empty and may end before their offer is answered, so bob's own
+        # answer count proves nothing either way.
+        assert docs[t.alice.email]["tx_p2p_packets"] >= 1
+        assert docs[t.alice.email]["p2p_answers_ok"] >= 1
