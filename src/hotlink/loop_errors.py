@@ -58,6 +58,11 @@ def accept_error_handler(
 
     def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
+        if isinstance(exc, ValueError) and _is_accept_retry(context):
+            # After a failed accept asyncio retries the listener a second later; a listener
+            # closed meanwhile (shutdown) has no descriptor left to retry: nothing is wrong.
+            log.debug("accept retry of a closed listener skipped")
+            return
         if (
             "socket" not in context
             or not isinstance(exc, OSError)
@@ -77,3 +82,10 @@ def accept_error_handler(
         )
 
     return handle
+
+
+def _is_accept_retry(context: dict[str, Any]) -> bool:
+    """Whether the failed callback is asyncio's retry of a listener after a failed accept
+    (``BaseSelectorEventLoop._start_serving``, scheduled with ``call_later``)."""
+    callback = getattr(context.get("handle"), "_callback", None)
+    return getattr(callback, "__name__", "") == "_start_serving"

@@ -829,7 +829,11 @@ async def serve(
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         await runner.cleanup()
-        loop.set_exception_handler(previous_handler)
+        if not own_stop:
+            # Embedded (tests): the caller's loop gets its handler back. A process of its
+            # own keeps ours to its end: a retry of a listener that failed an accept may
+            # still fire after the listener closed (see loop_errors).
+            loop.set_exception_handler(previous_handler)
     log.info("stopped")
 
 

@@ -224,3 +224,22 @@ async def test_other_loop_errors_still_reach_the_default_handler(caplog):
         "something else",
         "refused",
     ]
+
+
+async def test_a_retry_of_a_listener_closed_meanwhile_is_not_an_error(caplog):
+    # What asyncio schedules after a failed accept, run after the listener has closed (as at
+    # shutdown): its callback finds no descriptor. Quiet; any other ValueError is not.
+    handler = accept_error_handler(logging.getLogger("t"), interval=60.0)
+    loop = asyncio.get_running_loop()
+
+    def _start_serving() -> None:
+        raise ValueError("Invalid file descriptor: -1")
+
+    retry = asyncio.TimerHandle(0.0, _start_serving, (), loop)
+    other = asyncio.Handle(lambda: None, (), loop)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        error = ValueError("Invalid file descriptor: -1")
+        handler(loop, {"message": "Exception in callback", "exception": error, "handle": retry})
+        handler(loop, {"message": "another callback", "exception": error, "handle": other})
+    reported = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert len(reported) == 1 and reported[0].startswith("another callback")
