@@ -38,6 +38,8 @@ from .protocol.ice import IceServer, ice_advertisement, parse_ice_servers, stun_
 
 WebRTCBackend = Literal["auto", "libdatachannel", "aiortc"]
 IpcMode = Literal["unix", "tcp"]
+# End-to-end sealing (docs/SECURITY.md): on when the peer seals too, off, or required.
+E2EMode = Literal["on", "off", "required"]
 Kind = Literal["str", "path", "bool", "int", "float", "choice"]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -162,6 +164,21 @@ _webrtc_mtu = _zero_or_range(576, 4096)
 _sctp_buffer = _zero_or_range(MIB, 16 * MIB)
 
 
+def _e2e_mode(value: str, where: str) -> str:
+    # SYFTBOX_HOTLINK_E2E=0/1 as the other switches take them.
+    return "on" if value in _TRUE else "off" if value in _FALSE else value
+
+
+def _e2e_peers(value: str, where: str) -> str:
+    from .protocol.e2e.pins import parse_expected
+
+    try:
+        parse_expected(value)
+    except ValueError as exc:
+        raise SettingsError(f"{where}: {exc}") from None
+    return value
+
+
 def _host_port(value: str, where: str) -> str:
     split_host_port(value, where)
     return value
@@ -184,6 +201,7 @@ P_HOTLINK = "Hotlink: TCP proxy and IPC"
 P_P2P = "Peer-to-peer (WebRTC)"
 P_ICE = "ICE: STUN and TURN"
 P_FLOW = "Flow control"
+P_PRIVACY = "Privacy: end-to-end encryption"
 P_TEST = "Benchmarks and tests"
 P_COMPAT = "SyftBox compatibility"
 P_LISTEN = "Listening"
@@ -306,6 +324,15 @@ CLIENT_SPECS: tuple[Spec, ...] = (
     Spec("flow_window", "int", 8 * MIB,
          "Receive window per session in bytes, 65536-268435456.", P_FLOW,
          env=("SYFTBOX_HOTLINK_FLOW_WINDOW",), lo=64 * KIB, hi=256 * MIB),
+    # End-to-end encryption.
+    Spec("e2e", "choice", "on",
+         "Seal every stream end to end: on (when the peer seals too), off, or required "
+         "(never plaintext).", P_PRIVACY, env=("SYFTBOX_HOTLINK_E2E",),
+         choices=("on", "off", "required", *sorted(_TRUE | _FALSE)), check=_e2e_mode),
+    Spec("e2e_peers", "str", "",
+         "Expected peer keys: email=fingerprint,... (as `hotlink status` shows them); a listed "
+         "peer must present one of its keys.", P_PRIVACY, env=("SYFTBOX_HOTLINK_E2E_PEERS",),
+         check=_e2e_peers),
     # Benchmarks and tests.
     Spec("bench", "bool", False, "Benchmark mode: extra telemetry.", P_TEST,
          env=("SYFTBOX_HOTLINK_BENCH",)),
@@ -604,6 +631,10 @@ class ClientSettings(_Layered):
     # Off: this client neither grants nor waits for credit (as a reference client).
     flow_control: bool = True  # SYFTBOX_HOTLINK_FLOW_CONTROL
     flow_window: int = 8 * MIB  # SYFTBOX_HOTLINK_FLOW_WINDOW, bytes per session, 64 KiB-256 MiB
+
+    # End-to-end encryption (docs/SECURITY.md).
+    e2e: E2EMode = "on"  # SYFTBOX_HOTLINK_E2E: on, off (0) or required
+    e2e_peers: str = ""  # SYFTBOX_HOTLINK_E2E_PEERS: email=fingerprint,...
 
     # Local IPC.
     ipc_mode: IpcMode = "unix"  # SYFTBOX_HOTLINK_IPC

@@ -69,6 +69,7 @@ def _run(flags: dict[str, object], extras: dict[str, Any]) -> None:
     from ..logs import CLIENT_QUIET, setup_logging
     from ..settings import ClientSettings, SettingsError
     from .connection import RelayRefused
+    from .e2e.keystore import KeyFileError
     from .lock import DataDirLock, DataDirLocked
     from .preflight import checked_client_settings
 
@@ -107,6 +108,8 @@ def _run(flags: dict[str, object], extras: dict[str, Any]) -> None:
             code = main(settings)
         except RelayRefused as exc:
             raise _fail(str(exc), EXIT_REFUSED) from None
+        except KeyFileError as exc:
+            raise _fail(str(exc), EXIT_SETTINGS) from None
     raise typer.Exit(code)
 
 

@@ -24,6 +24,7 @@ from ..settings import ClientSettings
 from .acl_publisher import AclPublisher
 from .connection import ConnectOptions, RelayRefused, ServerConnection
 from .control import control_for
+from .e2e.context import E2EContext
 from .edges.ipc import IpcHub
 from .edges.tcp_proxy import TcpProxy
 from .edges.watcher import TreeWatcher
@@ -86,6 +87,8 @@ class ClientDaemon:
         self.proxy: TcpProxy | None = None
         self.ipc: IpcHub | None = None
         self.transport: PeerTransport | None = None
+        # Raises KeyFileError for unusable key files (the command says why in one line).
+        self.e2e = E2EContext.from_settings(settings) if settings.hotlink else None
         if settings.hotlink:
             self.transport = transport or build_peer_transport(settings)
             self.manager = HotlinkManager(
@@ -99,6 +102,7 @@ class ClientDaemon:
                     flow=FlowConfig(settings.flow_control, settings.flow_window),
                 ),
                 ready=self._wait_ready,
+                e2e=self.e2e,
             )
             if settings.tcp_proxy:
                 self.proxy = TcpProxy(
@@ -185,6 +189,17 @@ class ClientDaemon:
                 parts.append("tcp proxy")
             parts.append(f"ipc ({s.ipc_mode})")
             log.info("hotlink enabled: %s", " + ".join(parts))
+            if self.e2e is None:
+                log.warning(
+                    "end-to-end encryption is off (SYFTBOX_HOTLINK_E2E=0): the relay can read "
+                    "every stream it carries"
+                )
+            else:
+                log.info(
+                    "end-to-end encryption %s, identity key %s",
+                    "required" if self.e2e.required else "on",
+                    self.e2e.identity.fingerprint,
+                )
         else:
             log.info("hotlink disabled (set SYFTBOX_HOTLINK=1 to enable)")
         loop = asyncio.get_running_loop()

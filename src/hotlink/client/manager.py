@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..protocol.acl import short_path
+from ..protocol.e2e.handshake import E2E_HELLO
+from ..protocol.e2e.session import E2ESession
 from ..protocol.errors import ProtocolError
 from ..protocol.flow import FLOW_KIND, parse_credit_token
 from ..protocol.frames import Frame
@@ -43,6 +45,7 @@ from ..protocol.messages import (
     new_session_id,
 )
 from .connection import NotConnected
+from .e2e.context import E2EContext
 from .p2p.transport import NullPeerTransport, PeerSendError, PeerTransport, SessionInfo
 from .session.base import FlowConfig, SessionClosed, Sink, short_reason, short_sid
 from .session.budget import BudgetExceeded, BudgetLease, BudgetLimits, MemoryBudget
@@ -128,6 +131,7 @@ class HotlinkManager:
         transport: PeerTransport | None = None,
         config: ManagerConfig | None = None,
         ready: ReadyGate | None = None,
+        e2e: E2EContext | None = None,
     ) -> None:
         self.local_email = local_email
         self.datasites = datasites
@@ -135,6 +139,8 @@ class HotlinkManager:
         self.telemetry = telemetry
         self.transport: PeerTransport = transport or NullPeerTransport()
         self.config = config or ManagerConfig()
+        # End-to-end sealing (None: off).
+        self.e2e = e2e
         # The daemon's gate also waits for our ACLs to be re-published after a (re)connect.
         self._ready: ReadyGate = ready or wire.wait_connected
         self._bad_credit_logged = False
@@ -170,7 +176,7 @@ class HotlinkManager:
     async def wait_ready(self, within: float) -> bool:
         return await self._ready(within)
 
-    async def transmit(self, sid: str, frame: Frame) -> None:
+    async def transmit(self, sid: str, frame: Frame, app_bytes: int | None = None) -> None:
         started = time.monotonic()
         try:
             sent_p2p = await self.transport.try_send(sid, frame)
@@ -184,7 +190,9 @@ class HotlinkManager:
                 Message.new(HotlinkData(sid, frame.seq, frame.path, frame.etag, frame.payload))
             )
         via = "p2p" if sent_p2p else "ws"
-        self.telemetry.record_tx(len(frame.payload), (time.monotonic() - started) * 1000.0, via)
+        nbytes = len(frame.payload) if app_bytes is None else app_bytes
+        if nbytes:  # not a sealed end, which carries nothing of the app's
+            self.telemetry.record_tx(nbytes, (time.monotonic() - started) * 1000.0, via)
         if self.config.debug and (frame.seq <= 3 or frame.seq % 500 == 0):
             log.debug(
                 "hotlink send data: session=%s seq=%d bytes=%d via=%s path=%s",
@@ -238,6 +246,23 @@ class HotlinkManager:
             return self.transport.transport_kind(sid)
         except Exception:
             return "ws"
+
+    def e2e_sealed(self, e2e: E2ESession) -> None:
+        if self.e2e is not None:
+            self.e2e.sealed(e2e)
+        self.telemetry.changed()
+
+    def e2e_plaintext(self, e2e: E2ESession | None, sid: str, peer: str) -> None:
+        if self.e2e is None:
+            return  # off by the user's choice: said once at start
+        why = e2e.plaintext_reason if e2e is not None else "the session names no peer"
+        self.e2e.warn_plaintext(peer, sid, why)
+        self.telemetry.changed()
+
+    def e2e_session(self, sid: str) -> E2ESession | None:
+        """The end-to-end state of a live session (for the peer transport's DTLS binding)."""
+        session = self.inbound.get(sid) or self.outbound_by_sid.get(sid)
+        return session.e2e if session is not None and not session.ended else None
 
     async def send_signal(self, signal: HotlinkSignal) -> None:
         try:
@@ -329,14 +354,25 @@ class HotlinkManager:
     def _start_outbound(self, key: str, path: str, to: str) -> OutboundSession:
         if self._closing:
             raise SessionClosed("shutting down")
+        sid = new_session_id()
+        e2e = None
+        if self.e2e is not None:
+            e2e = self.e2e.outbound(sid, path, self.local_email, to)
+            if e2e is None and self.e2e.required:
+                raise SessionClosed(
+                    f"end-to-end encryption is required, but a session for {short_path(path)} "
+                    "names no peer (the relay would send it to everyone who may read the path)"
+                )
         session = OutboundSession(
             self,
-            sid=new_session_id(),
+            sid=sid,
             key=key,
             path=path,
             to=to,
             accept_timeout=self.config.accept_timeout,
             flow=self.config.flow,
+            e2e=e2e,
+            hello_wait=self.e2e.hello_wait if self.e2e is not None else 0.0,
         )
         self.outbound[key] = session
         self.outbound_by_sid[session.sid] = session
@@ -361,6 +397,8 @@ class HotlinkManager:
         elif isinstance(payload, HotlinkSignal):
             if payload.knd == FLOW_KIND:
                 self._on_credit(payload)
+            elif payload.knd == E2E_HELLO:
+                self._on_hello(payload)
             else:
                 await self._hook(self.transport.on_signal, payload)
 
@@ -462,6 +500,11 @@ class HotlinkManager:
             accept_marker=accept_marker,
             flow=self.config.flow,
             lease=lease,
+            e2e=(
+                self.e2e.inbound(msg.sid, msg.pth, msg.frm, msg.to, self.local_email)
+                if self.e2e is not None
+                else None
+            ),
         )
         self.inbound[msg.sid] = session
         session.start()
@@ -492,6 +535,11 @@ class HotlinkManager:
             return
         self.telemetry.record_received(len(msg.pay), "ws")
         session.receive(Frame(msg.pth or session.path, msg.etg, msg.seq, msg.pay))
+
+    def _on_hello(self, msg: HotlinkSignal) -> None:
+        session = self.outbound_by_sid.get(msg.sid) or self.inbound.get(msg.sid)
+        if session is not None:
+            session.on_e2e_hello(msg.tok)
 
     def _on_credit(self, msg: HotlinkSignal) -> None:
         session = self.outbound_by_sid.get(msg.sid)

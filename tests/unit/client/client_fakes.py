@@ -46,7 +46,7 @@ class FakeHost:
     async def wait_ready(self, within: float) -> bool:
         return self.connected
 
-    async def transmit(self, sid: str, frame: Frame) -> None:
+    async def transmit(self, sid: str, frame: Frame, app_bytes: int | None = None) -> None:
         if not self.connected:
             raise NotConnected("down")
         self.frames.append(frame)

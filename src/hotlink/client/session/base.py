@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+from ...protocol.e2e.errors import E2EError
+from ...protocol.e2e.session import E2ESession
 from ...protocol.flow import DEFAULT_WINDOW
 from ...protocol.frames import Frame
 from ...protocol.messages import HotlinkClose, Payload
@@ -129,8 +131,9 @@ class SessionHost(Protocol):
         """Wait until Opens may be sent: connected, and our ACLs published to this server
         connection (a server that restarted must know them before it can allow our Open)."""
 
-    async def transmit(self, sid: str, frame: Frame) -> None:
-        """Send one numbered frame (P2P if the transport can, else WebSocket)."""
+    async def transmit(self, sid: str, frame: Frame, app_bytes: int | None = None) -> None:
+        """Send one numbered frame (P2P if the transport can, else WebSocket). ``app_bytes``:
+        what of it the app sent, when sealing changed its size (None: the payload)."""
 
     async def drain(self, sid: str) -> None:
         """Before Close eof: every frame sent P2P is delivered or queued again on the WebSocket
@@ -144,6 +147,12 @@ class SessionHost(Protocol):
         """Remove the session from the manager's maps (called once, by its owner)."""
 
     def transport_kind(self, sid: str) -> str: ...
+
+    def e2e_sealed(self, e2e: E2ESession) -> None:
+        """A session completed its key exchange (the peer's key may be new: keep its pin)."""
+
+    def e2e_plaintext(self, e2e: E2ESession | None, sid: str, peer: str) -> None:
+        """A session goes without end-to-end encryption (said once per peer)."""
 
 
 class AppWriter(Protocol):
@@ -195,9 +204,12 @@ class OwnedSession:
 
     direction: ClassVar[str]  # "in" or "out", for task names
 
-    def __init__(self, host: SessionHost, sid: str) -> None:
+    def __init__(self, host: SessionHost, sid: str, e2e: E2ESession | None = None) -> None:
         self.host = host
         self.sid = sid
+        # End-to-end state (None: this session is not sealed, by setting or for lack of a
+        # named peer); see protocol/e2e/session.py.
+        self.e2e = e2e
         self.close_reason = ""
         self.created = time.monotonic()  # for uptime in the status document
         self._requested_close: str | None = None
@@ -245,6 +257,9 @@ class OwnedSession:
             reason = self._requested_close or "cancelled"
         except NotConnected:
             reason = "disconnected"
+        except E2EError as exc:
+            reason = self._e2e_failed(exc)
+            self._tell_peer(reason)
         except Exception as exc:
             reason = self._failure_reason(exc)
             self._tell_peer("error")
@@ -258,9 +273,16 @@ class OwnedSession:
         log.exception("hotlink session %s failed", short_sid(self.sid))
         return f"error: {exc}"
 
+    def _e2e_failed(self, exc: E2EError) -> str:
+        """The close reason for end-to-end protection that failed, said loudly."""
+        reason = f"e2e: {exc.reason}"
+        log.error("hotlink session %s closed: %s", short_sid(self.sid), reason)
+        return reason
+
     def _snapshot(self, path: str, peer: str, **extra: object) -> dict[str, object]:
         """The session's entry in telemetry (``peer`` defaults to the path's owner)."""
         kind = self.host.transport_kind(self.sid)
+        e2e = self.e2e
         return {
             "sid": self.sid[:8],
             "peer": peer or path.split("/", 1)[0],
@@ -268,6 +290,9 @@ class OwnedSession:
             **extra,
             "webrtc": "connected" if kind.startswith("p2p") else "none",
             "transport": kind,
+            "e2e": e2e is not None and e2e.sealed,
+            "e2e_state": e2e.state if e2e is not None else "off",
+            "peer_key": e2e.peer_fingerprint if e2e is not None else "",
         }
 
     async def _main(self) -> str:

@@ -30,6 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ...protocol.e2e.errors import E2EError
+from ...protocol.e2e.handshake import E2E_HELLO
+from ...protocol.e2e.session import E2ESession
 from ...protocol.flow import FLOW_KIND, Credit, ReceiveCredit, credit_token
 from ...protocol.frames import Frame, encode_frame
 from ...protocol.messages import HotlinkAccept, HotlinkSignal
@@ -64,7 +67,7 @@ REORDER_MAX_PENDING = 4096
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    data: bytes  # TCP: the payload; IPC: the whole HLNK frame
+    data: bytes  # TCP: the payload; IPC: the whole HLNK frame; b"": the sealed end
     payload_len: int
     released: float  # monotonic time the reorder buffer released it
 
@@ -104,8 +107,9 @@ class InboundSession(OwnedSession):
         accept_marker: Path | None = None,
         flow: FlowConfig | None = None,
         lease: BudgetLease | None = None,
+        e2e: E2ESession | None = None,
     ) -> None:
-        super().__init__(host, sid)
+        super().__init__(host, sid, e2e)
         self.path = path
         self.peer = peer
         self.folder = folder  # datasite-relative session folder; frames must stay inside
@@ -135,6 +139,12 @@ class InboundSession(OwnedSession):
         self._writer: AppWriter | None = None
         self._delivering = False
         self._abort_reason: str | None = None
+        # Sealed frames that came before the opener's hello (a relay may reorder them),
+        # charged to the lease; opened and received once the hello is here.
+        self._early_sealed: list[Frame] = []
+        self._early_bytes = 0
+        self._early_since = 0.0
+        self._plaintext_said = False
 
     # ------------------------------------------------------------ the receive path
 
@@ -155,6 +165,12 @@ class InboundSession(OwnedSession):
         if self.reorder.has(frame.seq):
             self.reorder.duplicates += 1  # P2P and a resend over the WebSocket overlapped
             return
+        item: bytes | None = None
+        if self.e2e is not None:
+            opened = self._open(frame)
+            if opened is None:
+                return
+            frame, item = opened
         size = len(frame.payload)
         if not self.credit.admits(size):
             self._abort(
@@ -163,7 +179,8 @@ class InboundSession(OwnedSession):
                 "control"
             )
             return
-        item = frame.payload if self.kind == "tcp" else encode_frame(frame)
+        if item is None:
+            item = frame.payload if self.kind == "tcp" else encode_frame(frame)
         cost = held_cost(len(item))
         try:
             self.lease.charge(cost)
@@ -186,6 +203,59 @@ class InboundSession(OwnedSession):
             self._enqueue_or_write(Delivery(data, self._payload_len(data), now))
         self._maybe_eof()
 
+    def _open(self, frame: Frame) -> tuple[Frame, bytes | None] | None:
+        """Open a frame of an end-to-end session: the frame the app may see, and b"" for the
+        sealed end (which fills its seq but carries nothing); None when it was held for the
+        opener's hello or failed (the session is then aborted: nothing of it is delivered)."""
+        assert self.e2e is not None
+        if self.e2e.needs_keys(frame):
+            self._hold_sealed(frame)
+            return None
+        try:
+            opened = self.e2e.open(frame)
+        except E2EError as exc:
+            self._abort(self._e2e_failed(exc))
+            return None
+        if self.e2e.state == "plaintext" and not self._plaintext_said:
+            self._plaintext_said = True
+            self.host.e2e_plaintext(self.e2e, self.sid, self.peer)
+        return opened.frame, (b"" if opened.fin else None)
+
+    def _hold_sealed(self, frame: Frame) -> None:
+        cost = held_cost(len(frame.payload))
+        if (
+            len(self._early_sealed) >= REORDER_MAX_PENDING
+            or self._early_bytes + len(frame.payload) > self.credit.hard_limit
+        ):
+            self._abort("e2e: sealed frames keep coming without the opener's key exchange")
+            return
+        try:
+            self.lease.charge(cost)
+        except BudgetExceeded as exc:
+            self._abort(exc.reason)
+            return
+        if not self._early_sealed:
+            self._early_since = time.monotonic()
+        self._early_sealed.append(frame)
+        self._early_bytes += len(frame.payload)
+
+    def on_e2e_hello(self, token: str) -> None:
+        """The opener's ``e2e_hello``: open what waited for it, or fail the session."""
+        e2e = self.e2e
+        if e2e is None or self.ended or self._abort_reason is not None:
+            return
+        try:
+            if not e2e.on_hello(token):
+                return
+        except E2EError as exc:
+            self._abort(self._e2e_failed(exc))
+            return
+        self.host.e2e_sealed(e2e)
+        early, self._early_sealed, self._early_bytes = self._early_sealed, [], 0
+        for frame in early:
+            self.lease.release(held_cost(len(frame.payload)))
+            self.receive(frame)
+
     def _log_received(self, frame: Frame) -> None:
         if log.isEnabledFor(logging.DEBUG) and (frame.seq <= 3 or frame.seq % 500 == 0):
             log.debug(
@@ -200,7 +270,12 @@ class InboundSession(OwnedSession):
         """Write straight to the app when the owner is idle, nothing is queued and the app's
         socket takes it at once; else queue it for the owner."""
         writer = self._writer
-        if (
+        if not item.data:
+            # The sealed end carries no bytes: nothing to wait for.
+            if not self._delivering and not len(self.queue):
+                self._consumed(item, 0.0)
+                return
+        elif (
             writer is not None
             and not self._delivering
             and not len(self.queue)
@@ -214,7 +289,7 @@ class InboundSession(OwnedSession):
             pass
 
     def _payload_len(self, data: bytes) -> int:
-        if self.kind == "tcp":
+        if self.kind == "tcp" or not data:
             return len(data)
         (length,) = struct.unpack_from(">I", data, 9)  # HLNK header: payload_len at offset 9
         return int(length)
@@ -281,6 +356,9 @@ class InboundSession(OwnedSession):
         if self.accept_marker is not None and not await self._wait_accept_marker():
             return "no stream.accept"
         self.host.send_control(HotlinkAccept(self.sid))
+        if self.e2e is not None:
+            # Right behind the Accept: the opener waits for it before its first frame.
+            self.host.send_control(HotlinkSignal(self.sid, E2E_HELLO, tok=self.e2e.hello_token()))
         self._grant(self.credit.initial())
         self.accepted = True
         log_state("in", self.sid, self.peer, self.host.local_email, "accepted")
@@ -306,7 +384,13 @@ class InboundSession(OwnedSession):
                 return self._fail(problem)
 
     def _finish(self) -> str:
-        """Everything up to the peer's eof is written: end the app's stream cleanly."""
+        """Everything up to the peer's eof is written: end the app's stream cleanly (on a
+        sealed session only at the sender's sealed end)."""
+        if self.e2e is not None and self.eof_seq is not None:
+            try:
+                self.e2e.check_end(self.eof_seq)
+            except E2EError as exc:
+                return self._fail(self._e2e_failed(exc))
         writer = self._writer
         if writer is None and self.delivered_bytes == 0:
             # An empty stream (the peer's app connected and left without writing): its EOF
@@ -335,6 +419,10 @@ class InboundSession(OwnedSession):
             return f"gap timeout: {exc}"
         if self.eof_deadline is not None and now >= self.eof_deadline and not self._eof_queued:
             return f"frames up to seq {self.eof_seq} missing after eof"
+        if self._early_sealed and now - self._early_since >= GAP_TIMEOUT:
+            return (
+                f"e2e: sealed frames but no key exchange from the opener within {GAP_TIMEOUT:.0f} s"
+            )
         if self.kind == "tcp" and self._writer is not None and self._writer.closed:
             # Tell the opener now rather than at its next frame.
             return "local app connection lost"
@@ -342,6 +430,9 @@ class InboundSession(OwnedSession):
 
     async def _deliver(self, item: Delivery) -> str:
         """Write one item to the app; returns a failure reason or ''."""
+        if not item.data:
+            self._consumed(item, 0.0)  # the sealed end: nothing to write
+            return ""
         deadline = item.released + WRITER_WAIT
         while True:
             writer = self._writer

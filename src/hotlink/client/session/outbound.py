@@ -18,15 +18,19 @@ TCP backpressure. A receiver that never grants (a reference client) gets today's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from ...protocol.e2e.errors import E2EError
+from ...protocol.e2e.handshake import E2E_HELLO
+from ...protocol.e2e.session import E2ESession
 from ...protocol.flow import Credit, SendCredit
 from ...protocol.frames import Frame
-from ...protocol.messages import HotlinkClose, HotlinkOpen
+from ...protocol.messages import HotlinkClose, HotlinkOpen, HotlinkSignal
 from ..p2p.transport import PeerSendError
 from .base import (
     EOF,
@@ -44,6 +48,9 @@ log = logging.getLogger("hotlink.session")
 
 ACCEPT_TIMEOUT = 1.5  # sender's wait for HotlinkAccept (DECISIONS.md #14)
 CONNECT_WAIT = 5.0  # how long an Open waits for a reconnecting WebSocket
+# How long, after the Accept, the opener waits for the acceptor's e2e_hello (sent right
+# behind the Accept): past it, the acceptor is taken for one that does not seal.
+HELLO_WAIT = 1.0
 OUT_QUEUE_BYTES = 4 * 1024 * 1024
 OUT_QUEUE_ITEMS = 1024
 
@@ -82,8 +89,12 @@ class OutboundSession(OwnedSession):
         to: str = "",
         accept_timeout: float = ACCEPT_TIMEOUT,
         flow: FlowConfig | None = None,
+        e2e: E2ESession | None = None,
+        hello_wait: float = HELLO_WAIT,
     ) -> None:
-        super().__init__(host, sid)
+        super().__init__(host, sid, e2e)
+        self.hello_wait = hello_wait
+        self._hello_seen = asyncio.Event()
         self.flow = flow or FlowConfig()
         self.credit = SendCredit()
         self._credit_changed = asyncio.Event()
@@ -158,6 +169,22 @@ class OutboundSession(OwnedSession):
                 credit.window,
             )
 
+    def on_e2e_hello(self, token: str) -> None:
+        """The acceptor's ``e2e_hello``: the session is sealed from now on, or it fails."""
+        e2e = self.e2e
+        if e2e is None or self.ended:
+            return
+        try:
+            if e2e.on_hello(token):
+                self.host.e2e_sealed(e2e)
+        except E2EError as exc:
+            reason = self._e2e_failed(exc)
+            self._tell_peer(reason)
+            self._requested_close = reason
+            if self.task is not None:
+                self.task.cancel()
+        self._hello_seen.set()
+
     def on_accept(self) -> None:
         if self.state == "pending":
             self.state = "accepted"
@@ -197,6 +224,7 @@ class OutboundSession(OwnedSession):
             HINTS.refused(self.path, self.reject_reason, self.host.local_email, self.to)
             return f"rejected: {self.reject_reason}"
         log_state("out", self.sid, self.host.local_email, self.to, "accepted")
+        await self._exchange_keys()
         await self.host.outbound_accepted(self)
         self._streaming = True
         while True:
@@ -210,16 +238,44 @@ class OutboundSession(OwnedSession):
                 await self._wait_credit()
             async with self._tx_lock:
                 if item is None:
+                    if self.e2e is not None and self.e2e.sealed:
+                        # The sealed end: a relay cannot pass off a cut stream as complete.
+                        self.seq += 1
+                        await self.host.transmit(self.sid, self.e2e.fin(self.seq, self.path), 0)
                     await self.host.drain(self.sid)
                     await self.host.send_in_order(HotlinkClose(self.sid, eof_reason(self.seq)))
                     return EOF
                 await self._transmit(item.path, item.etag, item.payload)
 
+    async def _exchange_keys(self) -> None:
+        """Send our hello and wait (briefly) for the acceptor's: sealed, or plaintext when
+        the acceptor does not seal and may not have to. Raises E2EError."""
+        e2e = self.e2e
+        if e2e is None:
+            self.host.e2e_plaintext(None, self.sid, self.to)
+            return
+        self.host.send_control(HotlinkSignal(self.sid, E2E_HELLO, tok=e2e.hello_token()))
+        if e2e.state == "pending":
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.hello_wait):
+                    await self._hello_seen.wait()
+        if e2e.state == "pending":
+            e2e.go_plaintext(
+                f"{self.to} sent no key exchange within {self.hello_wait:g} s after accepting "
+                "(a reference client, or SYFTBOX_HOTLINK_E2E=0 there)"
+            )
+            self.host.e2e_plaintext(e2e, self.sid, self.to)
+
     async def _transmit(self, path: str, etag: str, payload: bytes) -> None:
-        """Number one frame and hand it to the host (call with the send lock held)."""
+        """Number one frame, seal it, and hand it to the host (call with the send lock held).
+
+        Sealed once: a resend over the other path is the same bytes."""
         self.seq += 1
         self.credit.on_sent(len(payload))
-        await self.host.transmit(self.sid, Frame(path, etag, self.seq, payload))
+        frame = Frame(path, etag, self.seq, payload)
+        if self.e2e is not None:
+            frame = self.e2e.seal(frame)
+        await self.host.transmit(self.sid, frame, len(payload))
 
     async def _wait_credit(self) -> None:
         """Wait, as long as it takes, until the receiver's grants allow another frame.
