@@ -264,6 +264,15 @@ class HotlinkManager:
         session = self.inbound.get(sid) or self.outbound_by_sid.get(sid)
         return session.e2e if session is not None and not session.ended else None
 
+    async def e2e_failed(self, sid: str, reason: str) -> None:
+        """End-to-end protection failed outside the session's own path (the data channel's
+        DTLS binding): close the session loudly, the app sees a reset."""
+        session = self.inbound.get(sid) or self.outbound_by_sid.get(sid)
+        if session is None or session.ended:
+            return
+        log.error("hotlink session %s closed: e2e: %s", short_sid(sid), reason)
+        await session.close(f"e2e: {reason}", notify=True)
+
     async def send_signal(self, signal: HotlinkSignal) -> None:
         try:
             self.wire.send_control(Message.new(signal))

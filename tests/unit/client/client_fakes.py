@@ -11,6 +11,7 @@ from hotlink.client.p2p.transport import SessionInfo, TransportHost
 from hotlink.client.session.inbound import InboundSession
 from hotlink.client.session.outbound import OutboundSession
 from hotlink.client.telemetry import Telemetry
+from hotlink.protocol.e2e.session import E2ESession
 from hotlink.protocol.frames import Frame
 from hotlink.protocol.messages import HotlinkSignal, Message, Payload
 
@@ -32,6 +33,14 @@ class FakeHost:
         self.connected = True
         self.ended: list[OutboundSession | InboundSession] = []
         self.accepted: list[Any] = []
+        self.sealed: list[E2ESession] = []
+        self.plaintext: list[tuple[str, str]] = []  # (sid, peer)
+
+    def e2e_sealed(self, e2e: E2ESession) -> None:
+        self.sealed.append(e2e)
+
+    def e2e_plaintext(self, e2e: E2ESession | None, sid: str, peer: str) -> None:
+        self.plaintext.append((sid, peer))
 
     def send_control(self, payload: Payload) -> None:
         if not self.connected:

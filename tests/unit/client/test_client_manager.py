@@ -295,6 +295,9 @@ async def test_telemetry_lists_live_sessions_with_their_transport(tmp_path: Path
         "window": 8 * 1024 * 1024,
         "webrtc": "none",
         "transport": "ws",
+        "e2e": False,
+        "e2e_state": "off",
+        "peer_key": "",
     }
     await manager.close()
 
