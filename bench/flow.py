@@ -1,11 +1,12 @@
 """Flow control in the benchmark: what per-session credit costs a fast reader, and what it
 buys a slow one (docs/DECISIONS-LOCAL.md "Flow control").
 
-* :func:`paired_paths` - a hotlink row with flow control on (the default) and its twin with
-  flow control off (both clients ``SYFTBOX_HOTLINK_FLOW_CONTROL=0``: they neither grant nor
-  follow credit, as reference clients). Two stacks run side by side and their streams
-  interleave on, off, on, off, ...; each row reports the median of its streams, so a change
-  in the shared machine's load during the run hits both rows alike.
+* :func:`paired_paths` - a hotlink row with the defaults and its twins with one setting
+  changed: flow control off (both clients ``SYFTBOX_HOTLINK_FLOW_CONTROL=0``: they neither
+  grant nor follow credit, as reference clients) and end-to-end encryption off
+  (``SYFTBOX_HOTLINK_E2E=0``). The stacks run side by side and their streams interleave
+  default, twin, twin, default, ...; each row reports the median of its streams, so a change
+  in the shared machine's load during the run hits every row alike.
 * :func:`slow_reader` - a P2P tunnel whose receiving app reads slowly, pauses, then reads at
   full speed: total time, the path of the sender's frames, its flow waits, each client's
   peak RSS, and whether the sha256 matched.
@@ -56,6 +57,21 @@ READ_CHUNK = 64 * 1024
 GRACE_FRAMES = 3
 PEAK_RSS_LIMIT_MIB = 300
 SECOND_FLOW = "shared/flows/hotlink-bench-second"
+
+
+@dataclass(frozen=True)
+class Twin:
+    """A row that runs like the default one but for ``env``."""
+
+    label: str
+    env: dict[str, str]
+    flow_control: bool = True
+    variant: str = ""
+
+
+FLOW_OFF = Twin("flow control off", {}, flow_control=False)
+E2E_OFF_VARIANT = "e2e off"
+E2E_OFF = Twin("end-to-end encryption off", {"SYFTBOX_HOTLINK_E2E": "0"}, variant=E2E_OFF_VARIANT)
 STRICT_ENV = {"SYFTBOX_HOTLINK_P2P_ONLY": "1", "SYFTBOX_HOTLINK_BENCH_STRICT": "1"}
 SENDER_KEYS = (
     "tx_packets",
@@ -216,23 +232,35 @@ async def paired_paths(
     repeats: int,
     backend: str = "auto",
     ws_only: bool = False,
+    twins: Sequence[Twin] = (FLOW_OFF,),
 ) -> list[PathResult]:
-    """The row ``name`` (flow control on) and ``"<name>, flow control off"``: set-up, the
-    median of ``repeats`` interleaved streams of ``cfg.size`` each, then ping-pong."""
+    """The row ``name`` (the defaults) and ``"<name>, <twin label>"`` for each twin: set-up,
+    the median of ``repeats`` interleaved streams of ``cfg.size`` each, then ping-pong."""
     kind = "ws" if ws_only else "p2p"
     be = "" if ws_only else backend
-    rows = [
-        PathResult(name, "loopback", kind, be),
-        PathResult(f"{name}, flow control off", "loopback", kind, be, flow_control=False),
-    ]
+    rows = [PathResult(name, "loopback", kind, be)]
+    envs: list[dict[str, str]] = [{}]
+    for twin in twins:
+        rows.append(
+            PathResult(
+                f"{name}, {twin.label}",
+                "loopback",
+                kind,
+                be,
+                flow_control=twin.flow_control,
+                variant=twin.variant,
+            )
+        )
+        envs.append(twin.env)
 
     async def body() -> None:
-        with DevStack() as on_stack, DevStack() as off_stack:
+        with contextlib.ExitStack() as stacks:
+            stack_list = [stacks.enter_context(DevStack()) for _ in rows]
             async with contextlib.AsyncExitStack() as links:
                 setups: list[TunnelSetup] = []
-                for row, stack in zip(rows, (on_stack, off_stack), strict=True):
+                for row, stack, extra in zip(rows, stack_list, envs, strict=True):
                     await stack.astart_server()
-                    env = client_env(backend, ws_only, flow_control=row.flow_control)
+                    env = client_env(backend, ws_only, flow_control=row.flow_control, extra=extra)
                     alice, bob = await start_pair(stack, env=env)
                     setup = await open_tunnel(stack, alice, bob)
                     links.push_async_callback(close_link, setup.a)
@@ -242,8 +270,10 @@ async def paired_paths(
                     opened = setup.to_channel_open_s()
                     row.setup_channel_open_ms = opened * 1000 if opened is not None else None
                     setups.append(setup)
-                for _ in range(repeats):
-                    for row, setup in zip(rows, setups, strict=True):
+                for n in range(repeats):
+                    # Alternate the order, so no row always follows the same one.
+                    pairs = list(zip(rows, setups, strict=True))
+                    for row, setup in pairs if n % 2 == 0 else reversed(pairs):
                         stream = await stream_bulk(setup.a[1], setup.b[0], cfg.size)
                         if stream.received != cfg.size:
                             raise RuntimeError(

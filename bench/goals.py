@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .flow import GRACE_FRAMES, PEAK_RSS_LIMIT_MIB, FlowResults, SharedWsResult
+from .flow import E2E_OFF_VARIANT, GRACE_FRAMES, PEAK_RSS_LIMIT_MIB, FlowResults, SharedWsResult
 from .many_tunnels import ManyTunnelsResult
 from .paths import PathResult
 
@@ -33,6 +33,9 @@ THROUGHPUT_RATIO = 0.80
 RTT_EXTRA_MS = 0.150
 WAN_RTT_RATIO = 0.3
 FLOW_COST_RATIO = 0.95
+# Sealing every frame (AES-256-GCM) may cost a tenth of a fast path's throughput (our goal;
+# the issue asks for the ratio).
+E2E_COST_RATIO = 0.90
 STALL_RATIO = 0.80
 
 
@@ -86,6 +89,8 @@ def evaluate(results: Sequence[PathResult], flow: FlowResults | None = None) -> 
     goals = _issue7(results)
     goals += [_flow_cost(results, "P2P libdatachannel", "p2p", "libdatachannel")]
     goals += [_flow_cost(results, "WebSocket relay", "ws")]
+    goals += [_e2e_cost(results, "WebSocket relay", "ws")]
+    goals += [_e2e_cost(results, "P2P libdatachannel", "p2p", "libdatachannel")]
     goals += _slow_readers(flow)
     goals += _shared_websocket(flow.shared if flow else None)
     goals += issue13_loopback(results)
@@ -96,7 +101,19 @@ def _flow_cost(results: Sequence[PathResult], label: str, kind: str, backend: st
     on = _find(results, "loopback", kind, backend)
     off = _find(results, "loopback", kind, backend, flow_control=False)
     name = f"Fast reader, {label}: throughput with flow control vs without"
-    target = f">= {FLOW_COST_RATIO:.0%}"
+    return _cost(name, on, off, FLOW_COST_RATIO)
+
+
+def _e2e_cost(results: Sequence[PathResult], label: str, kind: str, backend: str = "") -> Goal:
+    on = _find(results, "loopback", kind, backend)
+    off = _find(results, "loopback", kind, backend, variant=E2E_OFF_VARIANT)
+    name = f"{label}: throughput with end-to-end encryption vs without (issue 14)"
+    return _cost(name, on, off, E2E_COST_RATIO)
+
+
+def _cost(name: str, on: PathResult, off: PathResult, goal: float) -> Goal:
+    """``on`` against ``off``, best of their interleaved streams."""
+    target = f">= {goal:.0%}"
     why = _why_not(on, off)
     if why is None and on.throughput_mb_s and off.throughput_mb_s:
         # Noise from the rest of the machine only ever slows a stream down, so the fastest
@@ -109,7 +126,7 @@ def _flow_cost(results: Sequence[PathResult], label: str, kind: str, backend: st
             f"{ratio:.0%} (best of {n}: {best_on:.1f} / {best_off:.1f} MB/s; medians "
             f"{on.throughput_mb_s:.1f} / {off.throughput_mb_s:.1f})"
         )
-        return Goal(name, target, measured, ratio >= FLOW_COST_RATIO)
+        return Goal(name, target, measured, ratio >= goal)
     return Goal(name, target, why or "no data", None)
 
 

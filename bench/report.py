@@ -195,12 +195,13 @@ def markdown(
         lines += [
             "",
             "Rows 'flow control off' run both clients with SYFTBOX_HOTLINK_FLOW_CONTROL=0 "
-            "(no credit granted or followed, as reference clients). Each of them and its "
-            "flow-control-on twin ran side by side (two stacks up at once) with their streams "
-            f"interleaved on, off, on, off, ...: their throughput is the median of "
+            "(no credit granted or followed, as reference clients); rows 'end-to-end "
+            "encryption off' with SYFTBOX_HOTLINK_E2E=0 (frames go unsealed). Each of them and "
+            "its default twin ran side by side (one stack each, up at once) with their streams "
+            f"interleaved: their throughput is the median of "
             f"{len(paired[0].throughput_samples)} streams (every stream in the JSON); the "
-            "flow-control goals compare the fastest stream of each row, since noise from the "
-            "rest of the machine only ever slows a stream down.",
+            "flow-control and encryption goals compare the fastest stream of each row, since "
+            "noise from the rest of the machine only ever slows a stream down.",
         ]
     wan = [r for r in results if r.group == "wan"]
     lines += ["", "WAN shape (network namespaces: alice-server and bob-server 40 ms RTT, "

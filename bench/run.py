@@ -32,7 +32,7 @@ from typing import Any
 from hotlink.lab.stack import stop_on_signals
 
 from .chart import PALETTE, Bar, Panel, draw
-from .flow import FlowConfig, FlowResults, paired_paths, run_flow
+from .flow import E2E_OFF, FLOW_OFF, FlowConfig, FlowResults, paired_paths, run_flow
 from .goals import AIORTC_STOCK, Goal, evaluate, many_tunnels_goal, relay_goals
 from .idle_cpu import RESCAN_INTERVAL, IdleCpuResult
 from .idle_cpu import markdown as idle_markdown
@@ -65,6 +65,8 @@ ALL_PATHS = (
     "raw-aiortc",
 )
 FLOW_STEPS = ("slow-reader", "shared-ws")
+# The twins of the default rows on the main paths: what flow control and sealing cost.
+TWINS = (FLOW_OFF, E2E_OFF)
 EXTRA_STEPS = ("relay", "many-tunnels", "wan-matrix")
 ALL_STEPS = (*ALL_PATHS, *FLOW_STEPS, *EXTRA_STEPS, "idle-cpu")
 
@@ -96,9 +98,16 @@ async def run_loopback(cfg: BenchConfig, fcfg: FlowConfig, only: Sequence[str]) 
     steps: dict[str, Callable[[], Awaitable[list[PathResult]]]] = {
         "tcp": lambda: _one(tcp_floor(cfg)),
         # Flow control on and off, interleaved (bench/flow.py): two rows each.
-        "ws": lambda: paired_paths(cfg, "hotlink WS relay", repeats=fcfg.repeats, ws_only=True),
+        # ... and end-to-end encryption on and off: three interleaved rows each.
+        "ws": lambda: paired_paths(
+            cfg, "hotlink WS relay", repeats=fcfg.repeats, ws_only=True, twins=TWINS
+        ),
         "p2p-libdatachannel": lambda: paired_paths(
-            cfg, "hotlink P2P libdatachannel", repeats=fcfg.repeats, backend="libdatachannel"
+            cfg,
+            "hotlink P2P libdatachannel",
+            repeats=fcfg.repeats,
+            backend="libdatachannel",
+            twins=TWINS,
         ),
         "p2p-aiortc": lambda: _one(hotlink_path(cfg, "hotlink P2P aiortc", backend="aiortc")),
         "p2p-aiortc-stock": lambda: _one(
