@@ -15,13 +15,10 @@ from ...protocol.e2e.identity import Identity
 from ...protocol.e2e.pins import parse_expected
 from ...protocol.e2e.session import E2ESession
 from ...settings import ClientSettings, E2EMode
+from ..session.outbound import HELLO_WAIT
 from .keystore import PinFile, load_identity
 
 log = logging.getLogger("hotlink.e2e")
-
-# How long an opener waits, after the Accept, for the acceptor's hello (which the acceptor
-# sends right behind its Accept): past it, the acceptor is taken not to seal.
-HELLO_WAIT = 1.0
 
 
 class E2EContext:
