@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from .client.commands import register as register_client
+from .client.e2e.commands import register as register_e2e
 from .client.status_commands import register as register_status
 from .demo_commands import register as register_demo
 from .server.commands import register as register_server
@@ -46,6 +47,7 @@ register_client(app)
 register_demo(app)
 register_tunnel(app)
 register_status(app)
+register_e2e(app)
 
 
 @app.command()

@@ -18,6 +18,11 @@ where nothing measured one): for an open data channel, what the WebRTC library m
 (aiortc's SCTP; libdatachannel exposes none); for the WebSocket, the kernel's RTT of the TCP
 connection to the relay (Linux ``TCP_INFO``), the hop a relayed frame takes first.
 
+End-to-end encryption (docs/SECURITY.md): the top-level ``e2e`` says the mode and this
+client's identity key fingerprint; each session, live or ended, says whether it is sealed
+(``e2e``), its state (``e2e_state``: off, pending, sealed, plaintext) and the fingerprint of
+the key its peer proved (``peer_key``), for comparing with the peer out of band.
+
 Times are Unix seconds (``*_at``, ``*_since``) or seconds (``*_s``).
 """
 
@@ -43,6 +48,7 @@ from .telemetry import Telemetry
 
 if TYPE_CHECKING:
     from .acl_publisher import AclPublisher
+    from .e2e.context import E2EContext
     from .edges.tcp_proxy import TcpProxy, TunnelChannel
     from .manager import HotlinkManager
     from .p2p.session import P2PPathInfo
@@ -121,6 +127,9 @@ class SessionStatus:
     opened_at: float
     uptime_s: float
     last_error: str
+    e2e: bool  # sealed end to end
+    e2e_state: str  # off, pending, sealed or plaintext
+    peer_key: str  # the peer's identity key fingerprint, once its key exchange verified
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +148,9 @@ class EndedSession:
     duration_s: float
     reason: str
     clean: bool  # ended with the stream's eof
+    e2e: bool
+    e2e_state: str
+    peer_key: str
 
 
 # ---------------------------------------------------------------- small measures
@@ -378,6 +390,7 @@ class StatusBuilder:
         info = self._path_info(session.sid)
         tx, rx = _bytes(session)
         reason = session.close_reason
+        sealed, e2e_state, peer_key = session_e2e(session)
         self.recent.append(
             EndedSession(
                 sid=session.sid,
@@ -394,6 +407,9 @@ class StatusBuilder:
                 duration_s=round(duration, 3),
                 reason=reason,
                 clean=reason == EOF,
+                e2e=sealed,
+                e2e_state=e2e_state,
+                peer_key=peer_key,
             )
         )
         key = self._tunnel_key(session)
@@ -474,6 +490,7 @@ class StatusBuilder:
         if info is not None and info.error:
             errors.append(f"p2p: {info.error}")
         uptime = max(0.0, now - session.created)
+        sealed, e2e_state, peer_key = session_e2e(session)
         return SessionStatus(
             sid=session.sid,
             direction=_direction(session),
@@ -500,7 +517,14 @@ class StatusBuilder:
             opened_at=round(wall - uptime, 3),
             uptime_s=round(uptime, 3),
             last_error="; ".join(errors),
+            e2e=sealed,
+            e2e_state=e2e_state,
+            peer_key=peer_key,
         )
+
+    def _e2e_context(self) -> E2EContext | None:
+        # The manager seals the sessions, so its context is the daemon's (None: off).
+        return self.manager.e2e if self.manager is not None else None
 
     def _transport_kind(self, sid: str) -> str:
         if self.manager is None:
@@ -562,6 +586,7 @@ class StatusBuilder:
                 "enabled": self.settings.hotlink and self.settings.webrtc,
                 "backend": backend if isinstance(backend, str) else None,
             },
+            "e2e": e2e_status(self._e2e_context()),
             "connection": asdict(self.connection_status(rtt)),
             "tunnels": [asdict(self.tunnel_status(c, statuses)) for c in channels],
             "sessions": [asdict(st) for _, st in statuses],
@@ -569,6 +594,22 @@ class StatusBuilder:
             "totals": totals(self.telemetry),
         }
         return doc
+
+
+def e2e_status(context: E2EContext | None) -> dict[str, Any]:
+    """The top-level ``e2e``: the mode and this client's identity fingerprint (None when
+    sealing is off, or hotlink is: then no key was loaded)."""
+    if context is None:
+        return {"mode": "off", "fingerprint": None}
+    return {"mode": context.mode, "fingerprint": context.identity.fingerprint}
+
+
+def session_e2e(session: Session) -> tuple[bool, str, str]:
+    """A session's ``(e2e, e2e_state, peer_key)``, as its telemetry row has them."""
+    e2e = session.e2e
+    if e2e is None:
+        return False, "off", ""
+    return e2e.sealed, e2e.state, e2e.peer_fingerprint
 
 
 def totals(telemetry: Telemetry) -> dict[str, Any]:

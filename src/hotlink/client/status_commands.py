@@ -167,7 +167,8 @@ def _watch_table(path: Path, doc: dict[str, Any]) -> None:
 
 
 def render(doc: Mapping[str, Any]) -> Any:
-    """The document as rich renderables: a header, then tunnels, sessions, recent ends."""
+    """The document as rich renderables: a header, then tunnels, sessions, the peers' keys,
+    recent ends."""
     from rich.console import Group
     from rich.text import Text
 
@@ -189,8 +190,8 @@ def render(doc: Mapping[str, Any]) -> Any:
     sessions = doc.get("sessions", [])
     if sessions:
         table = _table(
-            "Sessions", "Session", "Peer", "Channel", "Transport", "Bytes", "Rate", "RTT", "Up",
-            "Last error",
+            "Sessions", "Session", "Peer", "Channel", "Transport", "E2E", "Bytes", "Rate", "RTT",
+            "Up", "Last error",
         )  # fmt: skip
         for s in sessions:
             table.add_row(
@@ -198,6 +199,7 @@ def render(doc: Mapping[str, Any]) -> Any:
                 s.get("peer", ""),
                 s.get("channel", ""),
                 s.get("transport", ""),
+                _e2e_cell(s),
                 _both(s.get("tx_bytes"), s.get("rx_bytes"), human_bytes),
                 _both(s.get("tx_rate"), s.get("rx_rate"), _rate),
                 _rtt(s.get("rtt_ms")),
@@ -208,18 +210,27 @@ def render(doc: Mapping[str, Any]) -> Any:
     else:
         parts.append(Text("no live sessions", style="dim"))
     recent = doc.get("recent", [])
+    keys = _peer_keys([*sessions, *recent[:RECENT_SHOWN]])
+    if keys:
+        title = "Peer keys (theirs: `hotlink e2e fingerprint`)"
+        table = _table(title, "Peer", "Key fingerprint")
+        for peer, key in keys:
+            table.add_row(peer, key)
+        parts.append(table)
     if recent:
         shown = recent[:RECENT_SHOWN]
         title = "Ended" if len(shown) == len(recent) else f"Ended (last {len(shown)})"
         table = _table(
-            title, "Session", "Peer", "Channel", "Transport", "Bytes", "Lasted", "Ended", "Reason"
-        )
+            title, "Session", "Peer", "Channel", "Transport", "E2E", "Bytes", "Lasted", "Ended",
+            "Reason",
+        )  # fmt: skip
         for e in shown:
             table.add_row(
                 _sid(e),
                 e.get("peer", ""),
                 e.get("channel", ""),
                 e.get("transport", ""),
+                _e2e_cell(e),
                 _both(e.get("tx_bytes"), e.get("rx_bytes"), human_bytes),
                 human_duration(e.get("duration_s")),
                 _clock(e.get("ended_at")),
@@ -268,10 +279,51 @@ def _header(doc: Mapping[str, Any]) -> Any:
         f"\npid {doc.get('pid', '?')}, up {human_duration(doc.get('uptime_s'))}, {p2p}",
         style="dim",
     )
+    if doc.get("hotlink", True):
+        text.append("\n")
+        text.append_text(_e2e_line(doc.get("e2e")))
     if conn.get("last_error"):
         text.append(f"\nlast connection error ({_clock(conn.get('last_error_at'))}): ")
         text.append(str(conn["last_error"]), style="yellow")
     return text
+
+
+# How a session's end-to-end state reads in the tables.
+_E2E_STYLES = {"sealed": "green", "plaintext": "yellow", "pending": "dim", "off": "dim"}
+
+
+def _e2e_line(e2e: object) -> Any:
+    """The header's end-to-end line: the mode and our own key's fingerprint."""
+    from rich.text import Text
+
+    if not isinstance(e2e, Mapping):
+        return Text("e2e unknown (an older client)", style="dim")
+    mode = e2e.get("mode", "?")
+    if mode == "off":
+        return Text("e2e off: the relay can read every stream", style="yellow")
+    text = Text(f"e2e {mode}", style="green")
+    text.append(f", identity key {e2e.get('fingerprint') or '?'}")
+    return text
+
+
+def _e2e_cell(entry: Mapping[str, Any]) -> Any:
+    from rich.text import Text
+
+    if str(entry.get("reason", "")).startswith("e2e:"):
+        # An ended session that end-to-end protection closed (the reason says why).
+        return Text("failed", style="bold red")
+    state = str(entry.get("e2e_state") or ("sealed" if entry.get("e2e") else "off"))
+    return Text(state, style=_E2E_STYLES.get(state, ""))
+
+
+def _peer_keys(entries: list[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """Each (peer, key fingerprint) the sessions proved, once, in order of first sight."""
+    seen: dict[tuple[str, str], None] = {}
+    for entry in entries:
+        key = entry.get("peer_key")
+        if isinstance(key, str) and key:
+            seen.setdefault((str(entry.get("peer", "")), key), None)
+    return list(seen)
 
 
 def _folder(key: str) -> str:

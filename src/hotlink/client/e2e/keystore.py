@@ -86,16 +86,17 @@ class PinFile:
     def __init__(self, data_dir: Path, expected: dict[str, frozenset[str]] | None = None) -> None:
         self.path = key_dir(data_dir) / PINS_FILE
         self.expected = expected or {}
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._book = PinBook(expected=self.expected)
         self.book()  # a broken file is an error at start, not at the first session
 
-    def _current_stamp(self) -> tuple[int, int] | None:
+    def _current_stamp(self) -> tuple[int, int, int] | None:
+        # Writers replace the file (a new inode), so a change shows even within one tick.
         try:
             st = self.path.stat()
         except FileNotFoundError:
             return None
-        return (st.st_mtime_ns, st.st_size)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def book(self) -> PinBook:
         """The pins as the file has them now. Raises KeyFileError for a broken file."""

@@ -71,6 +71,8 @@ class E2ESession:
         self.refuse_plaintext = refuse_plaintext
         self.state: State = "pending"
         self.keys: SessionKeys | None = None
+        # The key the peer proved in its hello, kept even when the pins refused it.
+        self._presented = ""
         self.verdict: Verdict | None = None
         self.plaintext_reason = ""
         self.fin_seq: int | None = None
@@ -85,7 +87,9 @@ class E2ESession:
 
     @property
     def peer_fingerprint(self) -> str:
-        return self.keys.peer_fingerprint if self.keys is not None else ""
+        """The peer's identity key as its hello proved it ("" before one); on a session the
+        pins refused, the refused key (the one to compare out of band)."""
+        return self._presented
 
     @property
     def sealed(self) -> bool:
@@ -109,6 +113,7 @@ class E2ESession:
                 f"({self.plaintext_reason})"
             )
         keys = self.handshake.complete(Hello.parse(token))
+        self._presented = keys.peer_fingerprint
         self.verdict = self.pins.admit(self.peer_email, keys.peer_fingerprint)
         self.keys = keys
         self._peer_hello = token
