@@ -39,6 +39,10 @@ def print_tunnel_report(console: Console, report: TunnelReport) -> None:
     table.add_column("value")
     for direction in DIRECTIONS:
         table.add_row(f"path {direction}", describe_path(setup.transports.get(direction, "?")))
+    for direction in DIRECTIONS:
+        state = setup.sealing.get(direction, "?")
+        shown = "[green]sealed[/] (AES-256-GCM)" if state == "sealed" else f"[yellow]{state}[/]"
+        table.add_row(f"end-to-end {direction}", shown)
     mode = "WebSocket only (--ws-only)" if opts.ws_only else f"WebRTC backend {opts.backend}"
     table.add_row("mode", mode)
     table.add_row("marker → proxies listening", _ms(setup.to_proxies_s))

@@ -93,6 +93,8 @@ class TunnelSetup:
     first_byte: float  # alice's first byte arrived at bob's app
     first_byte_back: float  # bob's first byte arrived at alice's app
     transports: dict[str, str] = field(default_factory=dict)
+    # Per direction, the sender's end-to-end state (sealed, plaintext, ...), as telemetry has it.
+    sealing: dict[str, str] = field(default_factory=dict)
 
     @property
     def to_first_byte_s(self) -> float:
@@ -168,13 +170,14 @@ async def open_tunnel(
     )
 
 
-def session_transport(doc: dict[str, Any] | None) -> str | None:
-    """The ``transport`` of the newest outbound session in a telemetry document."""
+def session_transport(doc: dict[str, Any] | None, key: str = "transport") -> str | None:
+    """The ``transport`` (or another ``key``) of the newest outbound session in a telemetry
+    document."""
     if not doc:
         return None
     sessions = doc.get("live", {}).get("sessions_out", [])
     for session in reversed(sessions):
-        kind = session.get("transport")
+        kind = session.get(key)
         if kind:
             return str(kind)
     return None
@@ -211,6 +214,10 @@ async def warm_up(
                 break
         await asyncio.sleep(0.1)
     setup.transports = {d: k or "unknown" for d, k in kinds.items()}
+    setup.sealing = {
+        d: session_transport(client.telemetry(), "e2e_state") or "unknown"
+        for d, client in zip(DIRECTIONS, (setup.alice, setup.bob), strict=True)
+    }
     return setup.transports
 
 
