@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the system packages the network tests use: coturn (turnserver, our STUN/TURN server),
-# iproute2 (ip netns, tc netem) and iptables (NAT routers). Only what is missing is installed.
+# iproute2 (ip netns, tc netem), iptables (NAT routers) and tcpdump (captures of the relay's
+# traffic on loopback). Only what is missing is installed.
 # Without root (or without apt-get) it prints what is missing and goes on: those tests skip.
 set -u
 need=()
 command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v tcpdump >/dev/null 2>&1 || need+=(tcpdump)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "note: missing system packages: ${need[*]} (network tests will skip); install them as root" >&2

@@ -265,3 +265,13 @@ def test_the_dtls_binding_accepts_the_bound_fingerprints_only() -> None:
     _a.bind_local(("sha-256 AA:BB",))
     with pytest.raises(E2EError, match="middleman"):
         c.on_binding(_a.take_binding() or "")
+
+
+def test_an_end_without_any_exchange_is_plaintext_and_refused_where_promised() -> None:
+    _a, b = pair()
+    b.check_end(0)
+    assert b.state == "plaintext"
+    _a, b = pair()
+    b.refuse_plaintext = True
+    with pytest.raises(E2EError, match="ended without a key exchange"):
+        b.check_end(0)

@@ -391,6 +391,9 @@ class InboundSession(OwnedSession):
                 self.e2e.check_end(self.eof_seq)
             except E2EError as exc:
                 return self._fail(self._e2e_failed(exc))
+            if self.e2e.state == "plaintext" and not self._plaintext_said:
+                self._plaintext_said = True
+                self.host.e2e_plaintext(self.e2e, self.sid, self.peer)
         writer = self._writer
         if writer is None and self.delivered_bytes == 0:
             # An empty stream (the peer's app connected and left without writing): its EOF

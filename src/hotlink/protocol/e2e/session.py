@@ -180,7 +180,10 @@ class E2ESession:
 
     def check_end(self, last_seq: int) -> None:
         """The peer's Close ``eof:last_seq`` after everything up to it was released: on a
-        sealed session that must be the sealed end. Raises E2EError."""
+        sealed session that must be the sealed end; a stream that ends without any frame or
+        exchange was plaintext (a sealed one always has its fin). Raises E2EError."""
+        if self.state == "pending":
+            self.go_plaintext("the stream ended without a key exchange")
         if self.state == "sealed" and self.fin_seq != last_seq:
             raise E2EError(
                 f"the stream's end (eof at seq {last_seq}) is not the sender's sealed end: "
