@@ -1,8 +1,9 @@
 """ICE configuration and the signal-token JSON (PROTOCOL.md §6.2, §6.4; DECISIONS.md #3, #23, #24).
 
 Pure text in, typed values out: the ICE-server list from the env-var syntax, the candidate and
-SDP tokens carried in ``HotlinkSignal.tok``, the remote's SCTP message limit from its SDP and
-the TURN REST credentials the server hands out. Nothing here touches a socket or a clock.
+SDP tokens carried in ``HotlinkSignal.tok``, the remote's SCTP message limit and the DTLS
+certificate fingerprints from an SDP, and the TURN REST credentials the server hands out.
+Nothing here touches a socket or a clock.
 """
 
 from __future__ import annotations
@@ -282,6 +283,30 @@ def remote_max_message_size(sdp: str) -> int:
         value = int(match.group(1))
         sizes.append(UNLIMITED_MAX_MESSAGE_SIZE if value == 0 else value)
     return min(sizes) if sizes else DEFAULT_MAX_MESSAGE_SIZE
+
+
+_FINGERPRINT_RE = re.compile(
+    r"^a=fingerprint:[ \t]*(\S+)[ \t]+(\S+)[ \t]*$", re.MULTILINE | re.IGNORECASE
+)
+
+
+def dtls_fingerprints(sdp: str) -> tuple[str, ...]:
+    """The DTLS certificate fingerprints an SDP announces (``a=fingerprint:``, RFC 8122), at
+    session and media level, each once, in order of appearance.
+
+    Each is ``"<hash function> <HEX:HEX:...>"`` with the hash name in lowercase and the hex in
+    uppercase (RFC 8122 writes it so, but hex is case-insensitive and stacks differ), so the
+    fingerprints a peer reads from the SDP it received compare equal to the ones the sender
+    read from the SDP it made: the end-to-end layer binds these lists to the key exchange
+    (protocol/e2e/session.py). Lines that do not have both parts are skipped; bad input never
+    raises.
+    """
+    found: list[str] = []
+    for match in _FINGERPRINT_RE.finditer(sdp.replace("\r\n", "\n")):
+        value = f"{match.group(1).lower()} {match.group(2).upper()}"
+        if value not in found:
+            found.append(value)
+    return tuple(found)
 
 
 # ---------------------------------------------------------------- server advertisement

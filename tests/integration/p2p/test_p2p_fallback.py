@@ -186,7 +186,8 @@ async def test_channel_killed_at_the_last_frame_loses_nothing(
             await close_writer(bob_w)
         log = t.alice.log_text()
         assert f"debug: closing the peer after {frames} sent frames" in log
-        assert re.search(rf"out alice→bob closed\(eof\) after seq {frames}\b", log)
+        # The sealed end (end-to-end encryption) follows the data frames as one more seq.
+        assert re.search(rf"out alice→bob closed\(eof\) after seq {frames + 1}\b", log)
         doc = await await_telemetry(t.alice, lambda d: d["tx_bytes"] >= len(data))
         assert doc["tx_p2p_packets"] == frames
         assert doc["p2p_resent_frames"] == frames

@@ -13,6 +13,7 @@ from hotlink.client.p2p.session import WebRTCConfig
 from hotlink.client.p2p.transport import SessionInfo
 from hotlink.client.p2p.webrtc_transport import WebRTCPeerTransport
 from hotlink.client.telemetry import Telemetry
+from hotlink.protocol.e2e.session import E2ESession
 from hotlink.protocol.frames import Frame, encode_frame
 from hotlink.protocol.ice import IceCandidate, IceServer
 from hotlink.protocol.messages import HotlinkSignal, Payload
@@ -133,7 +134,8 @@ class FakeBackend(Backend):
 
 
 class FakeHost:
-    """The manager as the transport sees it: records signals, deliveries and WS resends."""
+    """The manager as the transport sees it: records signals, deliveries, WS resends and
+    end-to-end failures."""
 
     def __init__(self) -> None:
         self.telemetry = Telemetry(None)
@@ -141,6 +143,8 @@ class FakeHost:
         self.delivered: list[tuple[str, Frame]] = []
         self.ws: list[Payload] = []
         self.sessions: dict[str, SessionInfo] = {}
+        self.e2e: dict[str, E2ESession] = {}  # a session's end-to-end state, when sealed
+        self.e2e_failures: list[tuple[str, str]] = []
 
     async def send_signal(self, signal: HotlinkSignal) -> None:
         self.signals.append(signal)
@@ -153,6 +157,12 @@ class FakeHost:
 
     async def send_in_order(self, payload: Payload) -> None:
         self.ws.append(payload)
+
+    def e2e_session(self, sid: str) -> E2ESession | None:
+        return self.e2e.get(sid)
+
+    async def e2e_failed(self, sid: str, reason: str) -> None:
+        self.e2e_failures.append((sid, reason))
 
     def kinds(self) -> list[str]:
         return [s.knd for s in self.signals]

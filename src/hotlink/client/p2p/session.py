@@ -12,11 +12,23 @@ States::
     any ──(session ended)──> closed
 
 ``failed`` is final for the session: the WebSocket carries the rest (no renegotiation).
+
 When the channel fails after frames went over it, those still in the replay window are sent
 again over the WebSocket (see :class:`~.signaling.ReplayWindow`): the receiver drops the
 seqs it has, and nothing the channel swallowed is lost. At the stream's end that resend must
 come before the Close ``eof`` (the server forgets the session at it), so the sender calls
 :meth:`P2PSession.drain` first.
+
+On an end-to-end sealed session (:mod:`hotlink.protocol.e2e`) each side binds the DTLS
+fingerprints of its own SDP to the key exchange and sends them sealed (``e2e_dtls``); the peer
+checks them against the fingerprints in the SDP it received. The sender's channel is
+``open`` only once the acceptor's binding checked out (until then it is "up" but still
+``negotiating``, and frames take the WebSocket), so no frame goes over a data channel a
+middleman could hold (frames are sealed either way; this keeps the P2P path to the same
+standard), and a binding that does not check out closes the hotlink session loudly. The keys
+can come after our SDP (the acceptor offers right after its Accept, before the opener's
+hello), so the binding is retried whenever something new arrives: a signal, the channel
+opening, or the sender's next frame.
 
 One task (``_run``) owns negotiation and applies signals in arrival order. Received frames go
 straight from the library's callback into the session's receive path, which never waits:
@@ -31,15 +43,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from ...protocol.e2e.errors import E2EError
+from ...protocol.e2e.session import E2E_DTLS, E2ESession
 from ...protocol.errors import ProtocolError
 from ...protocol.frames import Frame, decode_frame, encode_frame
 from ...protocol.ice import (
     IceCandidate,
     candidate_token,
+    dtls_fingerprints,
     parse_candidate_token,
     parse_sdp_token,
     sdp_token,
@@ -178,6 +193,12 @@ class SessionOwner(Protocol):
     async def send_in_order(self, payload: Payload) -> None:
         """Queue a message behind the WebSocket data already queued (for resends)."""
 
+    def e2e_session(self, sid: str) -> E2ESession | None:
+        """The end-to-end state of the hotlink session (None: not sealed, or gone)."""
+
+    def e2e_failed(self, sid: str, reason: str) -> None:
+        """The DTLS binding failed: close the hotlink session loudly (returns at once)."""
+
 
 def _short(sid: str) -> str:
     return f"{sid[:8]}…" if len(sid) > 8 else sid
@@ -229,6 +250,11 @@ class P2PSession:
         self._run_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._peer_released = False
+        # The library reported the channel open; on a sealed session the sender's state
+        # stays "negotiating" until the peer's DTLS binding checked out.
+        self._channel_up = False
+        self._binding_error = ""  # why the DTLS binding failed (the session is closing)
+        self._binding_logged = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -358,7 +384,13 @@ class P2PSession:
         if self.state not in ("new", "negotiating"):
             return
         within = f"within {self.config.open_timeout:.0f} s"
-        if self.peer is None:
+        if self._channel_up:
+            self._fail(
+                "the peer did not bind the data channel's DTLS fingerprint to the end-to-end "
+                f"key exchange {within}",
+                notify_peer=True,
+            )
+        elif self.peer is None:
             self._fail(f"no offer arrived {within}", notify_peer=True)
         elif self.peer.transport_connected:
             # ICE and DTLS work, so the path is fine: the two SCTP stacks did not agree.
@@ -520,6 +552,14 @@ class P2PSession:
         if signal.knd == WEBRTC_ERROR:
             self._on_remote_error(signal.err)
             return
+        if signal.knd == E2E_DTLS:
+            # Checked at once, also after P2P failed: a binding that does not match is a
+            # middleman whichever path the stream takes now. The e2e state waits for the
+            # SDP it belongs to when that has not been applied yet.
+            if self.state != "closed":
+                token = signal.tok
+                self._binding_step(lambda e2e: e2e.on_binding(token))
+            return
         if self.finished:
             log.debug("signal %s for finished p2p session %s ignored", signal.knd, _short(self.sid))
             return
@@ -565,6 +605,8 @@ class P2PSession:
                 self._signal_bytes -= size
                 self.owner.signal_quota.give(size)
                 await self._apply(signal)
+                # The keys may have come meanwhile (the opener's hello precedes its answer).
+                self._binding_step()
         except WebRTCError as exc:
             self._fail(str(exc), notify_peer=True)
         except Exception as exc:
@@ -581,6 +623,8 @@ class P2PSession:
         )
         self.owner.telemetry.incr("p2p_offers")
         log.info("hotlink webrtc offer sent: session=%s", _short(self.sid))
+        ours = dtls_fingerprints(sdp)
+        self._binding_step(lambda e2e: e2e.bind_local(ours))
 
     async def _apply(self, signal: HotlinkSignal) -> None:
         try:
@@ -603,6 +647,9 @@ class P2PSession:
         if self.peer is not None:
             log.info("hotlink session %s: ignoring a repeated offer", _short(self.sid))
             return
+        theirs = dtls_fingerprints(sdp)
+        if not self._binding_step(lambda e2e: e2e.bind_remote(theirs)):
+            return
         self.peer = self.owner.new_peer(self)
         self.state = "negotiating"
         answer = await self.peer.accept_offer(sdp)
@@ -611,6 +658,10 @@ class P2PSession:
         )
         self.owner.telemetry.incr("p2p_answers_ok")
         log.info("hotlink webrtc answer sent: session=%s", _short(self.sid))
+        # Right behind the answer: the acceptor checks it against the answer's fingerprint.
+        ours = dtls_fingerprints(answer)
+        if not self._binding_step(lambda e2e: e2e.bind_local(ours)):
+            return
         early, self._early = self._early, []
         for cand in early:
             await self.peer.add_remote_candidate(cand)
@@ -623,7 +674,9 @@ class P2PSession:
             log.info("hotlink session %s: ignoring a repeated answer", _short(self.sid))
             return
         self._answered = True
-        await self.peer.set_answer(sdp)
+        theirs = dtls_fingerprints(sdp)
+        if self._binding_step(lambda e2e: e2e.bind_remote(theirs)):
+            await self.peer.set_answer(sdp)
 
     async def _on_candidate(self, cand: IceCandidate | None) -> None:
         if self.peer is not None:
@@ -650,8 +703,19 @@ class P2PSession:
         )
 
     def on_channel_open(self) -> None:
-        if self.state != "negotiating":
+        if self.state != "negotiating" or self._channel_up:
             return
+        self._channel_up = True
+        self._binding_step()  # opens the channel unless a binding is still owed
+        if self.state == "negotiating":
+            log.info(
+                "hotlink webrtc data channel up: session=%s; waiting for the peer's DTLS "
+                "binding before sending on it",
+                _short(self.sid),
+            )
+
+    def _opened(self) -> None:
+        """The channel is open and, on a sealed session's sending side, bound: carry frames."""
         self.state = "open"
         self.opened_at = self._loop.time()
         self._cancel_deadline()
@@ -693,7 +757,7 @@ class P2PSession:
 
     def on_channel_closed(self, reason: str) -> None:
         self._channel_gone.set()
-        if self.state == "negotiating" and self.peer is not None:
+        if self.state == "negotiating" and self.peer is not None and not self._channel_up:
             if self.peer.transport_was_connected:
                 # libdatachannel fails the whole connection at once when the remote aborts
                 # the SCTP association: the path worked, SCTP did not.
@@ -703,12 +767,64 @@ class P2PSession:
         if self.state != "closed":
             self._fail(f"channel closed: {reason}")
 
+    # ------------------------------------------------------------ the DTLS binding
+
+    def _binding_step(self, step: Callable[[E2ESession], None] | None = None) -> bool:
+        """Give the session's e2e state one input (``step``), send our ``e2e_dtls`` once it
+        can be made, and open the channel once nothing is owed. False: the binding failed
+        (the hotlink session is being closed)."""
+        if self._binding_error:
+            return False
+        e2e = self.owner.e2e_session(self.sid)
+        if e2e is not None:
+            try:
+                if step is not None:
+                    step(e2e)
+                token = e2e.take_binding()
+            except E2EError as exc:
+                self._binding_failed(exc.reason)
+                return False
+            if token is not None and self.state != "closed":
+                self.owner.queue_signal(HotlinkSignal(sid=self.sid, knd=E2E_DTLS, tok=token))
+            if e2e.dtls_verified and not self._binding_logged:
+                self._binding_logged = True
+                log.info(
+                    "hotlink session %s: the peer's DTLS fingerprint is bound to the "
+                    "end-to-end key exchange",
+                    _short(self.sid),
+                )
+        if self.state == "negotiating" and self._channel_up and not self._owes_binding(e2e):
+            self._opened()
+        return True
+
+    def _owes_binding(self, e2e: E2ESession | None) -> bool:
+        """Whether the sender must wait for the peer's binding before using the channel.
+
+        Only the sender, whose frames would go over it (what arrives on the channel is
+        opened by the e2e layer, so a middleman's frames fail there), and only until the
+        exchange is known to be plaintext: a reference peer never seals, nor sends a binding.
+        """
+        return (
+            self.role == "outbound"
+            and e2e is not None
+            and e2e.state != "plaintext"
+            and not e2e.dtls_verified
+        )
+
+    def _binding_failed(self, reason: str) -> None:
+        self._binding_error = reason
+        self._fail(f"e2e: {reason}", notify_peer=True)
+        self.owner.e2e_failed(self.sid, reason)
+
     # ------------------------------------------------------------ sending
 
     async def try_send(self, frame: Frame) -> bool:
         """Send one frame over the channel; False: the WebSocket must carry it."""
         async with self._send_lock:
             await self._replay_if_pending()
+            if self.state != "open":
+                # The exchange is settled before the first frame: our binding may be due now.
+                self._binding_step()
             if not self.finished and not self.is_open:
                 await self._wait_open(frame.seq)
             peer = self.peer

@@ -23,6 +23,8 @@ import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+from ...protocol.e2e.seal import MAX_BINDING_TOKEN
+from ...protocol.e2e.session import E2E_DTLS
 from ...protocol.frames import Frame
 from ...protocol.messages import HotlinkSignal
 
@@ -34,6 +36,9 @@ SDP_ANSWER = "sdp_answer"
 ICE_CANDIDATE = "ice_candidate"
 WEBRTC_ERROR = "webrtc_error"
 WEBRTC_KINDS = frozenset({SDP_OFFER, SDP_ANSWER, ICE_CANDIDATE, WEBRTC_ERROR})
+# What the peer transport takes: the WebRTC kinds and the end-to-end DTLS binding, which
+# belongs to the session's peer connection (protocol/e2e/session.py).
+P2P_KINDS = WEBRTC_KINDS | {E2E_DTLS}
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -50,6 +55,7 @@ _MAX_TOKEN = {
     SDP_OFFER: MAX_SDP_TOKEN,
     SDP_ANSWER: MAX_SDP_TOKEN,
     ICE_CANDIDATE: MAX_CANDIDATE_TOKEN,
+    E2E_DTLS: MAX_BINDING_TOKEN,
 }
 
 # DECISIONS.md #4: how long a signal for an unknown session is kept.

@@ -28,6 +28,10 @@ Rules for implementations:
   frame is either in the hands of a path that still works or queued on the WebSocket, and
   raises :class:`PeerSendError` if neither can be had (the session then ends with ``error``,
   never with an ``eof`` that promises seqs the receiver will not get).
+- On an end-to-end sealed session (``TransportHost.e2e_session``) the transport binds the
+  DTLS fingerprints of both SDPs to the key exchange (``e2e_dtls`` signals) and carries no
+  frame before the peer's binding checked out; a binding that fails goes to
+  ``TransportHost.e2e_failed``.
 - ``transport_kind`` names the path a session currently uses, for telemetry and logs:
   ``"ws"``, ``"p2p-host"``, ``"p2p-srflx"`` or ``"p2p-relay"``.
 """
@@ -38,6 +42,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from ...protocol.e2e.session import E2ESession
 from ...protocol.frames import Frame
 from ...protocol.messages import HotlinkSignal, Payload
 from ..telemetry import Telemetry
@@ -83,6 +88,14 @@ class TransportHost(Protocol):
 
     def session_info(self, sid: str) -> SessionInfo | None:
         """The live session with this id, inbound or outbound, or None."""
+
+    def e2e_session(self, sid: str) -> E2ESession | None:
+        """The end-to-end state of live session ``sid`` (None: not sealed, or gone), for the
+        DTLS fingerprint binding of its data channel."""
+
+    async def e2e_failed(self, sid: str, reason: str) -> None:
+        """The data channel's DTLS binding failed (a middleman on the peer-to-peer path, or
+        a forged binding): close the session loudly, the app sees a reset."""
 
 
 class PeerTransport(Protocol):

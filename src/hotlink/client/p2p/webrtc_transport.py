@@ -4,7 +4,8 @@
 layer-4 backends. Per session it keeps one :class:`~.p2p_session.P2PSession` (one peer
 connection, one ordered ``syftbox-data`` channel); here live the parts shared by all of them:
 
-* signal dispatch: ``sdp_offer``/``sdp_answer``/``ice_candidate`` go to their session;
+* signal dispatch: ``sdp_offer``/``sdp_answer``/``ice_candidate`` and the end-to-end
+  ``e2e_dtls`` binding go to their session;
   signals too large to be a real peer's are dropped at the door (:func:`~.signaling.oversized`);
   signals for a session we do not know yet are held (bounded, 30 s, DECISIONS.md #4);
   ``webrtc_error`` ends P2P for a session still negotiating; ``quic_*`` kinds are ignored;
@@ -28,6 +29,7 @@ from collections import deque
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
+from ...protocol.e2e.session import E2ESession
 from ...protocol.errors import ProtocolError
 from ...protocol.frames import Frame
 from ...protocol.ice import (
@@ -43,8 +45,8 @@ from ...webrtc.sctp_settings import DEFAULT_SCTP_SETTINGS, SctpSettings
 from ..telemetry import Telemetry
 from .session import P2PPathInfo, P2PSession, WebRTCConfig, replay_window
 from .signaling import (
+    P2P_KINDS,
     WEBRTC_ERROR,
-    WEBRTC_KINDS,
     PendingSignals,
     RecentSids,
     SignalQuota,
@@ -203,6 +205,16 @@ class WebRTCPeerTransport:
         if self.host is not None:
             self.host.deliver_frame(sid, frame)
 
+    def e2e_session(self, sid: str) -> E2ESession | None:
+        return self.host.e2e_session(sid) if self.host is not None else None
+
+    def e2e_failed(self, sid: str, reason: str) -> None:
+        if self.host is None or self._closed:
+            return
+        # Our task, not the session's: closing the hotlink session closes the P2P session,
+        # which cancels its own tasks, and this one must not be among them.
+        self.spawn(self.host.e2e_failed(sid, reason), f"hotlink-e2e-failed-{sid[:8]}")
+
     # ------------------------------------------------------------ PeerTransport
 
     def bind(self, host: TransportHost) -> None:
@@ -281,7 +293,7 @@ class WebRTCPeerTransport:
         kind = signal.knd
         if is_legacy_kind(kind):
             return
-        if kind not in WEBRTC_KINDS:
+        if kind not in P2P_KINDS:
             log.debug("ignoring signal kind %r for %s", kind, signal.sid[:8])
             return
         session = self._sessions.get(signal.sid)
