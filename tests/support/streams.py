@@ -134,6 +134,8 @@ async def read_stream(
                             await asyncio.sleep(ahead)
             while data := await reader.read(MIB):
                 take(data)
+    except TimeoutError:
+        raise  # a stall is not a reset (TimeoutError is an OSError)
     except (ConnectionError, OSError):
         return Received(total, digest.hexdigest(), "reset", in_order)
     return Received(total, digest.hexdigest(), "eof", in_order)

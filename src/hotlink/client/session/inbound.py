@@ -390,7 +390,14 @@ class InboundSession(OwnedSession):
             try:
                 self.e2e.check_end(self.eof_seq)
             except E2EError as exc:
-                return self._fail(self._e2e_failed(exc))
+                reason = self._e2e_failed(exc)
+                if self._writer is None and self.delivered_bytes == 0:
+                    # The app this (empty) stream's end was for waits for it: a reset, not
+                    # a hang (other failures leave a connection that got nothing alone).
+                    waiting = self.sink.eof_writer()
+                    if waiting is not None:
+                        waiting.fail(reason)
+                return self._fail(reason)
             if self.e2e.state == "plaintext" and not self._plaintext_said:
                 self._plaintext_said = True
                 self.host.e2e_plaintext(self.e2e, self.sid, self.peer)
