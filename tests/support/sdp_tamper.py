@@ -8,10 +8,8 @@ certificates; this one only rewrites the SDPs, which is what the end-to-end bind
         ...
         mitm.stats.tampered["sdp_offer"], mitm.stats.seen["e2e_dtls"], ...
 
-Clients connect to ``mitm.url`` as if it were the server. For each client connection the
-proxy opens one connection to the real server (same query string and ``X-Syft-*`` /
-``Authorization`` headers) and copies the server's upgrade headers back. Every frame is
-forwarded in order, byte for byte, except the ``HotlinkSignal``\\ s of the ``kinds`` given
+Clients connect to ``mitm.url`` as if it were the server (:mod:`support.ws_mitm`). Every
+frame is forwarded in order, byte for byte, except the ``HotlinkSignal``\\ s of the ``kinds`` given
 (``sdp_offer`` and ``sdp_answer`` by default) going *to* a client: in their SDP the first
 octet of every ``a=fingerprint:`` value is changed, and the message is encoded again in the
 form it came in (JSON text or the msgpack envelope).
@@ -19,32 +17,27 @@ form it came in (JSON text or the msgpack envelope).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
-from hotlink.protocol.codec import decode, encode, peek_data
+from hotlink.protocol.codec import Encoding, decode, encode, peek_data
 from hotlink.protocol.errors import ProtocolError
 from hotlink.protocol.messages import HotlinkSignal, Message
 
-EVENTS_PATH = "/api/v1/events"
-MAX_MESSAGE = 16 * 1024 * 1024
-_FORWARDED_PREFIXES = ("x-syft-",)
+from .ws_mitm import Link, WsFrame, WsMitm
+
 _FINGERPRINT = re.compile(r"(a=fingerprint:\S+[ \t]+)([0-9A-Fa-f]{2})")
 
 
 @dataclass
 class TamperStats:
-    connections: int = 0
     # Signals that reached a client, by kind, and those whose SDP was rewritten.
     seen: Counter[str] = field(default_factory=Counter)
     tampered: Counter[str] = field(default_factory=Counter)
@@ -74,38 +67,16 @@ def _tampered(signal: HotlinkSignal) -> HotlinkSignal | None:
     return HotlinkSignal(sid=signal.sid, knd=signal.knd, tok=json.dumps(token), err=signal.err)
 
 
-class SdpTamper:
+class SdpTamper(WsMitm):
     def __init__(
         self, upstream: str, *, kinds: Iterable[str] = ("sdp_offer", "sdp_answer")
     ) -> None:
-        self.upstream = upstream.rstrip("/")
+        super().__init__(upstream)
         self.kinds = frozenset(kinds)
         self.stats = TamperStats()
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-        self._clients: set[web.WebSocketResponse] = set()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get(EVENTS_PATH, self._handle)
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[union-attr]
-        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-
-    async def stop(self) -> None:
-        for client in list(self._clients):
-            with contextlib.suppress(Exception):
-                await client.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+    def toward_client(self, link: Link, kind: aiohttp.WSMsgType, data: Any) -> list[WsFrame]:
+        return [(kind, self.rewrite(kind, data))]
 
     def rewrite(self, kind: aiohttp.WSMsgType, data: Any) -> Any:
         """What goes to the client in place of ``data``."""
@@ -125,71 +96,8 @@ class SdpTamper:
         if forged is None:
             return data
         self.stats.tampered[signal.knd] += 1
-        encoding = "json" if kind == aiohttp.WSMsgType.TEXT else "msgpack"
+        encoding: Encoding = "json" if kind == aiohttp.WSMsgType.TEXT else "msgpack"
         return encode(Message(message.id, forged), encoding)
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        captured: dict[str, str] = {}
-
-        async def on_end(session: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any) -> None:
-            captured.update(params.response.headers)
-
-        trace = aiohttp.TraceConfig()
-        trace.on_request_end.append(on_end)
-        headers = {
-            k: v
-            for k, v in request.headers.items()
-            if k.lower().startswith(_FORWARDED_PREFIXES) or k.lower() == "authorization"
-        }
-        async with aiohttp.ClientSession(trace_configs=[trace]) as http:
-            try:
-                upstream = await http.ws_connect(
-                    self.upstream + EVENTS_PATH,
-                    params=dict(request.query),
-                    headers=headers,
-                    max_msg_size=MAX_MESSAGE,
-                )
-            except aiohttp.WSServerHandshakeError as exc:
-                return web.Response(status=exc.status, text=exc.message)
-            client = web.WebSocketResponse(max_msg_size=MAX_MESSAGE)
-            for key, value in captured.items():
-                if key.lower().startswith(_FORWARDED_PREFIXES):
-                    client.headers[key] = value
-            await client.prepare(request)
-            self.stats.connections += 1
-            self._clients.add(client)
-            up = asyncio.create_task(self._client_to_server(client, upstream))
-            try:
-                async for msg in upstream:
-                    if msg.type == aiohttp.WSMsgType.TEXT:
-                        await client.send_str(self.rewrite(msg.type, msg.data))
-                    elif msg.type == aiohttp.WSMsgType.BINARY:
-                        out = self.rewrite(msg.type, msg.data)
-                        if isinstance(out, str):
-                            await client.send_str(out)
-                        else:
-                            await client.send_bytes(out)
-                    else:
-                        break
-            finally:
-                self._clients.discard(client)
-                up.cancel()
-                await asyncio.gather(up, return_exceptions=True)
-                await upstream.close()
-                await client.close()
-        return client
-
-    async def _client_to_server(
-        self, client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
-    ) -> None:
-        async for msg in client:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                await upstream.send_str(msg.data)
-            elif msg.type == aiohttp.WSMsgType.BINARY:
-                await upstream.send_bytes(msg.data)
-            else:
-                break
-        await upstream.close()
 
 
 @contextlib.asynccontextmanager

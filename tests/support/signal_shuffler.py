@@ -6,10 +6,8 @@ timing of WebRTC signals, for signal-order tests.
         ...
         mitm.stats.offers_delayed, mitm.stats.candidates_before_offer, ...
 
-Clients connect to ``mitm.url`` as if it were the server. For each client connection the
-proxy opens one connection to the real server (same query string and ``X-Syft-*`` /
-``Authorization`` headers) and copies the server's upgrade headers (encoding, ICE hints) back.
-Frames are forwarded byte for byte in both directions; only ``HotlinkSignal`` messages going
+Clients connect to ``mitm.url`` as if it were the server (:mod:`support.ws_mitm`). Frames
+are forwarded byte for byte in both directions; only ``HotlinkSignal`` messages going
 *to* a client are held back:
 
 * ``sdp_offer`` for ``offer_delay`` seconds (``sdp_answer`` for ``answer_delay``);
@@ -30,7 +28,6 @@ import contextlib
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, Literal
 
 import aiohttp
@@ -40,10 +37,8 @@ from hotlink.protocol.codec import decode
 from hotlink.protocol.errors import ProtocolError
 from hotlink.protocol.messages import HotlinkSignal
 
-EVENTS_PATH = "/api/v1/events"
-MAX_MESSAGE = 16 * 1024 * 1024
-# Upgrade headers worth copying back: encoding negotiation and the ICE advertisement.
-_FORWARDED_PREFIXES = ("x-syft-",)
+from .ws_mitm import Link, WsFrame, WsMitm
+
 # "reverse" order: each later candidate of a session is held this much less.
 _REVERSE_STEP = 0.05
 
@@ -146,7 +141,7 @@ def _signal(data: Any) -> HotlinkSignal | None:
     return payload if isinstance(payload, HotlinkSignal) else None
 
 
-class SignalShuffler:
+class SignalShuffler(WsMitm):
     def __init__(
         self,
         upstream: str,
@@ -157,99 +152,35 @@ class SignalShuffler:
         candidate_order: Literal["reverse", "random"] = "reverse",
         seed: int | None = None,
     ) -> None:
-        self.upstream = upstream.rstrip("/")
+        super().__init__(upstream)
         self.offer_delay = offer_delay
         self.answer_delay = answer_delay
         self.candidate_hold = candidate_hold
         self.candidate_order = candidate_order
         self.rng = random.Random(seed)
         self.stats = ShuffleStats()
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-        self._links: set[_Link] = set()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get(EVENTS_PATH, self._handle)
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[union-attr]
-        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        self._links: dict[int, _Link] = {}
 
     async def stop(self) -> None:
-        for link in list(self._links):
+        for link in list(self._links.values()):
             link.stop()
-            with contextlib.suppress(Exception):
-                await link.client.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await super().stop()
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        captured: dict[str, str] = {}
+    async def serve(self, link: Link) -> None:
+        # Frames leave through the link's own writer, in the order their timers release them.
+        shuffled = self._links[link.number] = _Link(self, link.client)
+        self.stats.connections += 1
+        writer = asyncio.create_task(shuffled.write_loop())
+        try:
+            await super().serve(link)
+        finally:
+            shuffled.stop()
+            del self._links[link.number]
+            await asyncio.gather(writer, return_exceptions=True)
 
-        async def on_end(session: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any) -> None:
-            captured.update(params.response.headers)
-
-        trace = aiohttp.TraceConfig()
-        trace.on_request_end.append(on_end)
-        headers = {
-            k: v
-            for k, v in request.headers.items()
-            if k.lower().startswith(_FORWARDED_PREFIXES) or k.lower() == "authorization"
-        }
-        async with aiohttp.ClientSession(trace_configs=[trace]) as http:
-            try:
-                upstream = await http.ws_connect(
-                    self.upstream + EVENTS_PATH,
-                    params=dict(request.query),
-                    headers=headers,
-                    max_msg_size=MAX_MESSAGE,
-                )
-            except aiohttp.WSServerHandshakeError as exc:
-                return web.Response(status=exc.status, text=exc.message)
-            client = web.WebSocketResponse(max_msg_size=MAX_MESSAGE)
-            for key, value in captured.items():
-                if key.lower().startswith(_FORWARDED_PREFIXES):
-                    client.headers[key] = value
-            await client.prepare(request)
-            self.stats.connections += 1
-            link = _Link(self, client)
-            self._links.add(link)
-            writer = asyncio.create_task(link.write_loop())
-            up = asyncio.create_task(self._client_to_server(client, upstream))
-            try:
-                async for msg in upstream:
-                    if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                        link.forward(msg.type, msg.data)
-                    else:
-                        break
-            finally:
-                link.stop()
-                self._links.discard(link)
-                up.cancel()
-                await asyncio.gather(up, writer, return_exceptions=True)
-                await upstream.close()
-                await client.close()
-        return client
-
-    async def _client_to_server(
-        self, client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
-    ) -> None:
-        async for msg in client:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                await upstream.send_str(msg.data)
-            elif msg.type == aiohttp.WSMsgType.BINARY:
-                await upstream.send_bytes(msg.data)
-            else:
-                break
-        await upstream.close()
+    def toward_client(self, link: Link, kind: aiohttp.WSMsgType, data: Any) -> list[WsFrame]:
+        self._links[link.number].forward(kind, data)
+        return []
 
 
 @contextlib.asynccontextmanager

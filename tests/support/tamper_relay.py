@@ -6,11 +6,8 @@ relay that rewrites hotlink messages on their way to a client.
         relay.tamper = FlipBit(sid, nth=3)                  # the test picks the attack
         relay.session_records(), relay.client_data(sid)     # what went through
 
-Clients connect to ``relay.url`` as if it were the server. For each client connection the
-proxy opens one connection to the real server (same query string, ``X-Syft-*`` and
-``Authorization`` headers) and copies the server's ``X-Syft-*`` upgrade headers back (the
-connection plumbing of :mod:`support.signal_shuffler`, which holds signals back in time
-instead of rewriting messages). What a client sends goes to the server unchanged (its
+Clients connect to ``relay.url`` as if it were the server (:mod:`support.ws_mitm`). What a
+client sends goes to the server unchanged (its
 ``HotlinkData`` is recorded, so a test can say which bytes left a client); what the server
 sends a client is decoded (:mod:`hotlink.protocol.codec`, msgpack or JSON, binary or text)
 and, for a session the relay saw opened, handed to the current :class:`Tamper`:
@@ -39,11 +36,9 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, NamedTuple
 
 import aiohttp
-from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from hotlink.protocol.codec import (
@@ -69,11 +64,7 @@ from hotlink.protocol.messages import (
     Payload,
 )
 
-from .signal_shuffler import EVENTS_PATH, MAX_MESSAGE
-
-# Upgrade headers worth copying back: encoding negotiation and the ICE advertisement.
-_FORWARDED_PREFIXES = ("x-syft-",)
-WsFrame = tuple[aiohttp.WSMsgType, Any]
+from .ws_mitm import Link, WsFrame, WsMitm
 
 
 def _norm(email: str) -> str:
@@ -322,24 +313,16 @@ class EraseStream(Tamper):
 # ---------------------------------------------------------------- the proxy
 
 
-class TamperRelay:
+class TamperRelay(WsMitm):
     def __init__(self, upstream: str) -> None:
-        self.upstream = upstream.rstrip("/")
+        super().__init__(upstream)
         # Set by the test (from any thread; one attribute write); None: forward everything.
         self.tamper: Tamper | None = None
-        self.port = 0
-        self.connections = 0
-        self._runner: web.AppRunner | None = None
-        self._clients: set[web.WebSocketResponse] = set()
         # Records are written on the relay's loop and read from the test's thread.
         self._lock = threading.Lock()
         self._sessions: dict[str, SessionRecord] = {}
         self._order: list[str] = []
         self._client_data: list[tuple[str, Relayed]] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     # ------------------------------------------------------------ records, for the test
 
@@ -358,93 +341,7 @@ class TamperRelay:
         with self._lock:
             return [d for s, d in self._client_data if sid is None or s == sid]
 
-    # ------------------------------------------------------------ lifecycle
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get(EVENTS_PATH, self._handle)
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])  # port 0: the one the kernel gave
-
-    async def stop(self) -> None:
-        for client in list(self._clients):
-            with contextlib.suppress(Exception):
-                await client.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    # ------------------------------------------------------------ one client connection
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        captured: dict[str, str] = {}
-
-        async def on_end(session: aiohttp.ClientSession, ctx: SimpleNamespace, params: Any) -> None:
-            captured.update(params.response.headers)
-
-        trace = aiohttp.TraceConfig()
-        trace.on_request_end.append(on_end)
-        headers = {
-            k: v
-            for k, v in request.headers.items()
-            if k.lower().startswith(_FORWARDED_PREFIXES) or k.lower() == "authorization"
-        }
-        async with aiohttp.ClientSession(trace_configs=[trace]) as http:
-            try:
-                upstream = await http.ws_connect(
-                    self.upstream + EVENTS_PATH,
-                    params=dict(request.query),
-                    headers=headers,
-                    max_msg_size=MAX_MESSAGE,
-                )
-            except aiohttp.WSServerHandshakeError as exc:
-                return web.Response(status=exc.status, text=exc.message)
-            client = web.WebSocketResponse(max_msg_size=MAX_MESSAGE)
-            for key, value in captured.items():
-                if key.lower().startswith(_FORWARDED_PREFIXES):
-                    client.headers[key] = value
-            await client.prepare(request)
-            self.connections += 1
-            link = self.connections
-            email = _norm(request.query.get("user", "") or request.headers.get("X-Syft-User", ""))
-            self._clients.add(client)
-            up = asyncio.create_task(self._client_to_server(client, upstream))
-            try:
-                async for msg in upstream:
-                    if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                        break
-                    for kind, data in self._toward_client(link, email, msg.type, msg.data):
-                        if kind == aiohttp.WSMsgType.TEXT:
-                            await client.send_str(data)
-                        else:
-                            await client.send_bytes(data)
-            except ConnectionError:
-                pass  # the client left
-            finally:
-                self._clients.discard(client)
-                up.cancel()
-                await asyncio.gather(up, return_exceptions=True)
-                await upstream.close()
-                await client.close()
-        return client
-
-    async def _client_to_server(
-        self, client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
-    ) -> None:
-        async for msg in client:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                self._note_client_data(msg.data)
-                await upstream.send_str(msg.data)
-            elif msg.type == aiohttp.WSMsgType.BINARY:
-                self._note_client_data(msg.data)
-                await upstream.send_bytes(msg.data)
-            else:
-                break
-        await upstream.close()
-
-    def _note_client_data(self, data: bytes | str) -> None:
+    def from_client(self, link: Link, data: Any) -> None:
         message = _decode(data)
         if message is not None and isinstance(message.payload, HotlinkData):
             p = message.payload
@@ -453,15 +350,14 @@ class TamperRelay:
 
     # ------------------------------------------------------------ toward a client
 
-    def _toward_client(
-        self, link: int, email: str, kind: aiohttp.WSMsgType, data: Any
-    ) -> list[WsFrame]:
+    def toward_client(self, link: Link, kind: aiohttp.WSMsgType, data: Any) -> list[WsFrame]:
         message = _decode(data)
         if message is None:
             return [(kind, data)]
         payload = message.payload
+        email = link.email
         if isinstance(payload, HotlinkOpen):
-            self._note_open(link, email, payload)
+            self._note_open(link.number, email, payload)
             return [(kind, data)]
         if not isinstance(payload, (HotlinkSignal, HotlinkData, HotlinkClose)):
             return [(kind, data)]
@@ -487,7 +383,9 @@ class TamperRelay:
             out = [close] if close is not None else []
         elif payload.knd == E2E_HELLO:
             # By the link's user (a reconnected acceptor has a new link), else by the link.
-            toward_acceptor = email == session.acceptor if email else link == session.acceptor_link
+            toward_acceptor = (
+                email == session.acceptor if email else link.number == session.acceptor_link
+            )
             signal: HotlinkSignal | None = payload
             if tamper is not None:
                 with contextlib.suppress(E2EError):  # a hello the tamper cannot use goes on

@@ -90,17 +90,18 @@ class E2EContext:
 
     def warn_plaintext(self, peer: str, sid: str, why: str) -> None:
         """One WARNING per peer: its sessions are not sealed."""
+        who = peer or "every reader of its path (no named peer)"
         if peer in self._warned:
             log.info(
-                "hotlink session %s with %s is not end-to-end encrypted: %s", sid[:8], peer, why
+                "hotlink session %s with %s is not end-to-end encrypted: %s", sid[:8], who, why
             )
             return
         self._warned.add(peer)
         log.warning(
             "hotlink session %s with %s is NOT end-to-end encrypted (the relay can read it): %s. "
-            "Its other sessions are only logged at INFO.",
+            "Further such sessions with them are logged at INFO.",
             sid[:8],
-            peer or "a broadcast session",
+            who,
             why,
         )
 

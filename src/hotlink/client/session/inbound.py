@@ -216,10 +216,14 @@ class InboundSession(OwnedSession):
         except E2EError as exc:
             self._abort(self._e2e_failed(exc))
             return None
-        if self.e2e.state == "plaintext" and not self._plaintext_said:
+        self._note_plaintext()
+        return opened.frame, (b"" if opened.fin else None)
+
+    def _note_plaintext(self) -> None:
+        """Tell the host (once) when the stream turned out plaintext."""
+        if self.e2e is not None and self.e2e.state == "plaintext" and not self._plaintext_said:
             self._plaintext_said = True
             self.host.e2e_plaintext(self.e2e, self.sid, self.peer)
-        return opened.frame, (b"" if opened.fin else None)
 
     def _hold_sealed(self, frame: Frame) -> None:
         cost = held_cost(len(frame.payload))
@@ -398,9 +402,7 @@ class InboundSession(OwnedSession):
                     if waiting is not None:
                         waiting.fail(reason)
                 return self._fail(reason)
-            if self.e2e.state == "plaintext" and not self._plaintext_said:
-                self._plaintext_said = True
-                self.host.e2e_plaintext(self.e2e, self.sid, self.peer)
+            self._note_plaintext()
         writer = self._writer
         if writer is None and self.delivered_bytes == 0:
             # An empty stream (the peer's app connected and left without writing): its EOF
