@@ -108,25 +108,32 @@ def _e2e_cost(results: Sequence[PathResult], label: str, kind: str, backend: str
     on = _find(results, "loopback", kind, backend)
     off = _find(results, "loopback", kind, backend, variant=E2E_OFF_VARIANT)
     name = f"{label}: throughput with end-to-end encryption vs without (issue 14)"
-    return _cost(name, on, off, E2E_COST_RATIO)
+    # Sealing costs CPU on every byte of every stream, so the typical stream measures it; the
+    # fastest stream of a row says more about a quiet moment of the machine.
+    return _cost(name, on, off, E2E_COST_RATIO, by_median=True)
 
 
-def _cost(name: str, on: PathResult, off: PathResult, goal: float) -> Goal:
-    """``on`` against ``off``, best of their interleaved streams."""
-    target = f">= {goal:.0%}"
+def _cost(
+    name: str, on: PathResult, off: PathResult, goal: float, *, by_median: bool = False
+) -> Goal:
+    """``on`` against ``off``: the best of their interleaved streams (or, ``by_median``, the
+    medians), with the other figure shown too."""
+    target = f">= {goal:.0%}" + (" (medians)" if by_median else "")
     why = _why_not(on, off)
     if why is None and on.throughput_mb_s and off.throughput_mb_s:
         # Noise from the rest of the machine only ever slows a stream down, so the fastest
         # of the interleaved streams is each path's least disturbed figure; medians shown too.
         best_on = max(on.throughput_samples, default=on.throughput_mb_s)
         best_off = max(off.throughput_samples, default=off.throughput_mb_s)
-        ratio = best_on / best_off
+        best = best_on / best_off
+        median = on.throughput_mb_s / off.throughput_mb_s
         n = min(len(on.throughput_samples), len(off.throughput_samples))
-        measured = (
-            f"{ratio:.0%} (best of {n}: {best_on:.1f} / {best_off:.1f} MB/s; medians "
-            f"{on.throughput_mb_s:.1f} / {off.throughput_mb_s:.1f})"
+        figures = (
+            f"best of {n}: {best_on:.1f} / {best_off:.1f} MB/s = {best:.0%}; medians "
+            f"{on.throughput_mb_s:.1f} / {off.throughput_mb_s:.1f} MB/s = {median:.0%}"
         )
-        return Goal(name, target, measured, ratio >= goal)
+        ratio = median if by_median else best
+        return Goal(name, target, f"{ratio:.0%} ({figures})", ratio >= goal)
     return Goal(name, target, why or "no data", None)
 
 
