@@ -43,6 +43,7 @@ OPENER_TO_ACCEPTOR = 1
 ACCEPTOR_TO_OPENER = 2
 _INNER = struct.Struct(">BH")
 _NONCE = struct.Struct(">B3xQ")
+_SEQ = struct.Struct(">Q")
 _AAD_LABEL = b"hotlink-e2e-frame-v1"
 _BIND_LABEL = b"hotlink-e2e-dtls-v1"
 # What sealing adds to a frame: the inner header, the tag, and the wire etag marker.
@@ -54,12 +55,25 @@ def is_sealed(frame: Frame) -> bool:
     return frame.etag == SEALED_ETAG
 
 
-def _aad(sid: str, path: str, seq: int) -> bytes:
-    sid_b, path_b = sid.encode(), path.encode()
-    return b"".join(
-        (_AAD_LABEL, struct.pack(">H", len(sid_b)), sid_b, struct.pack(">I", len(path_b)), path_b,
-         struct.pack(">Q", seq))
-    )  # fmt: skip
+class _Aad:
+    """The associated data of one session's frames: ``label | sid | path | seq``, each
+    length-prefixed; the part before the seq is kept for the last path seen (a stream's
+    frames nearly always share one), since small frames are sealed at a high rate."""
+
+    def __init__(self, sid: str) -> None:
+        sid_b = sid.encode()
+        self._head = _AAD_LABEL + struct.pack(">H", len(sid_b)) + sid_b
+        self._path = ""
+        self._prefix = self._with_path("")
+
+    def _with_path(self, path: str) -> bytes:
+        path_b = path.encode()
+        return self._head + struct.pack(">I", len(path_b)) + path_b
+
+    def __call__(self, path: str, seq: int) -> bytes:
+        if path != self._path:
+            self._path, self._prefix = path, self._with_path(path)
+        return self._prefix + _SEQ.pack(seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +89,7 @@ class FrameSealer:
 
     def __init__(self, key: bytes, direction: int, sid: str) -> None:
         self._aead = AESGCM(key)
+        self._aad = _Aad(sid)
         self.direction = direction
         self.sid = sid
 
@@ -88,7 +103,7 @@ class FrameSealer:
 
     def _sealed(self, seq: int, path: str, inner: bytes) -> Frame:
         nonce = _NONCE.pack(self.direction, seq)
-        sealed = self._aead.encrypt(nonce, inner, _aad(self.sid, path, seq))
+        sealed = self._aead.encrypt(nonce, inner, self._aad(path, seq))
         return Frame(path, SEALED_ETAG, seq, sealed)
 
 
@@ -97,6 +112,7 @@ class FrameOpener:
 
     def __init__(self, key: bytes, direction: int, sid: str) -> None:
         self._aead = AESGCM(key)
+        self._aad = _Aad(sid)
         self.direction = direction
         self.sid = sid
 
@@ -105,7 +121,7 @@ class FrameOpener:
             raise E2EError(f"frame seq {frame.seq} is not sealed")
         nonce = _NONCE.pack(self.direction, frame.seq)
         try:
-            inner = self._aead.decrypt(nonce, frame.payload, _aad(self.sid, frame.path, frame.seq))
+            inner = self._aead.decrypt(nonce, frame.payload, self._aad(frame.path, frame.seq))
         except InvalidTag:
             raise E2EError(
                 f"frame seq {frame.seq} failed authentication (forged or damaged)"
