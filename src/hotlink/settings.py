@@ -164,9 +164,10 @@ _webrtc_mtu = _zero_or_range(576, 4096)
 _sctp_buffer = _zero_or_range(MIB, 16 * MIB)
 
 
-def _e2e_mode(value: str, where: str) -> str:
-    # SYFTBOX_HOTLINK_E2E=0/1 as the other switches take them.
-    return "on" if value in _TRUE else "off" if value in _FALSE else value
+def _e2e_env(raw: str, name: str) -> str:
+    # SYFTBOX_HOTLINK_E2E=0/1, as the environment's other switches take them.
+    lower = raw.lower()
+    return "on" if lower in _TRUE else "off" if lower in _FALSE else raw
 
 
 def _e2e_peers(value: str, where: str) -> str:
@@ -328,7 +329,7 @@ CLIENT_SPECS: tuple[Spec, ...] = (
     Spec("e2e", "choice", "on",
          "Seal every stream end to end: on (when the peer seals too), off, or required "
          "(never plaintext).", P_PRIVACY, env=("SYFTBOX_HOTLINK_E2E",),
-         choices=("on", "off", "required", *sorted(_TRUE | _FALSE)), check=_e2e_mode),
+         choices=("on", "off", "required"), env_part=_e2e_env),
     Spec("e2e_peers", "str", "",
          "Expected peer keys: email=fingerprint,... (as `hotlink status` shows them); a listed "
          "peer must present one of its keys.", P_PRIVACY, env=("SYFTBOX_HOTLINK_E2E_PEERS",),
