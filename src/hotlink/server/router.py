@@ -91,10 +91,12 @@ class HotlinkRouter:
         data_relay_log: Callable[[str], None] | None = None,
         acl_epoch: Callable[[], object] | None = None,
         readers_of: Callable[[str], frozenset[str] | None] | None = None,
+        sessions: SessionStore | None = None,
     ) -> None:
         self.access = access
         self.connections = connections
-        self.sessions = SessionStore()
+        # Given, when another store keeps them (one that also shares them with replicas).
+        self.sessions = sessions if sessions is not None else SessionStore()
         self.max_sessions_per_conn = max_sessions_per_conn
         # SYFTBOX_HOTLINK_DEBUG: the reference's "hotlink data relay" trace.
         self._data_relay_log = data_relay_log
@@ -140,22 +142,36 @@ class HotlinkRouter:
             return None
         return self._data_readers(session)
 
-    def disconnect(self, conn: ConnId) -> Outcome:
+    def disconnect(self, conn: ConnId, reason: str = DISCONNECTED) -> Outcome:
         """Clean up after ``conn`` closed (DECISIONS.md #18).
 
-        Sessions it opened are closed and every accepted connection gets Close
-        ``disconnected``; sessions it accepted forget it and their opener gets that Close.
+        Sessions it opened are closed and every accepted connection gets Close ``reason``;
+        sessions it accepted forget it and their opener gets that Close once no accepted
+        connection is left.
         """
         out = Outcome()
         for session in self.sessions.opened_by(conn):
             self.sessions.remove(session.sid)
             for peer in session.accepted:
                 if peer != conn:
-                    out.send(peer, _closed(session.sid))
+                    out.send(peer, _closed(session.sid, reason))
         for session in self.sessions.accepted_by(conn):
             self.sessions.unaccept(session, conn)
             if session.from_conn != conn and not session.accepted:
-                out.send(session.from_conn, _closed(session.sid))
+                out.send(session.from_conn, _closed(session.sid, reason))
+        return out
+
+    def end_session(self, sid: str, reason: str) -> Outcome:
+        """End session ``sid`` from the relay's side: it is forgotten, and its opener and
+        every accepted connection get Close ``reason``. Nothing to do for an unknown id."""
+        out = Outcome()
+        session = self.sessions.get(sid)
+        if session is None:
+            return out
+        self.sessions.remove(sid)
+        for peer in dict.fromkeys((session.from_conn, *session.accepted)):
+            out.send(peer, _closed(sid, reason))
+        out.detail = f"session {sid} ended: {reason}"
         return out
 
     # ------------------------------------------------------------ the six messages

@@ -32,6 +32,7 @@ from hotlink.server.router import (
     UNKNOWN_SESSION,
     HotlinkRouter,
 )
+from hotlink.server.sessions import SessionStore
 
 ALICE, BOB, CAROL, MALLORY = (
     "alice@example.com",
@@ -42,6 +43,9 @@ ALICE, BOB, CAROL, MALLORY = (
 PATH = f"{ALICE}/app_data/chat/rpc/hotlink/x.request"
 TCP_PATH = f"{ALICE}/app_data/mpc/_mpc/0_to_1/stream.tcp.request"
 SID = "0123456789abcdef"
+# A reason a relay may end a session with other than a disconnect (clients take any reason
+# but eof as an abort).
+NODE_LOST = "relay node lost"
 
 
 @dataclass
@@ -502,6 +506,41 @@ def test_disconnect_cleans_up_every_session_of_the_connection(router):
     router.disconnect("a1")
     assert len(router.sessions) == 0
     assert router.sessions.accepted_by("b1") == []
+
+
+def test_disconnect_with_a_reason_tells_it_to_both_sides(router):
+    # A replica that lost the other party's node says so, rather than "disconnected".
+    open_session(router)
+    accept(router, "b1")
+    out = router.disconnect("b1", NODE_LOST)
+    assert [(s.conn, s.message.payload) for s in out.sends] == [
+        ("a1", HotlinkClose(sid=SID, rsn=NODE_LOST))
+    ]
+
+
+def test_end_session_closes_it_for_the_opener_and_every_acceptor(router):
+    open_session(router)
+    accept(router, "b1")
+    accept(router, "c1")
+    out = router.end_session(SID, NODE_LOST)
+    assert [(s.conn, s.message.payload) for s in out.sends] == [
+        ("a1", HotlinkClose(sid=SID, rsn=NODE_LOST)),
+        ("b1", HotlinkClose(sid=SID, rsn=NODE_LOST)),
+        ("c1", HotlinkClose(sid=SID, rsn=NODE_LOST)),
+    ]
+    assert SID not in router.sessions
+    assert router.sessions.opened_by("a1") == [] and router.sessions.accepted_by("b1") == []
+    assert router.end_session(SID, NODE_LOST).sends == []  # already gone: nothing to say
+
+
+def test_the_session_store_can_be_given(access):
+    table = ConnectionTable()
+    table.add("a1", ALICE)
+    table.add("b1", BOB)
+    store = SessionStore()
+    router = HotlinkRouter(access, table, sessions=store)
+    open_session(router)
+    assert SID in store
 
 
 def test_a_message_from_a_removed_connection_is_ignored(router):
