@@ -86,7 +86,7 @@ def rtt_stats(samples: list[float], size: int) -> dict[str, float]:
     return {"p50_ms": s.p50_ms, "p90_ms": s.p90_ms, "p99_ms": s.p99_ms, "mean_ms": s.mean_ms}
 
 
-async def _measure_link(
+async def measure_link(
     result: PathResult, a: Link, b: Link, size: int, rounds: int, rtt_sizes: tuple[int, ...]
 ) -> None:
     """Throughput a -> b, then ping-pong a -> b -> a at each size, on open connections."""
@@ -131,7 +131,7 @@ async def tcp_floor(cfg: BenchConfig) -> PathResult:
             a = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
             b = await asyncio.wait_for(accepted.get(), 10)
             try:
-                await _measure_link(result, a, b, cfg.size, cfg.rounds, cfg.rtt_sizes)
+                await measure_link(result, a, b, cfg.size, cfg.rounds, cfg.rtt_sizes)
             finally:
                 await close_link(a)
                 await close_link(b)
@@ -180,7 +180,7 @@ async def hotlink_path(
                 result.setup_first_byte_ms = setup.to_first_byte_s * 1000
                 opened = setup.to_channel_open_s()
                 result.setup_channel_open_ms = opened * 1000 if opened is not None else None
-                await _measure_link(
+                await measure_link(
                     result,
                     setup.a,
                     setup.b,

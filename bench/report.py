@@ -185,7 +185,9 @@ def markdown(
         f"Loopback, one machine: {cfg.size // 2**20} MiB one way through the TCP proxies, "
         f"{cfg.rounds} ping-pong rounds per message size; host candidates only (no STUN/TURN). "
         "The raw rows are the same measurements without hotlink (a direct TCP connection; "
-        "two data-channel peers in one process, where 'channel open' is their connect time).",
+        "two data-channel peers in one process, where 'channel open' is their connect time); "
+        "'TCP through two Python forwarders' runs the app ends through two asyncio processes "
+        "that only copy bytes, the shape of hotlink's P2P path without WebRTC or framing.",
     ]
     loopback = [r for r in results if r.group == "loopback"]
     if loopback:

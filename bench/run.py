@@ -49,6 +49,7 @@ from .paths import (
 from .relay_bench import markdown as relay_markdown
 from .relay_bench import results_from_json as relay_results
 from .report import machine_info, markdown
+from .tcp_chain import tcp_chain
 from .wan_matrix import for_this_machine, matrix_goals, run_matrix
 from .wan_matrix import markdown as matrix_markdown
 
@@ -56,6 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
 ALL_PATHS = (
     "tcp",
+    "tcp-chain",
     "ws",
     "p2p-libdatachannel",
     "p2p-libdatachannel-mtu",
@@ -97,6 +99,9 @@ async def _one(row: Awaitable[PathResult]) -> list[PathResult]:
 async def run_loopback(cfg: BenchConfig, fcfg: FlowConfig, only: Sequence[str]) -> list[PathResult]:
     steps: dict[str, Callable[[], Awaitable[list[PathResult]]]] = {
         "tcp": lambda: _one(tcp_floor(cfg)),
+        # The same app ends through two forwarder processes: the round trip's floor for any
+        # path through two Python daemons (hotlink P2P has that shape).
+        "tcp-chain": lambda: _one(tcp_chain(cfg)),
         # Flow control on and off, interleaved (bench/flow.py): two rows each.
         # ... and end-to-end encryption on and off: three interleaved rows each.
         "ws": lambda: paired_paths(

@@ -168,6 +168,7 @@ async def test_a_relay_that_rewrites_the_dtls_fingerprints_gets_the_session_clos
         # wait for telemetry to show it ended, not for frames).
         doc = await await_telemetry(t.alice, lambda d: not d["live"]["sessions_out"])
         assert doc["tx_p2p_packets"] == 0
+        # The offer is always forged; an answer only exists when the answerer had not yet
+        # caught the forged offer (the binding may come before or after the offer).
         assert mitm.stats.tampered["sdp_offer"] >= 1
-        assert mitm.stats.tampered["sdp_answer"] >= 1
         assert mitm.stats.seen["e2e_dtls"] >= 1
