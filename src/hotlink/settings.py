@@ -208,6 +208,7 @@ P_COMPAT = "SyftBox compatibility"
 P_LISTEN = "Listening"
 P_AUTH = "Authentication"
 P_LIMITS = "Limits"
+P_CLUSTER = "Cluster (replicas sharing state through Redis)"
 P_PROCESS = "Process"
 
 
@@ -404,6 +405,18 @@ SERVER_SPECS: tuple[Spec, ...] = (
     Spec("header_timeout", "float", None,
          "Seconds a connection may take to send its HTTP request.", P_LIMITS, lo=0.1,
          clamp=False, default_text="10"),
+    # Cluster mode: without --redis the relay is one process with its state in memory.
+    Spec("redis", "str", "", "Run as one replica of a cluster sharing presence, sessions and "
+         "ACLs through this Redis (redis://[:PASSWORD@]HOST:PORT/DB).", P_CLUSTER,
+         env=("SYFTBOX_HOTLINK_REDIS_URL",), attr="redis_url", secret=True),
+    Spec("node_id", "str", "", "This replica's name in the cluster (logs, metrics, Redis "
+         "keys); each start adds a random suffix.", P_CLUSTER,
+         env=("SYFTBOX_HOTLINK_NODE_ID",), default_text="the host name"),
+    Spec("node_ttl", "float", 5.0, "Seconds without a heartbeat after which a replica counts "
+         "as dead and its sessions are closed.", P_CLUSTER, lo=0.5, hi=300, clamp=False),
+    Spec("cluster_grace", "float", 10.0, "Seconds sessions between replicas wait for Redis "
+         "to come back before they are closed ('relay link lost').", P_CLUSTER, lo=0.5,
+         hi=3600, clamp=False),
     # Logging.
     *_log_specs("info", "text; json when --env is PROD or STAGE"),
     EVENT_LOOP_SPEC,
@@ -719,6 +732,12 @@ class ServerSettings(_Layered):
     max_connections_per_user: int | None = None
     max_sessions_per_user: int | None = None
     header_timeout: float | None = None
+
+    # Cluster mode (server/cluster): "" runs the relay as one process.
+    redis_url: str = ""  # SYFTBOX_HOTLINK_REDIS_URL
+    node_id: str = ""  # SYFTBOX_HOTLINK_NODE_ID; "": the host name
+    node_ttl: float = 5.0
+    cluster_grace: float = 10.0
 
     SPECS = SERVER_SPECS
 

@@ -40,6 +40,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -48,12 +49,24 @@ from .. import __version__
 from ..event_loop import loop_name
 from ..event_loop import run as run_on_loop
 from ..loop_errors import LIMIT_LOG_INTERVAL, Throttle, accept_error_handler
+from ..protocol.acl import ACLError, prepare_acl
 from ..protocol.codec import Encoding, choose_encoding, decode, encode, peek_data
 from ..protocol.errors import ProtocolError
-from ..protocol.messages import HOTLINK_TYPES, HotlinkOpen, HotlinkReject, Message, MsgType, System
+from ..protocol.messages import (
+    HOTLINK_TYPES,
+    FileDelete,
+    HotlinkClose,
+    HotlinkOpen,
+    HotlinkReject,
+    Message,
+    MsgType,
+    System,
+)
 from ..settings import ServerSettings
-from .acl_store import ACLStore
+from .acl_store import ACLStore, normalize_path
 from .auth import MIN_SECRET_BYTES, AuthError, dev_identity, token_identity, weak_secret
+from .cluster import records as rec
+from .cluster.node import UNAVAILABLE, ClusterNode, node_of
 from .decisions import ConnectionTable, FanOut, Outcome, Send, clip_text, error_reply
 from .fanout import COALESCE_INTERVAL, DRAIN_PAUSE_FACTOR, Batch, Broadcast, join
 from .files import ACLUpload, FileHandler
@@ -76,7 +89,8 @@ from .hub import (
 from .ice_headers import advertised_ice_servers, ice_headers, static_turn_password_ignored
 from .logbudget import LogBudget, summarize
 from .metrics import CONTENT_TYPE_LATEST, RelayMetrics
-from .router import IGNORED, TOO_MANY_SESSIONS, UNKNOWN_SESSION, HotlinkRouter
+from .router import IGNORED, PERMISSION_DENIED, TOO_MANY_SESSIONS, UNKNOWN_SESSION, HotlinkRouter
+from .sessions import SessionStore
 
 log = logging.getLogger("hotlink.server")
 
@@ -128,6 +142,19 @@ class Relay:
         self.metrics = RelayMetrics()
         self.connections = ConnectionTable()
         self.acls = ACLStore()
+        # Cluster mode: the table above also holds other replicas' connections (so the
+        # router offers Opens to them), and sessions homed here are claimed in Redis.
+        self.cluster: ClusterNode | None = None
+        sessions = None
+        if self.settings.redis_url:
+            self.cluster = ClusterNode(
+                self,
+                self.settings.redis_url,
+                node_id=self.settings.node_id,
+                ttl=self.settings.node_ttl,
+                grace=self.settings.cluster_grace,
+            )
+            sessions = SessionStore(on_removed=self.cluster.release)
         debug_log = log.info if self.settings.debug else None
         self.router = HotlinkRouter(
             self.acls,
@@ -136,6 +163,7 @@ class Relay:
             data_relay_log=debug_log,
             acl_epoch=self.acls.epoch,
             readers_of=self.acls.readers_of,
+            sessions=sessions,
         )
         self.files = FileHandler(self.acls, self.connections)
         self.hub = Hub(config.max_queued_bytes)
@@ -159,6 +187,9 @@ class Relay:
         self.app.on_startup.append(self._start_reports)
         self.app.on_shutdown.append(self._on_shutdown)
         self.app.on_cleanup.append(self._stop_reports)
+        if self.cluster is not None:
+            self.app.on_startup.append(self._start_cluster)
+            self.app.on_cleanup.append(self._stop_cluster)
         if config.acl_dir is not None:
             self.preload_acls(config.acl_dir)
 
@@ -177,7 +208,10 @@ class Relay:
         return web.Response(text=f"SyftBox hotlink relay {__version__}\n")
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        if self.cluster is None:
+            return web.json_response({"status": "ok"})
+        health = self.cluster.health()
+        return web.json_response(health, status=200 if health["status"] == "ok" else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         self.metrics.sessions.set(len(self.router.sessions))
@@ -221,7 +255,12 @@ class Relay:
                     clip_text(request.headers.get("Origin", ""), 100),
                 )
             return web.Response(status=403, text="request origin not allowed\n")
-        refusal = self.admission.admit(user)
+        elsewhere = 0
+        if self.cluster is not None:
+            if not self.cluster.redis_up:
+                return self._refuse(request, user, CLUSTER_UNAVAILABLE)
+            elsewhere = self.cluster.remote_count(user)
+        refusal = self.admission.admit(user, elsewhere)
         if refusal is not None:
             return self._refuse(request, user, refusal)
         try:
@@ -257,8 +296,11 @@ class Relay:
         ws.headers.update(ice_headers(self.settings, user, time.time()))
         await ws.prepare(request)
 
+        conn_id = new_conn_id()
+        if self.cluster is not None:
+            conn_id = f"{self.cluster.ref}/{conn_id}"
         conn = Connection(
-            new_conn_id(),
+            conn_id,
             user,
             encoding,
             ws,
@@ -273,6 +315,8 @@ class Relay:
         )
         self.hub.add(conn)
         self.connections.add(conn.id, user)
+        if self.cluster is not None:
+            self.cluster.conn_up(rec.ConnInfo(conn.id, user, encoding))
         conn.start()
         self.metrics.connections.inc()
         self.metrics.connections_total.inc()
@@ -300,9 +344,11 @@ class Relay:
         # connection's own ACL upload, parsed on a worker thread (no other connection waits).
         async for item in conn.ws:
             if item.type is WSMsgType.TEXT or item.type is WSMsgType.BINARY:
-                upload = self._handle_frame(conn, item.data)
-                if upload is not None:
-                    await self._load_acl(conn, upload, item.data)
+                pending = self._handle_frame(conn, item.data)
+                if isinstance(pending, ACLUpload):
+                    await self._load_acl(conn, pending, item.data)
+                elif pending is not None:
+                    await self._open_claimed(conn, pending, item.data)
             elif item.type is WSMsgType.ERROR:
                 exc = item.data
                 if getattr(exc, "code", None) == WSCloseCode.MESSAGE_TOO_BIG:
@@ -316,8 +362,9 @@ class Relay:
                     self._log_bad(conn, f"WebSocket error: {exc}", logging.INFO)
                 return
 
-    def _handle_frame(self, conn: Connection, frame: bytes | str) -> ACLUpload | None:
-        """Handle one frame now; an ACL FileWrite to parse is returned for the read loop."""
+    def _handle_frame(self, conn: Connection, frame: bytes | str) -> ACLUpload | Message | None:
+        """Handle one frame now; an ACL FileWrite to parse, or (cluster mode) an Open whose
+        session id must be claimed first, is returned for the read loop."""
         if type(frame) is bytes and self._forward_data(conn, frame):
             return None
         kind = "text" if isinstance(frame, str) else "binary"
@@ -337,6 +384,12 @@ class Relay:
             self._deliver([error_reply(conn.id, 400, "bad message: cannot decode")])
             return None
         self.metrics.received(message.typ, len(frame))
+        if self.cluster is not None and message.typ in HOTLINK_TYPES:
+            if isinstance(message.payload, HotlinkOpen):
+                if message.payload.sid not in self.router.sessions:
+                    return message
+            elif self._forward_home(conn.id, message, frame):
+                return None
         try:
             outcome = self._route(conn, message)
         except Exception:
@@ -372,6 +425,10 @@ class Relay:
             self._deliver(outcome.sends, received=(upload.message, frame))
         if outcome.fan_out is not None:
             self._fan_out(outcome.fan_out, received=(upload.message, frame))
+            if self.cluster is not None:
+                self.cluster.publish_acl(
+                    upload.path, upload.text, upload.user, _record_frame(frame)
+                )
 
     def _forward_data(self, conn: Connection, frame: bytes) -> bool:
         """Forward a msgpack Data frame as is when that is all there is to do.
@@ -392,21 +449,36 @@ class Relay:
         if targets is None:
             return False
         receivers = [self.hub.get(peer) for peer in targets]
-        for target in receivers:
-            if target is not None and target.encoding != "msgpack" and not target.closing:
+        for peer, target in zip(targets, receivers, strict=True):
+            if target is None:
+                if self.cluster is not None and self.cluster.encoding_of(peer) == "json":
+                    return False
+            elif target.encoding != "msgpack" and not target.closing:
                 return False
         self.metrics.received_by_type.count(MsgType.HOTLINK_DATA, len(frame))
-        for target in receivers:
-            if target is not None and not target.closing:
-                self._put(target, frame, MsgType.HOTLINK_DATA, head.id, broadcast=False)
+        for peer, target in zip(targets, receivers, strict=True):
+            if target is not None:
+                if not target.closing:
+                    self._put(target, frame, MsgType.HOTLINK_DATA, head.id, broadcast=False)
+            elif self.cluster is not None and self.cluster.encoding_of(peer) is not None:
+                record = rec.Deliver((peer,), frame, MsgType.HOTLINK_DATA, head.id, False, head.sid)
+                self.cluster.deliver(record, node_of(peer))
         return True
 
     def _route(self, conn: Connection, message: Message) -> Outcome | ACLUpload:
         if message.typ in HOTLINK_TYPES:
             return self._over_session_cap(conn, message) or self.router.handle(conn.id, message)
         if message.typ in FILE_TYPES:
+            epoch = self.acls.epoch()
             outcome = self.files.handle(conn.id, message)
             self.metrics.acl_files.set(len(self.acls))
+            p = message.payload
+            if (
+                self.cluster is not None
+                and isinstance(p, FileDelete)
+                and self.acls.epoch() != epoch
+            ):
+                self.cluster.publish_acl_delete(normalize_path(p.pth))
             return outcome
         return Outcome().refuse(
             IGNORED, f"ignored {message.typ.name} message (clients do not send it to the server)"
@@ -430,7 +502,7 @@ class Relay:
             TOO_MANY_SESSIONS, f"open {p.sid}: {conn.user} already has {cap} open sessions"
         )
 
-    def _report(self, conn: Connection, message: Message, outcome: Outcome) -> None:
+    def _report(self, conn: Connection | _RemoteConn, message: Message, outcome: Outcome) -> None:
         if outcome.refusal is None:
             if outcome.detail and log.isEnabledFor(logging.DEBUG):
                 log.debug("%r: %s", conn, clip_text(outcome.detail))
@@ -444,7 +516,9 @@ class Relay:
         level = logging.INFO if outcome.refusal == UNKNOWN_SESSION else logging.WARNING
         self._log_bad(conn, f"{message.typ.name} {message.id}: {outcome.detail}", level)
 
-    def _log_bad(self, conn: Connection, text: str, level: int = logging.WARNING) -> None:
+    def _log_bad(
+        self, conn: Connection | _RemoteConn, text: str, level: int = logging.WARNING
+    ) -> None:
         """One line about bad input from (or a dropped message for) ``conn``, within the
         user's and the relay's budget; the text is clipped (it quotes the network)."""
         if self.bad_input_log.allow(conn.user):
@@ -489,7 +563,11 @@ class Relay:
                 )
         for send in sends:
             target = self.hub.get(send.conn)
-            if target is None or target.closing:
+            if target is None:
+                if self.cluster is not None:
+                    self._deliver_remote(send, frames)
+                continue
+            if target.closing:
                 continue
             key = (id(send.message), target.encoding)
             frame = frames.get(key)
@@ -567,11 +645,12 @@ class Relay:
             or max(len(frame) for frame in frames.values()) > COALESCE_MAX_FRAME
             or self.hub.over_budget(size)
         ):
+            # This replica's connections: other replicas fan out to theirs.
             self._deliver(
                 [
-                    Send(peer, message, broadcast=True)
-                    for peer, user in self.connections.items()
-                    if user != fan.exclude_user
+                    Send(conn.id, message, broadcast=True)
+                    for conn in list(self.hub)
+                    if conn.user != fan.exclude_user
                 ],
                 received,
             )
@@ -682,6 +761,8 @@ class Relay:
         self.hub.remove(conn.id)
         self.connections.remove(conn.id)
         self.metrics.connections.dec()
+        if self.cluster is not None:
+            self.cluster.conn_down(conn.id)
         try:
             # Peers hear of their ended sessions before this connection's own close, which
             # may take up to CLOSE_TIMEOUT when its peer is not reading.
@@ -705,6 +786,160 @@ class Relay:
 
     async def _on_shutdown(self, app: web.Application) -> None:
         self.hub.kill_all("server shutdown", WSCloseCode.GOING_AWAY)
+
+    # ------------------------------------------------------------ cluster mode (--redis)
+    # Sessions are decided on their home replica, the one their Open arrived on; the
+    # methods below carry frames to and from the other replicas (see .cluster).
+
+    async def _start_cluster(self, app: web.Application) -> None:
+        assert self.cluster is not None
+        await self.cluster.start()
+
+    async def _stop_cluster(self, app: web.Application) -> None:
+        assert self.cluster is not None
+        await self.cluster.stop()
+
+    async def _open_claimed(self, conn: Connection, message: Message, frame: bytes | str) -> None:
+        """An Open of a session id this replica does not hold: claim the id cluster-wide
+        first, so no user takes over another's session on another replica."""
+        assert self.cluster is not None and isinstance(message.payload, HotlinkOpen)
+        sid = message.payload.sid
+        claim = await self.cluster.claim(sid, conn.user)
+        if claim.verdict != "ok":
+            out = Outcome()
+            reason = UNAVAILABLE if claim.verdict == "unavailable" else PERMISSION_DENIED
+            out.send(conn.id, Message.new(HotlinkReject(sid=sid, rsn=reason)))
+            self._report(conn, message, out.refuse(reason, f"open {clip_text(sid, 60)}: {reason}"))
+            self._deliver(out.sends)
+            return
+        try:
+            outcome = self._route(conn, message)
+        except Exception:
+            self.metrics.internal_errors.inc()
+            log.exception("%r: internal error handling an Open", conn)
+            outcome = Outcome()
+            outcome.sends.append(error_reply(conn.id, 500, "internal server error"))
+        if sid not in self.router.sessions:
+            self.cluster.release(sid)  # refused: the id is free again
+        assert isinstance(outcome, Outcome)
+        self._report(conn, message, outcome)
+        self._deliver(outcome.sends, received=(message, frame))
+        self.metrics.sessions.set(len(self.router.sessions))
+
+    def _forward_home(self, conn: str, message: Message, frame: bytes | str) -> bool:
+        """Send a hotlink message for a session homed on another replica there."""
+        assert self.cluster is not None
+        sid = getattr(message.payload, "sid", "")
+        if sid in self.router.sessions:
+            return False
+        home = self.cluster.sessions.home_of(sid)
+        if home is None:
+            return False  # unknown here and there: our router answers as for any stranger
+        self.cluster.ingress(home, conn, frame)
+        return True
+
+    def _deliver_remote(self, send: Send, frames: dict[tuple[int, str], Frame]) -> None:
+        """Queue ``send`` for a connection on another replica, encoded for it."""
+        assert self.cluster is not None
+        encoding = self.cluster.encoding_of(send.conn)
+        if encoding is None:
+            return  # gone meanwhile
+        key = (id(send.message), encoding)
+        frame = frames.get(key)
+        if frame is None:
+            try:
+                frame = _encode_frame(send.message, cast(Encoding, encoding))
+            except Exception:
+                self.metrics.internal_errors.inc()
+                log.exception("cannot encode %s", send.message.typ.name)
+                return
+            frames[key] = frame
+        sid = getattr(send.message.payload, "sid", "") if send.message.typ in HOTLINK_TYPES else ""
+        record = rec.Deliver(
+            (send.conn,),
+            _record_frame(frame),
+            send.message.typ,
+            send.message.id,
+            send.broadcast,
+            sid,
+        )
+        self.cluster.deliver(record, node_of(send.conn))
+
+    def local_conns(self) -> list[rec.ConnInfo]:
+        return [rec.ConnInfo(c.id, c.user, c.encoding) for c in self.hub]
+
+    def cluster_deliver(self, src: str, record: rec.Deliver) -> None:
+        frame: Frame = (
+            TextFrame(record.frame, "utf-8") if isinstance(record.frame, str) else record.frame
+        )
+        typ = MsgType(record.typ)
+        for conn in record.conns:
+            target = self.hub.get(conn)
+            if target is not None and not target.closing:
+                self._put(target, frame, typ, record.msg_id, record.broadcast)
+
+    def cluster_ingress(self, conn: str, frame: rec.Frame) -> None:
+        user = self.connections.user(conn)
+        if user is None:
+            return  # its replica said it left
+        who = _RemoteConn(conn, user)
+        try:
+            message = decode(frame)
+            self.metrics.received(message.typ, len(frame))
+            outcome = self.router.handle(conn, message)
+        except Exception as exc:
+            # Its own replica decoded it already: this is a bug, not a user.
+            self.metrics.internal_errors.inc()
+            log.error("%r: cannot route a forwarded frame: %s", who, exc)
+            return
+        self._report(who, message, outcome)
+        if outcome.sends:
+            self._deliver(outcome.sends, received=(message, frame))
+        self.metrics.sessions.set(len(self.router.sessions))
+
+    def cluster_conn_up(self, info: rec.ConnInfo) -> None:
+        self.connections.add(info.conn, info.user)
+
+    def cluster_conn_down(self, conn: str, reason: str) -> None:
+        self.connections.remove(conn)
+        outcome = self.router.disconnect(conn, reason)
+        self._deliver(outcome.sends)
+        self.metrics.sessions.set(len(self.router.sessions))
+
+    def cluster_close(self, conn: str, sid: str, reason: str) -> None:
+        self._deliver([Send(conn, Message.new(HotlinkClose(sid=sid, rsn=reason)))])
+
+    def cluster_end_session(self, sid: str, reason: str) -> None:
+        self._deliver(self.router.end_session(sid, reason).sends)
+        self.metrics.sessions.set(len(self.router.sessions))
+
+    async def _install_acl(self, path: str, text: str) -> bool:
+        if self.acls.holds(path, text):
+            return True
+        try:
+            compiled = await asyncio.to_thread(prepare_acl, text, path)
+            self.acls.install(path, compiled, text)
+        except ACLError as exc:
+            log.warning("cluster: ACL file %s not loaded: %s", clip_text(path), exc)
+            return False
+        self.metrics.acl_files.set(len(self.acls))
+        return True
+
+    async def cluster_acl_put(self, record: rec.AclPut) -> None:
+        if not await self._install_acl(record.path, record.text):
+            return
+        message = decode(record.frame)
+        self._fan_out(FanOut(message, record.exclude_user), received=(message, record.frame))
+
+    def cluster_acl_del(self, path: str) -> None:
+        self.acls.remove(path)
+        self.metrics.acl_files.set(len(self.acls))
+
+    async def cluster_acl_snapshot(self, documents: dict[str, str]) -> None:
+        for path, text in documents.items():
+            await self._install_acl(path, text)
+        if documents:
+            log.info("cluster: loaded %d ACL file(s) shared by the cluster", len(self.acls))
 
     # ------------------------------------------------------------ log summaries
 
@@ -743,6 +978,29 @@ class Relay:
 def _encode_frame(message: Message, encoding: Encoding) -> Frame:
     wire = encode(message, encoding)
     return TextFrame(wire, "utf-8") if isinstance(wire, str) else wire
+
+
+def _record_frame(frame: bytes | str) -> rec.Frame:
+    """A frame as a cluster record carries it: JSON as text, msgpack as bytes."""
+    if isinstance(frame, TextFrame):
+        return frame.decode("utf-8")
+    return frame
+
+
+@dataclass(frozen=True)
+class _RemoteConn:
+    """A connection on another replica, as this one's logs name it."""
+
+    id: str
+    user: str
+
+    def __repr__(self) -> str:
+        return f"<remote connection {self.id} ({self.user})>"
+
+
+CLUSTER_UNAVAILABLE = Refusal(
+    503, "cluster_unavailable", "the relay cannot reach its cluster's Redis; try again soon"
+)
 
 
 def _frame_form(frame: bytes | str) -> str | None:

@@ -690,13 +690,14 @@ class Admission:
     def held_by(self, user: str) -> int:
         return self._per_user[user]
 
-    def admit(self, user: str) -> Refusal | None:
-        """Take a slot for ``user``, or say why not."""
+    def admit(self, user: str, elsewhere: int = 0) -> Refusal | None:
+        """Take a slot for ``user``, or say why not (``elsewhere``: the user's connections
+        to other replicas of a cluster, which count against the same cap)."""
         if self._total >= self.max_total:
             return Refusal(
                 503, "server_busy", f"the relay is at its limit of {self.max_total} connections"
             )
-        if self._per_user[user] >= self.max_per_user:
+        if self._per_user[user] + elsewhere >= self.max_per_user:
             return Refusal(
                 429,
                 "too_many_connections",

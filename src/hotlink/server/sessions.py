@@ -7,6 +7,7 @@ disconnect can close exactly those without scanning everything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .decisions import ConnId
@@ -35,7 +36,11 @@ class Session:
 
 
 class SessionStore:
-    def __init__(self) -> None:
+    """``on_removed`` hears of every session that ends (not of one replaced by a new Open
+    with its id): a cluster replica gives up its claim on the id there."""
+
+    def __init__(self, on_removed: Callable[[str], None] | None = None) -> None:
+        self._on_removed = on_removed
         self._sessions: dict[str, Session] = {}
         self._opened: dict[ConnId, set[str]] = {}
         self._accepted: dict[ConnId, set[str]] = {}
@@ -47,13 +52,19 @@ class SessionStore:
 
     def put(self, session: Session) -> Session | None:
         """Store ``session``; an existing one with the same id is replaced and returned."""
-        old = self.remove(session.sid)
+        old = self._remove(session.sid)
         self._sessions[session.sid] = session
         self._opened.setdefault(session.from_conn, set()).add(session.sid)
         self._per_user[session.from_user] = self._per_user.get(session.from_user, 0) + 1
         return old
 
     def remove(self, sid: str) -> Session | None:
+        session = self._remove(sid)
+        if session is not None and self._on_removed is not None:
+            self._on_removed(sid)
+        return session
+
+    def _remove(self, sid: str) -> Session | None:
         session = self._sessions.pop(sid, None)
         if session is None:
             return None

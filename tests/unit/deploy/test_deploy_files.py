@@ -26,12 +26,15 @@ ROOT = Path(__file__).parents[3]
 DOCKER = ROOT / "deploy" / "docker"
 SYSTEMD = ROOT / "deploy" / "systemd"
 COMPOSE = DOCKER / "compose.yaml"
+COMPOSE_CLUSTER = DOCKER / "compose.cluster.yaml"
+HAPROXY_CFG = DOCKER / "haproxy.cfg"
+RELAYS = ("relay1", "relay2", "relay3")
 HOTLINK_SERVICES = ("relay", "alice", "bob", "tunnel-check")
 _DEFAULTED = re.compile(r"\$\{(\w+):-([^}]*)\}")
 
 
-def compose() -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+def compose(path: Path = COMPOSE) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(path.read_text())
     return doc
 
 
@@ -127,19 +130,99 @@ def test_clients_open_mirrored_tunnels_that_the_check_dials(tmp_path: Path) -> N
 
 
 @pytest.mark.skipif(shutil.which("docker") is None, reason="docker is not installed")
-def test_docker_compose_config_accepts_the_file() -> None:
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_CLUSTER], ids=lambda p: p.name)
+def test_docker_compose_config_accepts_the_file(path: Path) -> None:
     probe = subprocess.run(
         ["docker", "compose", "version"], capture_output=True, text=True, timeout=60
     )
     if probe.returncode != 0:
         pytest.skip("the docker compose plugin is not installed (docker compose version failed)")
     done = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"],
+        ["docker", "compose", "-f", str(path), "config", "--quiet"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+
+
+# ---------------------------------------------------------------- the cluster variant
+
+
+def without(argv: list[str], *names: str) -> list[str]:
+    """``argv`` less the ``--name=value`` options named."""
+    return [a for a in argv if a.split("=", 1)[0] not in names]
+
+
+def test_cluster_runs_three_relays_on_redis_with_distinct_node_ids() -> None:
+    services = compose(COMPOSE_CLUSTER)["services"]
+    single = compose()["services"]
+    assert set(services) == {"redis", "lb", *RELAYS, "coturn", "alice", "bob", "tunnel-check"}
+    assert services["redis"]["image"].startswith("redis:")
+    assert "noeviction" in services["redis"]["command"]
+    assert "redis-cli" in services["redis"]["healthcheck"]["test"]
+    node_ids = set()
+    for name in RELAYS:
+        relay = services[name]
+        assert relay["build"] == single["relay"]["build"] and "ports" not in relay
+        argv = relay["command"]
+        assert option(argv, "--redis").startswith("redis://redis:6379/")
+        node_ids.add(option(argv, "--node-id"))
+        # Otherwise the single relay's flags and ICE advertisement, TURN secret included.
+        assert without(argv, "--redis", "--node-id") == single["relay"]["command"]
+        assert relay["environment"] == single["relay"]["environment"]
+        assert relay["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert "/healthz" in " ".join(relay["healthcheck"]["test"])
+    assert node_ids == set(RELAYS)
+    assert services["coturn"] == single["coturn"]
+
+
+def test_cluster_clients_reach_the_relays_through_the_balancer_only() -> None:
+    services = compose(COMPOSE_CLUSTER)["services"]
+    single = compose()["services"]
+    lb = services["lb"]
+    assert lb["image"].startswith("haproxy:")
+    assert "8080:8080" in lb["ports"]
+    [mount] = lb["volumes"]
+    source, target, mode = mount.split(":")
+    assert (COMPOSE_CLUSTER.parent / source).resolve() == HAPROXY_CFG
+    assert target == "/usr/local/etc/haproxy/haproxy.cfg" and mode == "ro"
+    assert {k: v["condition"] for k, v in lb["depends_on"].items()} == dict.fromkeys(
+        RELAYS, "service_healthy"
+    )
+    for name in ("alice", "bob"):
+        env = services[name]["environment"]
+        assert env["SYFTBOX_SERVER_URL"] == "http://lb:8080"
+        assert "lb" in services[name]["depends_on"]
+        assert {k: v for k, v in env.items() if k != "SYFTBOX_SERVER_URL"} == {
+            k: v for k, v in single[name]["environment"].items() if k != "SYFTBOX_SERVER_URL"
+        }
+        assert services[name]["command"] == single[name]["command"]
+    assert services["tunnel-check"] == single["tunnel-check"]
+
+
+def test_haproxy_balances_the_three_relays_with_health_checks() -> None:
+    lines = [ln.split("#")[0].split() for ln in HAPROXY_CFG.read_text().splitlines()]
+    lines = [ln for ln in lines if ln]
+    servers = {ln[1]: ln[2] for ln in lines if ln[0] == "server"}
+    assert servers == {name: f"{name}:8080" for name in RELAYS}
+    assert ["bind", ":8080"] in lines
+    assert ["mode", "tcp"] in lines and ["balance", "leastconn"] in lines
+    assert ["option", "httpchk", "GET", "/healthz"] in lines
+    assert ["http-check", "expect", "status", "200"] in lines
+    # WebSockets live long: idle timeouts far above the clients' ping interval.
+    assert ["timeout", "client", "1h"] in lines and ["timeout", "server", "1h"] in lines
+    [defaults] = [ln for ln in lines if ln[0] == "default-server"]
+    assert {"check", "inter", "fall", "rise"} <= set(defaults)
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+def test_haproxy_accepts_the_config() -> None:
+    # The relays' names do not resolve here: init-addr lets the check pass without them.
+    done = subprocess.run(
+        ["haproxy", "-c", "-f", str(HAPROXY_CFG)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_dockerfile_runs_hotlink_as_a_user_from_python_slim() -> None:

@@ -1,0 +1,98 @@
+"""Users on different replicas: the relay's routing rules hold across replicas (raw WS)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+
+from hotlink.protocol.messages import (
+    HotlinkAccept,
+    HotlinkClose,
+    HotlinkData,
+    HotlinkOpen,
+    HotlinkReject,
+    HotlinkSignal,
+)
+from support.cluster import running_cluster, wait_acl_files
+from support.redis_proc import RedisProc, running_redis
+from support.ws_client import connect, open_client
+
+pytestmark = pytest.mark.asyncio
+
+ALICE = "alice@example.org"
+BOB = "bob@example.org"
+MALLORY = "mallory@example.org"
+PATH = f"{ALICE}/app_data/mpc/stream.tcp.request"
+
+
+@pytest.fixture
+def redis(tmp_path: Path):  # type: ignore[no-untyped-def]
+    with running_redis(tmp_path) as proc:
+        yield proc
+
+
+async def test_session_across_replicas_in_order_both_ways(tmp_path: Path, redis: RedisProc) -> None:
+    async with running_cluster(tmp_path, redis, 2) as (r1, r2):
+        async with connect(r1.url, ALICE) as alice:
+            await alice.publish_acl(f"{ALICE}/app_data", read=[BOB], write=[BOB])
+            await wait_acl_files((r1, r2), 1)
+            async with connect(r2.url, BOB) as bob:
+                sid = secrets.token_hex(8)
+                await alice.send(HotlinkOpen(sid=sid, pth=PATH, frm=ALICE, to=BOB))
+                offer = await bob.expect(HotlinkOpen)
+                assert (offer.sid, offer.frm) == (sid, ALICE)
+                await bob.send(HotlinkAccept(sid=sid))
+                assert (await alice.expect(HotlinkAccept)).sid == sid
+                await bob.send(HotlinkSignal(sid=sid, knd="offer", tok="x"))
+                assert (await alice.expect(HotlinkSignal)).knd == "offer"
+                await alice.send(HotlinkSignal(sid=sid, knd="answer", tok="y"))
+                assert (await bob.expect(HotlinkSignal)).knd == "answer"
+                count = 2000
+                for seq in range(1, count + 1):
+                    pay = seq.to_bytes(4, "big") * 256
+                    await alice.send(HotlinkData(sid=sid, pth=PATH, seq=seq, pay=pay))
+                for seq in range(1, count + 1):
+                    data = await bob.expect(HotlinkData)
+                    assert data.seq == seq and data.pay == seq.to_bytes(4, "big") * 256
+                # Only the opener sends data: bob's frame is refused at the session's home.
+                await bob.send(HotlinkData(sid=sid, pth=PATH, seq=1, pay=b"x"))
+                await alice.send(HotlinkClose(sid=sid, rsn="eof:2000"))
+                closed = await bob.expect(HotlinkClose)
+                assert closed.rsn == "eof:2000"
+
+
+async def test_no_takeover_of_a_session_id_on_another_replica(
+    tmp_path: Path, redis: RedisProc
+) -> None:
+    async with running_cluster(tmp_path, redis, 2) as (r1, r2):
+        async with connect(r1.url, ALICE) as alice:
+            await alice.publish_acl(f"{ALICE}/app_data", read=[BOB, MALLORY], write=[BOB, MALLORY])
+            await wait_acl_files((r1, r2), 1)
+            async with connect(r2.url, MALLORY) as mallory, connect(r2.url, BOB) as bob:
+                sid = secrets.token_hex(8)
+                await alice.send(HotlinkOpen(sid=sid, pth=PATH, frm=ALICE, to=BOB))
+                assert (await bob.expect(HotlinkOpen)).sid == sid
+                await mallory.send(HotlinkOpen(sid=sid, pth=PATH, frm=MALLORY, to=BOB))
+                reject = await mallory.expect(HotlinkReject)
+                assert (reject.sid, reject.rsn) == (sid, "permission denied")
+
+
+async def test_a_lost_replica_closes_its_sessions_for_the_peers(
+    tmp_path: Path, redis: RedisProc
+) -> None:
+    async with running_cluster(tmp_path, redis, 2) as (r1, r2):
+        async with connect(r1.url, ALICE) as alice:
+            await alice.publish_acl(f"{ALICE}/app_data", read=[BOB], write=[BOB])
+            await wait_acl_files((r1, r2), 1)
+            bob = await open_client(r2.url, BOB)
+            sid = secrets.token_hex(8)
+            await alice.send(HotlinkOpen(sid=sid, pth=PATH, frm=ALICE, to=BOB))
+            assert (await bob.expect(HotlinkOpen)).sid == sid
+            await bob.send(HotlinkAccept(sid=sid))
+            assert (await alice.expect(HotlinkAccept)).sid == sid
+            r2.proc.kill()  # kill -9
+            closed = await alice.expect(HotlinkClose, timeout=30)
+            assert (closed.sid, closed.rsn) == (sid, "relay node lost")
+            await bob.session.close()
