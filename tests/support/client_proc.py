@@ -332,10 +332,12 @@ def start_tunnel(
     timeout: float = 30.0,
     alice_script: Path | None = None,
     bob_script: Path | None = None,
+    bob_url: str | None = None,
 ) -> Tunnel:
     """Write the §9.1 trees under ``tmp_path/{alice,bob}``, start both clients, and wait
     until both proxies listen. ``env`` goes to both clients, ``alice_env``/``bob_env`` on top;
-    ``alice_script``/``bob_script``: that client's ``script`` (see :func:`spawn_client`)."""
+    ``alice_script``/``bob_script``: that client's ``script`` (see :func:`spawn_client`);
+    ``bob_url``: bob's relay, when it is not alice's (another replica of a cluster)."""
     ports = {ALICE: free_port(), BOB: free_port()}
     dirs = {ALICE: tmp_path / "alice", BOB: tmp_path / "bob"}
     write_reference_tunnel(dirs, ports)
@@ -349,7 +351,7 @@ def start_tunnel(
     )
     try:
         bob = start_client(
-            server_url,
+            bob_url or server_url,
             BOB,
             dirs[BOB],
             env={**(env or {}), **(bob_env or {})},
