@@ -63,6 +63,15 @@ async def wait_acl_files(replicas: Sequence[ServerProcess], count: int) -> None:
             await asyncio.sleep(0.05)
 
 
+async def wait_conns(srv: ServerProcess, remote: int) -> None:
+    """Until the replica's ``/healthz`` counts ``remote`` connections of other replicas."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30.0
+    while (await asyncio.to_thread(health, srv))[1].get("remote_connections") != remote:
+        assert loop.time() < deadline, f"{srv.url}: never saw {remote} remote connections"
+        await asyncio.sleep(0.05)
+
+
 def spawn_replica(
     tmp_path: Path, redis: RedisProc, name: str, args: Sequence[str] = ()
 ) -> ServerProcess:

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from hotlink.protocol.messages import (
+    FileDelete,
+    FileWrite,
     HotlinkAccept,
     HotlinkClose,
     HotlinkData,
@@ -15,9 +17,9 @@ from hotlink.protocol.messages import (
     HotlinkReject,
     HotlinkSignal,
 )
-from support.cluster import running_cluster, wait_acl_files
+from support.cluster import running_cluster, wait_acl_files, wait_conns
 from support.redis_proc import RedisProc, running_redis
-from support.ws_client import connect, open_client
+from support.ws_client import connect, handshake, open_client
 
 pytestmark = pytest.mark.asyncio
 
@@ -96,3 +98,37 @@ async def test_a_lost_replica_closes_its_sessions_for_the_peers(
             closed = await alice.expect(HotlinkClose, timeout=30)
             assert (closed.sid, closed.rsn) == (sid, "relay node lost")
             await bob.session.close()
+
+
+async def test_acl_changes_on_one_replica_govern_the_others(
+    tmp_path: Path, redis: RedisProc
+) -> None:
+    async with running_cluster(tmp_path, redis, 2) as (r1, r2):
+        async with connect(r2.url, BOB) as bob:
+            async with connect(r1.url, ALICE) as alice:
+                # Uploaded on r1: bob, on r2, gets the FileWrite, and r2 judges by it.
+                await alice.publish_acl(f"{ALICE}/app_data", read=[BOB], write=[BOB])
+                shared = await bob.expect(FileWrite)
+                assert shared.pth == f"{ALICE}/app_data/syft.pub.yaml"
+                sid = secrets.token_hex(8)
+                await bob.send(HotlinkOpen(sid=sid, pth=f"{ALICE}/app_data/x", frm=BOB, to=ALICE))
+                assert (await alice.expect(HotlinkOpen)).sid == sid
+                # Deleted on r1: the rules are gone on r2 too.
+                await alice.send(FileDelete(pth=f"{ALICE}/app_data/syft.pub.yaml"))
+                await wait_acl_files((r1, r2), 0)
+                sid = secrets.token_hex(8)
+                await bob.send(HotlinkOpen(sid=sid, pth=f"{ALICE}/app_data/x", frm=BOB, to=ALICE))
+                reject = await bob.expect(HotlinkReject)
+                assert (reject.sid, reject.rsn) == (sid, "permission denied")
+
+
+async def test_the_per_user_connection_cap_spans_replicas(tmp_path: Path, redis: RedisProc) -> None:
+    args = ["--max-connections-per-user", "3"]
+    async with running_cluster(tmp_path, redis, 2, args) as (r1, r2):
+        async with connect(r1.url, ALICE), connect(r1.url, ALICE), connect(r2.url, ALICE):
+            await wait_conns(r1, 1)
+            await wait_conns(r2, 2)
+            status, body = await handshake(r1.url, query={"user": ALICE})
+            assert status == 429 and body["code"] == "too_many_connections", body
+            status, body = await handshake(r2.url, query={"user": ALICE})
+            assert status == 429, body

@@ -181,6 +181,7 @@ class ClusterNode:
             "node": self.ref,
             "nodes": 1 + len(self.membership.known),
             "redis": "up" if self.redis_up else "unreachable",
+            "remote_connections": sum(len(conns) for conns in self.remote.values()),
         }
 
     def _health(self, up: bool, part: str) -> None:
@@ -373,6 +374,7 @@ class ClusterNode:
         except (RedisError, OSError, TimeoutError) as exc:
             self._health(False, f"claims: {exc}")
             return Claim("unavailable")
+        self._health(True, "claims")
         old_home = _text(old)
         if old_home and old_home != self.ref and old_home in self.membership.known:
             # The same user opened this session id again here: its old home ends it.
