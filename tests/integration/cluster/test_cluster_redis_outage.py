@@ -17,7 +17,7 @@ from hotlink.protocol.messages import (
     HotlinkOpen,
     HotlinkReject,
 )
-from support.cluster import health, running_cluster, wait_acl_files, wait_health
+from support.cluster import health, running_cluster, wait_acl_files, wait_conns, wait_health
 from support.redis_proc import RedisProc, running_redis
 from support.ws_client import WSClient, connect, handshake
 
@@ -61,6 +61,7 @@ async def test_redis_outage_is_loud_and_local_sessions_keep_going(
             await alice.publish_acl(f"{ALICE}/app_data", read=[BOB, CAROL], write=[BOB, CAROL])
             await wait_acl_files((r1, r2), 1)
             async with connect(r1.url, CAROL) as carol, connect(r2.url, BOB) as bob:
+                await wait_conns(r1, 1)
                 local = await _session(alice, carol)
                 shared = await _session(alice, bob)
                 redis.kill()
@@ -98,6 +99,7 @@ async def test_a_short_outage_delays_shared_sessions_and_loses_nothing_silently(
             await alice.publish_acl(f"{ALICE}/app_data", read=[BOB], write=[BOB])
             await wait_acl_files((r1, r2), 1)
             async with connect(r2.url, BOB) as bob:
+                await wait_conns(r1, 1)
                 shared = await _session(alice, bob)
                 await _data(alice, bob, shared, 100)
                 redis.kill()

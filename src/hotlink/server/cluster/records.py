@@ -156,35 +156,77 @@ def _frame(value: object) -> Frame:
     raise ProtocolError("record frame is neither bytes nor text")
 
 
-def _record(item: list[Any]) -> Record:
-    kind = Kind(item[0])
-    args = item[1:]
+def _str(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    raise ProtocolError(f"record field is {type(value).__name__}, not text")
+
+
+def _int(value: object) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ProtocolError(f"record field is {type(value).__name__}, not a whole number")
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ProtocolError(f"record field is {type(value).__name__}, not a boolean")
+
+
+def _list(value: object, size: int | None = None) -> list[Any]:
+    if not isinstance(value, list) or (size is not None and len(value) != size):
+        raise ProtocolError("record field is not a list of the expected size")
+    return value
+
+
+# Fields after the kind, per kind.
+_SIZES = {
+    Kind.ROSTER: 2,
+    Kind.UP: 3,
+    Kind.DOWN: 1,
+    Kind.DELIVER: 6,
+    Kind.INGRESS: 2,
+    Kind.ACL_PUT: 4,
+    Kind.ACL_DEL: 1,
+    Kind.END: 2,
+    Kind.RESET: 0,
+    Kind.BYE: 0,
+}
+
+
+def _record(item: object) -> Record:
+    fields = _list(item)
+    if not fields:
+        raise ProtocolError("empty record")
+    try:
+        kind = Kind(_int(fields[0]))
+    except ValueError:
+        raise ProtocolError(f"unknown record kind {fields[0]!r}") from None
+    args = fields[1:]
+    if len(args) != _SIZES[kind]:
+        raise ProtocolError(f"record {kind.name} with {len(args)} fields")
     match kind:
         case Kind.ROSTER:
-            infos = tuple(ConnInfo(str(c), str(u), str(e)) for c, u, e in args[0])
-            return Roster(infos, bool(args[1]))
+            infos = tuple(ConnInfo(*(_str(v) for v in _list(entry, 3))) for entry in _list(args[0]))
+            return Roster(infos, _bool(args[1]))
         case Kind.UP:
-            return ConnUp(ConnInfo(str(args[0]), str(args[1]), str(args[2])))
+            return ConnUp(ConnInfo(_str(args[0]), _str(args[1]), _str(args[2])))
         case Kind.DOWN:
-            return ConnDown(str(args[0]))
+            return ConnDown(_str(args[0]))
         case Kind.DELIVER:
-            conns = tuple(str(c) for c in args[0])
+            conns = tuple(_str(c) for c in _list(args[0]))
             return Deliver(
-                conns,
-                _frame(args[1]),
-                int(args[2]),
-                str(args[3]),
-                bool(args[4]),
-                str(args[5]),
+                conns, _frame(args[1]), _int(args[2]), _str(args[3]), _bool(args[4]), _str(args[5])
             )
         case Kind.INGRESS:
-            return Ingress(str(args[0]), _frame(args[1]))
+            return Ingress(_str(args[0]), _frame(args[1]))
         case Kind.ACL_PUT:
-            return AclPut(str(args[0]), str(args[1]), str(args[2]), _frame(args[3]))
+            return AclPut(_str(args[0]), _str(args[1]), _str(args[2]), _frame(args[3]))
         case Kind.ACL_DEL:
-            return AclDel(str(args[0]))
+            return AclDel(_str(args[0]))
         case Kind.END:
-            return EndSession(str(args[0]), str(args[1]))
+            return EndSession(_str(args[0]), _str(args[1]))
         case Kind.RESET:
             return Reset()
         case Kind.BYE:
