@@ -155,6 +155,7 @@ class Relay:
                 grace=self.settings.cluster_grace,
             )
             sessions = SessionStore(on_removed=self.cluster.release)
+            self.metrics.add_cluster(self.cluster.stats)
         debug_log = log.info if self.settings.debug else None
         self.router = HotlinkRouter(
             self.acls,
@@ -804,10 +805,10 @@ class Relay:
         first, so no user takes over another's session on another replica."""
         assert self.cluster is not None and isinstance(message.payload, HotlinkOpen)
         sid = message.payload.sid
-        claim = await self.cluster.claim(sid, conn.user)
+        claim = await self.cluster.claim(sid, conn.user, self.config.max_sessions_per_user)
         if claim.verdict != "ok":
             out = Outcome()
-            reason = UNAVAILABLE if claim.verdict == "unavailable" else PERMISSION_DENIED
+            reason = _CLAIM_REFUSALS.get(claim.verdict, PERMISSION_DENIED)
             out.send(conn.id, Message.new(HotlinkReject(sid=sid, rsn=reason)))
             self._report(conn, message, out.refuse(reason, f"open {clip_text(sid, 60)}: {reason}"))
             self._deliver(out.sends)
@@ -997,6 +998,9 @@ class _RemoteConn:
     def __repr__(self) -> str:
         return f"<remote connection {self.id} ({self.user})>"
 
+
+# Why an Open whose session id could not be claimed is rejected (else: permission denied).
+_CLAIM_REFUSALS = {"unavailable": UNAVAILABLE, "cap": TOO_MANY_SESSIONS}
 
 CLUSTER_UNAVAILABLE = Refusal(
     503, "cluster_unavailable", "the relay cannot reach its cluster's Redis; try again soon"

@@ -13,16 +13,17 @@ data path was as much as routing the frame.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..protocol.messages import MsgType
 
-__all__ = ["CONTENT_TYPE_LATEST", "RelayMetrics", "TypeCounters"]
+__all__ = ["CONTENT_TYPE_LATEST", "ClusterStats", "RelayMetrics", "TypeCounters"]
 
 _TYPES = len(MsgType)
 
@@ -149,6 +150,10 @@ class RelayMetrics:
         )
         self.acl_files = Gauge("hotlink_acl_files", "ACL files loaded", registry=r)
 
+    def add_cluster(self, stats: Callable[[], ClusterStats]) -> None:
+        """Export a cluster replica's figures (read from ``stats`` at each scrape)."""
+        self.registry.register(_ClusterCollector(stats))
+
     def received(self, typ: MsgType, size: int) -> None:
         self.received_by_type.count(typ, size)
 
@@ -157,3 +162,53 @@ class RelayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+@dataclass(frozen=True)
+class ClusterStats:
+    """What a cluster replica reports (see ``server.cluster.node``)."""
+
+    nodes: int
+    redis_up: bool
+    remote_connections: int
+    entries_sent: int
+    bytes_sent: int
+    entries_received: int
+    backlog_bytes: int
+    gaps: int
+    lost_nodes: int
+
+
+class _ClusterCollector(Collector):
+    def __init__(self, stats: Callable[[], ClusterStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        yield GaugeMetricFamily(
+            "hotlink_cluster_nodes", "Replicas this one sees, itself included", s.nodes
+        )
+        yield GaugeMetricFamily(
+            "hotlink_cluster_redis_up", "1 while Redis answers, 0 while not", int(s.redis_up)
+        )
+        yield GaugeMetricFamily(
+            "hotlink_cluster_remote_connections",
+            "WebSocket connections held by the other replicas",
+            s.remote_connections,
+        )
+        yield GaugeMetricFamily(
+            "hotlink_cluster_backlog_bytes",
+            "Bytes waiting to be written to other replicas' inboxes",
+            s.backlog_bytes,
+        )
+        for name, doc, value in (
+            ("hotlink_cluster_entries_sent", "Inbox entries written for other replicas",
+             s.entries_sent),
+            ("hotlink_cluster_sent_bytes", "Bytes of inbox entries written", s.bytes_sent),
+            ("hotlink_cluster_entries_received", "Inbox entries read", s.entries_received),
+            ("hotlink_cluster_gaps", "Links found to have lost entries (their sessions closed)",
+             s.gaps),
+            ("hotlink_cluster_lost_nodes", "Replicas found dead (their sessions closed)",
+             s.lost_nodes),
+        ):  # fmt: skip
+            yield CounterMetricFamily(name, doc, value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from pathlib import Path
 
@@ -139,3 +140,34 @@ async def test_the_per_user_connection_cap_spans_replicas(tmp_path: Path, redis:
             assert status == 429 and body["code"] == "too_many_connections", body
             status, body = await handshake(r2.url, query={"user": ALICE})
             assert status == 429, body
+
+
+async def test_the_per_user_session_cap_spans_replicas(tmp_path: Path, redis: RedisProc) -> None:
+    args = ["--max-sessions-per-user", "2"]
+    async with running_cluster(tmp_path, redis, 2, args) as (r1, r2):
+        async with connect(r1.url, ALICE) as a1, connect(r2.url, ALICE) as a2:
+            await a1.publish_acl(f"{ALICE}/app_data", read=[BOB], write=[BOB])
+            opened = []
+            for conn in (a1, a2):
+                sid = secrets.token_hex(8)
+                await conn.send(HotlinkOpen(sid=sid, pth=PATH, frm=ALICE, to=BOB))
+                opened.append(sid)
+            await a1.barrier()
+            await a2.barrier()
+            sid = secrets.token_hex(8)
+            await a1.send(HotlinkOpen(sid=sid, pth=PATH, frm=ALICE, to=BOB))
+            reject = await a1.expect(HotlinkReject)
+            assert (reject.sid, reject.rsn) == (sid, "too many sessions")
+            # A session that ends frees its place, wherever it was.
+            await a2.send(HotlinkClose(sid=opened[1], rsn="eof:0"))
+            await a2.barrier()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while True:  # the release reaches Redis a moment after the Close
+                sid = secrets.token_hex(8)
+                await a1.send(HotlinkOpen(sid=sid, pth=PATH, frm=ALICE, to=BOB))
+                replies = await a1.barrier()
+                if not any(isinstance(m.payload, HotlinkReject) for m in replies):
+                    break
+                assert loop.time() < deadline, "the ended session's place was never freed"
+                await asyncio.sleep(0.1)

@@ -26,6 +26,10 @@ class Keys:
         """Who opened session ``sid`` and where it is homed (its claim)."""
         return f"{self.prefix}:sess:{sid}"
 
+    def user_sessions(self, user: str) -> str:
+        """HASH of replica -> sessions ``user`` opened there (a per-user cap)."""
+        return f"{self.prefix}:usess:{user}"
+
     @property
     def acls(self) -> str:
         """HASH of ACL file path -> text, for replicas that join later."""

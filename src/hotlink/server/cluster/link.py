@@ -114,9 +114,9 @@ class Outbox:
         """Drop what waits for ``dst``; later records start a new link (a new epoch)."""
         self._links.pop(dst, None)
 
-    def pending(self, dst: str) -> int:
-        link = self._links.get(dst)
-        return 0 if link is None else link.size
+    def backlog(self) -> int:
+        """Bytes waiting for all receivers."""
+        return sum(link.size for link in self._links.values())
 
     async def flush(self) -> None:
         """Wait until everything queued so far is in Redis (for a clean shutdown)."""

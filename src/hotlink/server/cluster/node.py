@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 
 from ...protocol.errors import ProtocolError
 from ...protocol.messages import MsgType
+from ..metrics import ClusterStats
 from . import records as rec
 from .homes import RemoteSessions
 from .keys import Keys
@@ -47,21 +48,48 @@ COMMAND_TIMEOUT = 2.0  # seconds for one Redis command before it counts as unrea
 SESSION_CLAIM_TTL_MS = 24 * 3600 * 1000  # a claim outlives a lost replica at most this long
 DEFAULT_LINK_BYTES = 32 << 20  # what may wait for one other replica
 
-# Claim session KEYS[1] for user ARGV[1] homed here (ARGV[2]), unless another user holds it
-# on a live replica (liveness keys are ARGV[3] .. replica). Returns {verdict, old home}.
+# Claim session KEYS[1] for user ARGV[1], homed here (ARGV[2]), with token ARGV[6]. Another
+# user's claim stands while its replica lives (liveness keys are ARGV[3] .. replica); the
+# same user's moves here. A new session counts against the user's cap (ARGV[5]) over the
+# live replicas, kept per replica in KEYS[2]. Returns {verdict, old home}.
 CLAIM = """
 local cur = redis.call('HMGET', KEYS[1], 'user', 'home')
 local user, home = cur[1], cur[2]
-if user and user ~= ARGV[1] and home ~= ARGV[2] then
-  if redis.call('EXISTS', ARGV[3] .. home) == 1 then return {'taken', home} end
+if user and user ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. home) == 1 then
+  return {'taken', home}
 end
-redis.call('HSET', KEYS[1], 'user', ARGV[1], 'home', ARGV[2])
+if user == ARGV[1] and redis.call('EXISTS', ARGV[3] .. home) == 1 then
+  if home ~= ARGV[2] then
+    redis.call('HINCRBY', KEYS[2], home, -1)
+    redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+  end
+else
+  local counts = redis.call('HGETALL', KEYS[2])
+  local total = 0
+  for i = 1, #counts, 2 do
+    if redis.call('EXISTS', ARGV[3] .. counts[i]) == 1 then
+      total = total + tonumber(counts[i + 1])
+    else
+      redis.call('HDEL', KEYS[2], counts[i])
+    end
+  end
+  if total >= tonumber(ARGV[5]) then return {'cap', ''} end
+  redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+  home = ''
+end
+redis.call('HSET', KEYS[1], 'user', ARGV[1], 'home', ARGV[2], 'tok', ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return {'ok', home or ''}
 """
-# Give the claim up when it is still ours (a later Open elsewhere may have taken it over).
+# Give the claim up when it is still the one we made (KEYS[1], token ARGV[1]); the user's
+# count of sessions on this replica (KEYS[2] field ARGV[2]) goes down with it.
 RELEASE = """
-if redis.call('HGET', KEYS[1], 'home') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('HGET', KEYS[1], 'tok') == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('HINCRBY', KEYS[2], ARGV[2], -1)
+  return 1
+end
 return 0
 """
 
@@ -83,7 +111,7 @@ def new_node_ref(node_id: str) -> str:
 
 @dataclass(frozen=True)
 class Claim:
-    verdict: str  # "ok", "taken" or "unavailable"
+    verdict: str  # "ok", "taken", "cap" (too many sessions) or "unavailable"
     old_home: str = ""
 
 
@@ -158,6 +186,10 @@ class ClusterNode:
         self._heartbeat: asyncio.Task[None] | None = None
         self._joined = False
         self._awaiting_roster: dict[str, float] = {}
+        # The ACL files shared in the cluster, as text (to put back after a Redis restart).
+        self.acl_documents: dict[str, str] = {}
+        # Session id -> (claim token, user) of the sessions homed here.
+        self._claims: dict[str, tuple[str, str]] = {}
         self.lost_nodes = 0
         self.gaps = 0
 
@@ -184,6 +216,19 @@ class ClusterNode:
             "remote_connections": sum(len(conns) for conns in self.remote.values()),
         }
 
+    def stats(self) -> ClusterStats:
+        return ClusterStats(
+            nodes=1 + len(self.membership.known),
+            redis_up=self.redis_up,
+            remote_connections=sum(len(conns) for conns in self.remote.values()),
+            entries_sent=self.outbox.sent_records,
+            bytes_sent=self.outbox.sent_bytes,
+            entries_received=self.inbox.received_entries,
+            backlog_bytes=self.outbox.backlog(),
+            gaps=self.gaps,
+            lost_nodes=self.lost_nodes,
+        )
+
     def _health(self, up: bool, part: str) -> None:
         name = part.split(":", 1)[0]
         was_up = self.redis_up
@@ -203,13 +248,15 @@ class ClusterNode:
         elif not was_up and self.redis_up:
             self._down_since = None
             log.warning("cluster: Redis reachable again")
+            self._reshare_acls()
 
     # ------------------------------------------------------------ start and stop
 
     async def start(self) -> None:
         await self._beat()
         documents = await self._redis.hgetall(self.keys.acls)
-        await self.host.cluster_acl_snapshot({_text(k): _text(v) for k, v in documents.items()})
+        self.acl_documents = {_text(k): _text(v) for k, v in documents.items()}
+        await self.host.cluster_acl_snapshot(dict(self.acl_documents))
         self.outbox.start()
         self.inbox.start()
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="cluster-heartbeat")
@@ -341,13 +388,27 @@ class ClusterNode:
     def ingress(self, home: str, conn: str, frame: rec.Frame) -> None:
         self.outbox.send(home, rec.Ingress(conn, frame), len(frame) + 64)
 
+    def _reshare_acls(self) -> None:
+        """After an outage Redis may have come back empty (no persistence): put back the
+        ACL files a replica joining later must find. A newer one already there wins."""
+        documents = dict(self.acl_documents)
+
+        def op(pipe: Any) -> None:
+            for path, text in documents.items():
+                pipe.hsetnx(self.keys.acls, path, text)
+
+        if documents:
+            self.outbox.state(op)
+
     def publish_acl(self, path: str, text: str, exclude_user: str, frame: rec.Frame) -> None:
+        self.acl_documents[path] = text
         self.outbox.state(lambda pipe: pipe.hset(self.keys.acls, path, text))
         record = rec.AclPut(path, text, exclude_user, frame)
         for ref in self.membership.known:
             self.outbox.send(ref, record, len(text) + len(frame) + 64)
 
     def publish_acl_delete(self, path: str) -> None:
+        self.acl_documents.pop(path, None)
         self.outbox.state(lambda pipe: pipe.hdel(self.keys.acls, path))
         for ref in self.membership.known:
             self.outbox.send(ref, rec.AclDel(path))
@@ -359,15 +420,17 @@ class ClusterNode:
         info = self.remote.get(node_of(conn), {}).get(conn)
         return None if info is None else info.encoding
 
-    async def claim(self, sid: str, user: str) -> Claim:
-        """Take session id ``sid`` for ``user``, homed here (an Open arrived here)."""
+    async def claim(self, sid: str, user: str, cap: int) -> Claim:
+        """Take session id ``sid`` for ``user``, homed here (an Open arrived here); ``cap``:
+        the most sessions the user may hold over all replicas."""
         if not self.redis_up:
             return Claim("unavailable")
+        token = secrets.token_hex(8)
         try:
             verdict, old = await asyncio.wait_for(
                 self._claim(
-                    keys=[self.keys.session(sid)],
-                    args=[user, self.ref, self.keys.node(""), SESSION_CLAIM_TTL_MS],
+                    keys=[self.keys.session(sid), self.keys.user_sessions(user)],
+                    args=[user, self.ref, self.keys.node(""), SESSION_CLAIM_TTL_MS, cap, token],
                 ),
                 COMMAND_TIMEOUT,
             )
@@ -379,13 +442,21 @@ class ClusterNode:
         if old_home and old_home != self.ref and old_home in self.membership.known:
             # The same user opened this session id again here: its old home ends it.
             self.outbox.send(old_home, rec.EndSession(sid, "superseded"))
-        return Claim(_text(verdict), old_home)
+        result = Claim(_text(verdict), old_home)
+        if result.verdict == "ok":
+            self._claims[sid] = (token, user)
+        return result
 
     def release(self, sid: str) -> None:
-        key = self.keys.session(sid)
+        """Session ``sid`` ended here: give its claim up (unless it moved on meanwhile)."""
+        claim = self._claims.pop(sid, None)
+        if claim is None:
+            return
+        token, user = claim
+        keys = (self.keys.session(sid), self.keys.user_sessions(user))
 
         def op(pipe: Any) -> None:
-            pipe.eval(RELEASE, 1, key, self.ref)
+            pipe.eval(RELEASE, 2, *keys, token, self.ref)
 
         self.outbox.state(op)
 
@@ -454,8 +525,10 @@ class ClusterNode:
                 if reply:
                     self.outbox.send(src, self._roster(reply=False))
             case rec.AclPut():
+                self.acl_documents[record.path] = record.text
                 await host.cluster_acl_put(record)
             case rec.AclDel(path):
+                self.acl_documents.pop(path, None)
                 host.cluster_acl_del(path)
             case rec.EndSession(sid, reason):
                 host.cluster_end_session(sid, reason)
