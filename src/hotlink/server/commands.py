@@ -104,8 +104,12 @@ def _run(flags: dict[str, object], extras: dict[str, Any]) -> None:
         if getattr(settings, key) is not None
     }
     config = dataclasses.replace(RelayConfig(settings=settings, acl_dir=acl_dir), **limits)
+    from .cluster.node import ClusterUnavailable
+
     try:
         run(config, ready_file=extras["ready_file"])
+    except ClusterUnavailable as exc:
+        raise _fail(str(exc)) from None
     except OSError as exc:
         if isinstance(exc, socket.gaierror) or exc.errno in _LISTEN_ERRORS:
             # asyncio's strerror repeats the address; the errno's own words say it best.

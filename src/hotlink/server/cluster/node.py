@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -94,6 +95,21 @@ return 0
 """
 
 
+class ClusterUnavailable(Exception):
+    """Redis cannot be reached when the replica starts (it refuses to start)."""
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -143,6 +159,7 @@ class ClusterNode:
         link_bytes: int = DEFAULT_LINK_BYTES,
     ) -> None:
         self.host = host
+        self.url = url
         self.ref = new_node_ref(node_id)
         self.keys = Keys(prefix)
         self.ttl = ttl
@@ -253,8 +270,11 @@ class ClusterNode:
     # ------------------------------------------------------------ start and stop
 
     async def start(self) -> None:
-        await self._beat()
-        documents = await self._redis.hgetall(self.keys.acls)
+        try:
+            await self._beat()
+            documents = await self._redis.hgetall(self.keys.acls)
+        except (RedisError, OSError) as exc:
+            raise ClusterUnavailable(f"cannot reach Redis at {redacted(self.url)}: {exc}") from None
         self.acl_documents = {_text(k): _text(v) for k, v in documents.items()}
         await self.host.cluster_acl_snapshot(dict(self.acl_documents))
         self.outbox.start()
