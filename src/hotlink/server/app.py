@@ -6,14 +6,14 @@ Handling a frame never awaits anything: the only wait in a read loop is for the 
 of its own socket, so no connection waits on another, and aiohttp (which answers pings
 only while the handler reads) keeps answering the sender's pings. Pacing is the clients'
 job (per-session credit windows); a receiver whose queue overflows anyway is not reading
-at all and is disconnected (see ``Relay._deliver``). Because a connection's frames are
+at all and is disconnected (see ``Relay.deliver``). Because a connection's frames are
 handled one after another, its messages are forwarded in order.
 
 Limits against hostile or broken peers (all in :class:`RelayConfig`): a connection must
 send its HTTP request within ``header_timeout``; WebSocket connections are capped in total
 and per user (refused before the upgrade with 503 or 429 and a JSON body); a user may hold
 ``max_sessions_per_user`` open sessions over all its connections; all connections together
-hold at most ``max_queued_bytes`` for their peers (see ``Relay._deliver``); a failed
+hold at most ``max_queued_bytes`` for their peers (see ``Relay.deliver``); a failed
 ``accept()`` (out of file descriptors) is logged once per interval while asyncio retries
 every second.
 
@@ -40,7 +40,6 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -49,13 +48,11 @@ from .. import __version__
 from ..event_loop import loop_name
 from ..event_loop import run as run_on_loop
 from ..loop_errors import LIMIT_LOG_INTERVAL, Throttle, accept_error_handler
-from ..protocol.acl import ACLError, prepare_acl
-from ..protocol.codec import Encoding, choose_encoding, decode, encode, peek_data
+from ..protocol.codec import choose_encoding, decode, peek_data
 from ..protocol.errors import ProtocolError
 from ..protocol.messages import (
     HOTLINK_TYPES,
     FileDelete,
-    HotlinkClose,
     HotlinkOpen,
     HotlinkReject,
     Message,
@@ -66,11 +63,12 @@ from ..settings import ServerSettings
 from .acl_store import ACLStore, normalize_path
 from .auth import MIN_SECRET_BYTES, AuthError, dev_identity, token_identity, weak_secret
 from .cluster import records as rec
-from .cluster.node import UNAVAILABLE, ClusterNode, node_of
+from .cluster.bridge import ClusterBridge, RemoteConn
+from .cluster.node import ClusterNode
 from .decisions import ConnectionTable, FanOut, Outcome, Send, clip_text, error_reply
 from .fanout import COALESCE_INTERVAL, DRAIN_PAUSE_FACTOR, Batch, Broadcast, join
 from .files import ACLUpload, FileHandler
-from .frames import COALESCE_MAX_FRAME
+from .frames import COALESCE_MAX_FRAME, encode_frame
 from .hub import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_USER,
@@ -89,7 +87,7 @@ from .hub import (
 from .ice_headers import advertised_ice_servers, ice_headers, static_turn_password_ignored
 from .logbudget import LogBudget, summarize
 from .metrics import CONTENT_TYPE_LATEST, RelayMetrics
-from .router import IGNORED, PERMISSION_DENIED, TOO_MANY_SESSIONS, UNKNOWN_SESSION, HotlinkRouter
+from .router import IGNORED, TOO_MANY_SESSIONS, UNKNOWN_SESSION, HotlinkRouter
 from .sessions import SessionStore
 
 log = logging.getLogger("hotlink.server")
@@ -144,16 +142,12 @@ class Relay:
         self.acls = ACLStore()
         # Cluster mode: the table above also holds other replicas' connections (so the
         # router offers Opens to them), and sessions homed here are claimed in Redis.
+        self.bridge: ClusterBridge | None = None
         self.cluster: ClusterNode | None = None
         sessions = None
         if self.settings.redis_url:
-            self.cluster = ClusterNode(
-                self,
-                self.settings.redis_url,
-                node_id=self.settings.node_id,
-                ttl=self.settings.node_ttl,
-                grace=self.settings.cluster_grace,
-            )
+            self.bridge = ClusterBridge(self)
+            self.cluster = self.bridge.node
             sessions = SessionStore(on_removed=self.cluster.release)
             self.metrics.add_cluster(self.cluster.stats)
         debug_log = log.info if self.settings.debug else None
@@ -333,7 +327,7 @@ class Relay:
                 encoding,
                 f", client version {version}" if version else "",
             )
-        self._deliver([Send(conn.id, Message.new(System(ver=__version__, msg="ok")))])
+        self.deliver([Send(conn.id, Message.new(System(ver=__version__, msg="ok")))])
         try:
             await self._read_loop(conn)
         finally:
@@ -348,8 +342,8 @@ class Relay:
                 pending = self._handle_frame(conn, item.data)
                 if isinstance(pending, ACLUpload):
                     await self._load_acl(conn, pending, item.data)
-                elif pending is not None:
-                    await self._open_claimed(conn, pending, item.data)
+                elif pending is not None and self.bridge is not None:
+                    await self.bridge.open_claimed(conn, pending, item.data)
             elif item.type is WSMsgType.ERROR:
                 exc = item.data
                 if getattr(exc, "code", None) == WSCloseCode.MESSAGE_TOO_BIG:
@@ -375,24 +369,24 @@ class Relay:
             self.metrics.bad_input.labels("decode").inc()
             # The codec's message names the field, never the input; both are clipped anyway.
             self._log_bad(conn, f"dropped undecodable {kind} frame ({len(frame)} bytes): {exc}")
-            self._deliver([error_reply(conn.id, 400, f"bad message: {exc}")])
+            self.deliver([error_reply(conn.id, 400, f"bad message: {exc}")])
             return None
         except Exception as exc:  # e.g. RecursionError from absurdly nested JSON
             self.metrics.bad_input.labels("decode").inc()
             self._log_bad(
                 conn, f"dropped undecodable {kind} frame ({len(frame)} bytes): {type(exc).__name__}"
             )
-            self._deliver([error_reply(conn.id, 400, "bad message: cannot decode")])
+            self.deliver([error_reply(conn.id, 400, "bad message: cannot decode")])
             return None
         self.metrics.received(message.typ, len(frame))
-        if self.cluster is not None and message.typ in HOTLINK_TYPES:
+        if self.bridge is not None and message.typ in HOTLINK_TYPES:
             if isinstance(message.payload, HotlinkOpen):
                 if message.payload.sid not in self.router.sessions:
                     return message
-            elif self._forward_home(conn.id, message, frame):
+            elif self.bridge.forward_home(conn.id, message, frame):
                 return None
         try:
-            outcome = self._route(conn, message)
+            outcome = self.route(conn, message)
         except Exception:
             self.metrics.internal_errors.inc()
             log.exception(
@@ -401,13 +395,13 @@ class Relay:
                 message.typ.name,
                 clip_text(message.id, 60),
             )
-            self._deliver([error_reply(conn.id, 500, "internal server error")])
+            self.deliver([error_reply(conn.id, 500, "internal server error")])
             return None
         if isinstance(outcome, ACLUpload):
             return outcome
-        self._report(conn, message, outcome)
+        self.report(conn, message, outcome)
         if outcome.sends:
-            self._deliver(outcome.sends, received=(message, frame))
+            self.deliver(outcome.sends, received=(message, frame))
         self.metrics.sessions.set(len(self.router.sessions))
         return None
 
@@ -418,18 +412,16 @@ class Relay:
         except Exception:
             self.metrics.internal_errors.inc()
             log.exception("%r: internal error loading ACL file %s", conn, upload.message.id)
-            self._deliver([error_reply(conn.id, 500, "internal server error")])
+            self.deliver([error_reply(conn.id, 500, "internal server error")])
             return
         self.metrics.acl_files.set(len(self.acls))
-        self._report(conn, upload.message, outcome)
+        self.report(conn, upload.message, outcome)
         if outcome.sends:
-            self._deliver(outcome.sends, received=(upload.message, frame))
+            self.deliver(outcome.sends, received=(upload.message, frame))
         if outcome.fan_out is not None:
-            self._fan_out(outcome.fan_out, received=(upload.message, frame))
-            if self.cluster is not None:
-                self.cluster.publish_acl(
-                    upload.path, upload.text, upload.user, _record_frame(frame)
-                )
+            self.fan_out(outcome.fan_out, received=(upload.message, frame))
+            if self.bridge is not None:
+                self.bridge.publish_acl(upload.path, upload.text, upload.user, frame)
 
     def _forward_data(self, conn: Connection, frame: bytes) -> bool:
         """Forward a msgpack Data frame as is when that is all there is to do.
@@ -460,13 +452,12 @@ class Relay:
         for peer, target in zip(targets, receivers, strict=True):
             if target is not None:
                 if not target.closing:
-                    self._put(target, frame, MsgType.HOTLINK_DATA, head.id, broadcast=False)
-            elif self.cluster is not None and self.cluster.encoding_of(peer) is not None:
-                record = rec.Deliver((peer,), frame, MsgType.HOTLINK_DATA, head.id, False, head.sid)
-                self.cluster.deliver(record, node_of(peer))
+                    self.put(target, frame, MsgType.HOTLINK_DATA, head.id, broadcast=False)
+            elif self.bridge is not None and self.bridge.node.encoding_of(peer) is not None:
+                self.bridge.deliver_data(peer, frame, head.id, head.sid)
         return True
 
-    def _route(self, conn: Connection, message: Message) -> Outcome | ACLUpload:
+    def route(self, conn: Connection, message: Message) -> Outcome | ACLUpload:
         if message.typ in HOTLINK_TYPES:
             return self._over_session_cap(conn, message) or self.router.handle(conn.id, message)
         if message.typ in FILE_TYPES:
@@ -503,7 +494,7 @@ class Relay:
             TOO_MANY_SESSIONS, f"open {p.sid}: {conn.user} already has {cap} open sessions"
         )
 
-    def _report(self, conn: Connection | _RemoteConn, message: Message, outcome: Outcome) -> None:
+    def report(self, conn: Connection | RemoteConn, message: Message, outcome: Outcome) -> None:
         if outcome.refusal is None:
             if outcome.detail and log.isEnabledFor(logging.DEBUG):
                 log.debug("%r: %s", conn, clip_text(outcome.detail))
@@ -518,14 +509,14 @@ class Relay:
         self._log_bad(conn, f"{message.typ.name} {message.id}: {outcome.detail}", level)
 
     def _log_bad(
-        self, conn: Connection | _RemoteConn, text: str, level: int = logging.WARNING
+        self, conn: Connection | RemoteConn, text: str, level: int = logging.WARNING
     ) -> None:
         """One line about bad input from (or a dropped message for) ``conn``, within the
         user's and the relay's budget; the text is clipped (it quotes the network)."""
         if self.bad_input_log.allow(conn.user):
             log.log(level, "%r: %s", conn, clip_text(text))
 
-    def _deliver(
+    def deliver(
         self, sends: list[Send], received: tuple[Message, bytes | str] | None = None
     ) -> None:
         """Queue each message on its connection, encoded once per encoding; never waits.
@@ -565,8 +556,8 @@ class Relay:
         for send in sends:
             target = self.hub.get(send.conn)
             if target is None:
-                if self.cluster is not None:
-                    self._deliver_remote(send, frames)
+                if self.bridge is not None:
+                    self.bridge.deliver_remote(send, frames)
                 continue
             if target.closing:
                 continue
@@ -574,7 +565,7 @@ class Relay:
             frame = frames.get(key)
             if frame is None:
                 try:
-                    frame = _encode_frame(send.message, target.encoding)
+                    frame = encode_frame(send.message, target.encoding)
                 except Exception:
                     # Decoding refuses what cannot be encoded; if something slips through,
                     # it costs this one message, not the sender's read loop.
@@ -582,12 +573,12 @@ class Relay:
                     log.exception("%r: cannot encode %s", target, send.message.typ.name)
                     continue
                 frames[key] = frame
-            self._put(target, frame, send.message.typ, send.message.id, send.broadcast)
+            self.put(target, frame, send.message.typ, send.message.id, send.broadcast)
 
-    def _put(
+    def put(
         self, target: Connection, frame: Frame, typ: MsgType, msg_id: str, broadcast: bool
     ) -> None:
-        """Queue one frame for ``target`` by the rules of :meth:`_deliver`."""
+        """Queue one frame for ``target`` by the rules of :meth:`deliver`."""
         if target.log_seen != self.broadcasts.head:
             self._catch_up(target)  # what it missed goes first (see .fanout)
         # A frame some connection holds already costs nothing more (see hub.QueuedBytes).
@@ -620,10 +611,10 @@ class Relay:
 
     # ------------------------------------------------------------ broadcasts to everyone
 
-    def _fan_out(self, fan: FanOut, received: tuple[Message, bytes | str] | None) -> None:
+    def fan_out(self, fan: FanOut, received: tuple[Message, bytes | str] | None) -> None:
         """Broadcast ``fan.message`` to every connection but its sender's user's, queued once
         for all (see :mod:`.fanout`); a large one, or one over the relay's queued bytes,
-        goes the way of any broadcast (:meth:`_deliver`)."""
+        goes the way of any broadcast (:meth:`deliver`)."""
         message = fan.message
         frames: dict[str, Frame] = {}
         if received is not None and received[0] is message:
@@ -635,9 +626,9 @@ class Relay:
             if encoding in frames or not self.hub.by_encoding[encoding]:
                 continue  # the frame as it came, or nobody to send it to
             try:
-                frames[encoding] = _encode_frame(message, encoding)
+                frames[encoding] = encode_frame(message, encoding)
             except Exception:
-                encoded = False  # _deliver reports it for each receiver, as for any send
+                encoded = False  # deliver reports it for each receiver, as for any send
                 break
         size = sum(len(frame) for frame in frames.values())
         if (
@@ -647,7 +638,7 @@ class Relay:
             or self.hub.over_budget(size)
         ):
             # This replica's connections: other replicas fan out to theirs.
-            self._deliver(
+            self.deliver(
                 [
                     Send(conn.id, message, broadcast=True)
                     for conn in list(self.hub)
@@ -703,7 +694,7 @@ class Relay:
                 self.metrics.relayed_by_type.count(typ, size, messages)
             return
         for b in batch.broadcasts:
-            self._put(conn, b.frames[encoding], b.typ, b.msg_id, broadcast=True)
+            self.put(conn, b.frames[encoding], b.typ, b.msg_id, broadcast=True)
 
     def _drain_broadcasts(self) -> None:
         """Catch every connection up with the broadcast log, then empty it.
@@ -768,7 +759,7 @@ class Relay:
             # Peers hear of their ended sessions before this connection's own close, which
             # may take up to CLOSE_TIMEOUT when its peer is not reading.
             outcome = self.router.disconnect(conn.id)
-            self._deliver(outcome.sends)
+            self.deliver(outcome.sends)
         except Exception:
             self.metrics.internal_errors.inc()
             log.exception("%r: internal error during clean-up", conn)
@@ -799,148 +790,6 @@ class Relay:
     async def _stop_cluster(self, app: web.Application) -> None:
         assert self.cluster is not None
         await self.cluster.stop()
-
-    async def _open_claimed(self, conn: Connection, message: Message, frame: bytes | str) -> None:
-        """An Open of a session id this replica does not hold: claim the id cluster-wide
-        first, so no user takes over another's session on another replica."""
-        assert self.cluster is not None and isinstance(message.payload, HotlinkOpen)
-        sid = message.payload.sid
-        claim = await self.cluster.claim(sid, conn.user, self.config.max_sessions_per_user)
-        if claim.verdict != "ok":
-            out = Outcome()
-            reason = _CLAIM_REFUSALS.get(claim.verdict, PERMISSION_DENIED)
-            out.send(conn.id, Message.new(HotlinkReject(sid=sid, rsn=reason)))
-            self._report(conn, message, out.refuse(reason, f"open {clip_text(sid, 60)}: {reason}"))
-            self._deliver(out.sends)
-            return
-        try:
-            outcome = self._route(conn, message)
-        except Exception:
-            self.metrics.internal_errors.inc()
-            log.exception("%r: internal error handling an Open", conn)
-            outcome = Outcome()
-            outcome.sends.append(error_reply(conn.id, 500, "internal server error"))
-        if sid not in self.router.sessions:
-            self.cluster.release(sid)  # refused: the id is free again
-        assert isinstance(outcome, Outcome)
-        self._report(conn, message, outcome)
-        self._deliver(outcome.sends, received=(message, frame))
-        self.metrics.sessions.set(len(self.router.sessions))
-
-    def _forward_home(self, conn: str, message: Message, frame: bytes | str) -> bool:
-        """Send a hotlink message for a session homed on another replica there."""
-        assert self.cluster is not None
-        sid = getattr(message.payload, "sid", "")
-        if sid in self.router.sessions:
-            return False
-        home = self.cluster.sessions.home_of(sid)
-        if home is None:
-            return False  # unknown here and there: our router answers as for any stranger
-        self.cluster.ingress(home, conn, frame)
-        return True
-
-    def _deliver_remote(self, send: Send, frames: dict[tuple[int, str], Frame]) -> None:
-        """Queue ``send`` for a connection on another replica, encoded for it."""
-        assert self.cluster is not None
-        encoding = self.cluster.encoding_of(send.conn)
-        if encoding is None:
-            return  # gone meanwhile
-        key = (id(send.message), encoding)
-        frame = frames.get(key)
-        if frame is None:
-            try:
-                frame = _encode_frame(send.message, cast(Encoding, encoding))
-            except Exception:
-                self.metrics.internal_errors.inc()
-                log.exception("cannot encode %s", send.message.typ.name)
-                return
-            frames[key] = frame
-        sid = getattr(send.message.payload, "sid", "") if send.message.typ in HOTLINK_TYPES else ""
-        record = rec.Deliver(
-            (send.conn,),
-            _record_frame(frame),
-            send.message.typ,
-            send.message.id,
-            send.broadcast,
-            sid,
-        )
-        self.cluster.deliver(record, node_of(send.conn))
-
-    def local_conns(self) -> list[rec.ConnInfo]:
-        return [rec.ConnInfo(c.id, c.user, c.encoding) for c in self.hub]
-
-    def cluster_deliver(self, src: str, record: rec.Deliver) -> None:
-        frame: Frame = (
-            TextFrame(record.frame, "utf-8") if isinstance(record.frame, str) else record.frame
-        )
-        typ = MsgType(record.typ)
-        for conn in record.conns:
-            target = self.hub.get(conn)
-            if target is not None and not target.closing:
-                self._put(target, frame, typ, record.msg_id, record.broadcast)
-
-    def cluster_ingress(self, conn: str, frame: rec.Frame) -> None:
-        user = self.connections.user(conn)
-        if user is None:
-            return  # its replica said it left
-        who = _RemoteConn(conn, user)
-        try:
-            message = decode(frame)
-            self.metrics.received(message.typ, len(frame))
-            outcome = self.router.handle(conn, message)
-        except Exception as exc:
-            # Its own replica decoded it already: this is a bug, not a user.
-            self.metrics.internal_errors.inc()
-            log.error("%r: cannot route a forwarded frame: %s", who, exc)
-            return
-        self._report(who, message, outcome)
-        if outcome.sends:
-            self._deliver(outcome.sends, received=(message, frame))
-        self.metrics.sessions.set(len(self.router.sessions))
-
-    def cluster_conn_up(self, info: rec.ConnInfo) -> None:
-        self.connections.add(info.conn, info.user)
-
-    def cluster_conn_down(self, conn: str, reason: str) -> None:
-        self.connections.remove(conn)
-        outcome = self.router.disconnect(conn, reason)
-        self._deliver(outcome.sends)
-        self.metrics.sessions.set(len(self.router.sessions))
-
-    def cluster_close(self, conn: str, sid: str, reason: str) -> None:
-        self._deliver([Send(conn, Message.new(HotlinkClose(sid=sid, rsn=reason)))])
-
-    def cluster_end_session(self, sid: str, reason: str) -> None:
-        self._deliver(self.router.end_session(sid, reason).sends)
-        self.metrics.sessions.set(len(self.router.sessions))
-
-    async def _install_acl(self, path: str, text: str) -> bool:
-        if self.acls.holds(path, text):
-            return True
-        try:
-            compiled = await asyncio.to_thread(prepare_acl, text, path)
-            self.acls.install(path, compiled, text)
-        except ACLError as exc:
-            log.warning("cluster: ACL file %s not loaded: %s", clip_text(path), exc)
-            return False
-        self.metrics.acl_files.set(len(self.acls))
-        return True
-
-    async def cluster_acl_put(self, record: rec.AclPut) -> None:
-        if not await self._install_acl(record.path, record.text):
-            return
-        message = decode(record.frame)
-        self._fan_out(FanOut(message, record.exclude_user), received=(message, record.frame))
-
-    def cluster_acl_del(self, path: str) -> None:
-        self.acls.remove(path)
-        self.metrics.acl_files.set(len(self.acls))
-
-    async def cluster_acl_snapshot(self, documents: dict[str, str]) -> None:
-        for path, text in documents.items():
-            await self._install_acl(path, text)
-        if documents:
-            log.info("cluster: loaded %d ACL file(s) shared by the cluster", len(self.acls))
 
     # ------------------------------------------------------------ log summaries
 
@@ -975,32 +824,6 @@ class Relay:
             self._reporter = None
         self.report_skipped_lines(everything=True)
 
-
-def _encode_frame(message: Message, encoding: Encoding) -> Frame:
-    wire = encode(message, encoding)
-    return TextFrame(wire, "utf-8") if isinstance(wire, str) else wire
-
-
-def _record_frame(frame: bytes | str) -> rec.Frame:
-    """A frame as a cluster record carries it: JSON as text, msgpack as bytes."""
-    if isinstance(frame, TextFrame):
-        return frame.decode("utf-8")
-    return frame
-
-
-@dataclass(frozen=True)
-class _RemoteConn:
-    """A connection on another replica, as this one's logs name it."""
-
-    id: str
-    user: str
-
-    def __repr__(self) -> str:
-        return f"<remote connection {self.id} ({self.user})>"
-
-
-# Why an Open whose session id could not be claimed is rejected (else: permission denied).
-_CLAIM_REFUSALS = {"unavailable": UNAVAILABLE, "cap": TOO_MANY_SESSIONS}
 
 CLUSTER_UNAVAILABLE = Refusal(
     503, "cluster_unavailable", "the relay cannot reach its cluster's Redis; try again soon"

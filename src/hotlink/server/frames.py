@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import struct
 
+from ..protocol.codec import Encoding, encode
+from ..protocol.messages import Message
+
 
 class TextFrame(bytes):
     """The UTF-8 bytes of a text (JSON) frame, encoded once for every receiver."""
@@ -53,3 +56,9 @@ def _make_header(first: int, size: int) -> bytes:
     if size < 65536:
         return _LEN16(first, 126, size)
     return _LEN64(first, 127, size)
+
+
+def encode_frame(message: Message, encoding: Encoding) -> Frame:
+    """``message`` as the frame a receiver of ``encoding`` gets (text frames as TextFrame)."""
+    wire = encode(message, encoding)
+    return TextFrame(wire, "utf-8") if isinstance(wire, str) else wire

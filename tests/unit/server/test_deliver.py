@@ -124,14 +124,14 @@ def data(seq: int) -> Message:
 
 def test_delivery_and_frame_handling_cannot_wait():
     # Synchronous by construction: nothing in the read path can await another connection.
-    assert not inspect.iscoroutinefunction(Relay._deliver)
+    assert not inspect.iscoroutinefunction(Relay.deliver)
     assert not inspect.iscoroutinefunction(Relay._handle_frame)
 
 
 async def test_a_frame_that_fits_is_queued_and_counted(relay):
     bob = connect(relay, BOB)
     message = data(1)
-    relay._deliver([Send(bob.id, message)])
+    relay.deliver([Send(bob.id, message)])
     assert len(bob.queue) == 1 and not bob.closing
     relayed = relay.metrics.registry.get_sample_value(
         "hotlink_relayed_messages_total", {"type": "HOTLINK_DATA"}
@@ -143,13 +143,13 @@ async def test_a_frame_that_fits_is_queued_and_counted(relay):
 async def test_a_direct_send_that_does_not_fit_disconnects_the_receiver_at_once(relay):
     bob, carol = connect(relay, BOB), connect(relay, CAROL)
     fill(bob)
-    relay._deliver([Send(bob.id, data(1)), Send(carol.id, data(1))])
+    relay.deliver([Send(bob.id, data(1)), Send(carol.id, data(1))])
     assert bob.closing and bob.close_reason == "send queue full"
     assert len(carol.queue) == 1 and not carol.closing  # the rest of the sends still go out
     assert metric(relay, "hotlink_slow_reader_disconnects_total") == 1
     assert metric(relay, "hotlink_queue_drops_total") == 1
     # Later frames for the closing receiver are dropped without counting it twice.
-    relay._deliver([Send(bob.id, data(2))])
+    relay.deliver([Send(bob.id, data(2))])
     assert metric(relay, "hotlink_slow_reader_disconnects_total") == 1
     await bob.finish()
     assert bob.ws.close_code == WSCloseCode.TRY_AGAIN_LATER
@@ -159,7 +159,7 @@ async def test_a_broadcast_that_does_not_fit_is_dropped_and_the_receiver_kept(re
     bob = connect(relay, BOB)
     fill(bob)
     queued = len(bob.queue)
-    relay._deliver([Send(bob.id, Message.new(HotlinkOpen(sid=SID, pth=PATH)), broadcast=True)])
+    relay.deliver([Send(bob.id, Message.new(HotlinkOpen(sid=SID, pth=PATH)), broadcast=True)])
     assert not bob.closing and len(bob.queue) == queued
     assert metric(relay, "hotlink_queue_drops_total") == 1
     assert metric(relay, "hotlink_slow_reader_disconnects_total") == 0
@@ -209,9 +209,9 @@ async def test_replies_to_the_sender_follow_the_same_rule(relay):
     """A sender that does not read its own replies is the slow reader, not a waiter."""
     alice = connect(relay, ALICE)
     fill(alice)
-    relay._deliver([Send(alice.id, Message.new(Ack(oid="x")))])
+    relay.deliver([Send(alice.id, Message.new(Ack(oid="x")))])
     assert alice.closing
-    relay._deliver([Send(alice.id, Message.new(HotlinkSignal(sid=SID, knd="k")))])
+    relay.deliver([Send(alice.id, Message.new(HotlinkSignal(sid=SID, knd="k")))])
     assert metric(relay, "hotlink_slow_reader_disconnects_total") == 1
 
 
@@ -301,20 +301,20 @@ async def test_bytes_in_the_socket_buffer_count_against_the_bound(byte_relay):
     relay = byte_relay
     unsent = FakeTransport(buffered=900)
     bob = connect(relay, BOB, transport=unsent)
-    relay._deliver([Send(bob.id, broadcast_of(200), broadcast=True)])
+    relay.deliver([Send(bob.id, broadcast_of(200), broadcast=True)])
     assert len(bob.queue) == 0 and not bob.closing  # dropped: 900 + 200 > 1000
     assert metric(relay, "hotlink_broadcast_drops_total") == 1
     unsent.buffered = 0  # the peer read its buffer: the same broadcast fits again
-    relay._deliver([Send(bob.id, broadcast_of(200), broadcast=True)])
+    relay.deliver([Send(bob.id, broadcast_of(200), broadcast=True)])
     assert len(bob.queue) == 1
     unsent.buffered = 900  # and a direct send that does not fit disconnects the reader
-    relay._deliver([Send(bob.id, data(1))])
+    relay.deliver([Send(bob.id, data(1))])
     assert bob.closing and bob.close_reason == "send queue full"
 
 
 async def test_an_idle_connection_takes_any_one_frame(byte_relay):
     bob = connect(byte_relay, BOB, transport=FakeTransport(0))
-    byte_relay._deliver([Send(bob.id, broadcast_of(5000), broadcast=True)])
+    byte_relay.deliver([Send(bob.id, broadcast_of(5000), broadcast=True)])
     assert len(bob.queue) == 1  # larger than the bound, but nothing else is held for bob
 
 
@@ -323,7 +323,7 @@ async def test_every_receiver_of_an_encoding_gets_the_same_bytes_object(relay):
     readers = [connect(relay, f"r{i}@example.com", "json", conn_id=f"j{i}") for i in range(3)]
     readers += [connect(relay, f"m{i}@example.com", "msgpack", conn_id=f"m{i}") for i in range(3)]
     message = broadcast_of(100_000)
-    relay._deliver([Send(r.id, message, broadcast=True) for r in readers])
+    relay.deliver([Send(r.id, message, broadcast=True) for r in readers])
     frames = [await r.queue.get() for r in readers]
     json_frames, msgpack_frames = frames[:3], frames[3:]
     assert all(isinstance(f, TextFrame) and f is json_frames[0] for f in json_frames)

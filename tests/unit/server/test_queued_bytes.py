@@ -346,7 +346,7 @@ async def test_over_budget_looks_at_the_socket_buffers_again_at_most_every_inter
     await conn.finish()
 
 
-# ---------------------------------------------------------------- the bound in Relay._deliver
+# ---------------------------------------------------------------- the bound in Relay.deliver
 
 
 class IdleWebSocket:
@@ -380,7 +380,7 @@ def file_write(size: int) -> Message:
 
 def broadcast(relay: Relay, message: Message, readers: list[Connection]) -> None:
     """One message fanned out (as the file handler does): one frame for every reader."""
-    relay._deliver([Send(r.id, message, broadcast=True) for r in readers])
+    relay.deliver([Send(r.id, message, broadcast=True) for r in readers])
 
 
 def counter(relay: Relay, name: str) -> float:
@@ -418,12 +418,12 @@ async def test_over_the_bound_a_direct_send_cuts_the_hoarder_not_the_reader_with
     hoarder = idle_reader(relay, "hoarder@example.com")
     reader = idle_reader(relay, "reader@example.com")
     for i in range(9):  # about 900 KiB: under the bound, so queued whatever the share
-        relay._deliver([Send(hoarder.id, data(i, 100 * 1024))])
+        relay.deliver([Send(hoarder.id, data(i, 100 * 1024))])
     assert not hoarder.closing and relay.hub.ledger.total > relay.hub.fair_share()
-    relay._deliver([Send(reader.id, data(1, 16 * 1024))])  # within the bound
-    relay._deliver([Send(reader.id, data(2, 200 * 1024))])  # over it, within reader's share
+    relay.deliver([Send(reader.id, data(1, 16 * 1024))])  # within the bound
+    relay.deliver([Send(reader.id, data(2, 200 * 1024))])  # over it, within reader's share
     assert not reader.closing and len(reader.queue) == 2
-    relay._deliver([Send(hoarder.id, data(10, 200 * 1024))])  # over it, hoarder over its share
+    relay.deliver([Send(hoarder.id, data(10, 200 * 1024))])  # over it, hoarder over its share
     assert hoarder.closing
     assert counter(relay, "hotlink_budget_disconnects_total") == 1
     assert counter(relay, "hotlink_slow_reader_disconnects_total") == 1
@@ -443,9 +443,9 @@ async def test_many_connections_within_their_share_cannot_hold_more_than_the_bou
     for _ in range(3):  # 3 x 8 x 100 KiB = 2.4 MiB offered to the hoarders
         for h in hoarders:
             seq += 1
-            relay._deliver([Send(h.id, data(seq, 100 * 1024))])
+            relay.deliver([Send(h.id, data(seq, 100 * 1024))])
     for i in range(20):  # the reader's stream, which its app takes as it comes
-        relay._deliver([Send(reader.id, data(1000 + i, 64 * 1024))])
+        relay.deliver([Send(reader.id, data(1000 + i, 64 * 1024))])
         assert not reader.closing
         while len(reader.queue):
             take(reader.queue)
@@ -460,7 +460,7 @@ async def test_many_connections_within_their_share_cannot_hold_more_than_the_bou
 async def test_the_queued_bytes_gauge_reports_the_ledger():
     relay = Relay(RelayConfig())
     reader = idle_reader(relay, "r@example.com")
-    relay._deliver([Send(reader.id, file_write(5000), broadcast=True)])
+    relay.deliver([Send(reader.id, file_write(5000), broadcast=True)])
     await relay._metrics(None)  # type: ignore[arg-type]
     assert relay.metrics.registry.get_sample_value("hotlink_queued_bytes") == relay.hub.ledger.total
     assert relay.hub.ledger.total >= 5000

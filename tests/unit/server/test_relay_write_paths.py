@@ -273,7 +273,7 @@ async def test_broadcasts_to_idle_connections_are_written_together(relay):
     writes = {c.id: wire_of(c).writes for c in conns}
     published = [(u, acl_write(u, i)) for i, u in enumerate(users[:8])]
     for sender, message in published:  # in one turn of the loop, as in a storm
-        relay._fan_out(FanOut(message, sender), None)
+        relay.fan_out(FanOut(message, sender), None)
     await turns()
     for c in conns:
         expected = [message for sender, message in published if sender != c.user]
@@ -287,7 +287,7 @@ async def test_what_a_connection_missed_goes_before_its_next_frame(relay):
     await turns()
     wire_of(bob).data.clear()
     broadcast = acl_write(CAROL)
-    relay._fan_out(FanOut(broadcast, CAROL), None)
+    relay.fan_out(FanOut(broadcast, CAROL), None)
     relay._handle_frame(alice, frame(HotlinkOpen(sid=SID, pth=PATH, to=BOB), "op0001"))
     await turns()
     got = messages_on(wire_of(bob))
@@ -310,14 +310,14 @@ async def test_a_full_receiver_drops_the_broadcast_at_once_and_keeps_its_stream(
     # ... and his writer waits (a real socket would block it): fill his queue.
     while len(bob.queue) < relay.config.queue_messages:
         assert bob.try_put(b"x" * 10)
-    relay._fan_out(FanOut(acl_write(CAROL), CAROL), None)
+    relay.fan_out(FanOut(acl_write(CAROL), CAROL), None)
     assert relay.metrics.registry.get_sample_value("hotlink_broadcast_drops_total") == 1
     assert not bob.closing and not carol.closing
 
 
 async def test_a_connection_made_after_a_broadcast_does_not_get_it(relay):
     connect(relay, BOB)
-    relay._fan_out(FanOut(acl_write(CAROL), CAROL), None)
+    relay.fan_out(FanOut(acl_write(CAROL), CAROL), None)
     dave = connect(relay, DAVE)
     await turns()
     assert messages_on(wire_of(dave)) == []
@@ -327,7 +327,7 @@ async def test_a_large_broadcast_is_queued_at_once_as_one_shared_frame(relay):
     readers = [connect(relay, u) for u in (BOB, DAVE)]
     await turns()
     big = acl_write(CAROL, size=COALESCE_MAX_FRAME)
-    relay._fan_out(FanOut(big, CAROL), None)
+    relay.fan_out(FanOut(big, CAROL), None)
     assert len(relay.broadcasts) == 0
     queued = [r.queue.take_all() for r in readers]
     assert queued[0][0] is queued[1][0]  # one object for both
@@ -343,8 +343,8 @@ async def test_the_senders_own_ack_comes_first_and_its_own_connections_get_nothi
     for c in (carol1, carol2, bob):
         wire_of(c).data.clear()
     upload = acl_write(CAROL)
-    relay._put(carol1, frame(Ack(oid=upload.id)), Ack.TYPE, "ack001", broadcast=False)
-    relay._fan_out(FanOut(upload, CAROL), None)
+    relay.put(carol1, frame(Ack(oid=upload.id)), Ack.TYPE, "ack001", broadcast=False)
+    relay.fan_out(FanOut(upload, CAROL), None)
     await turns()
     assert [m.payload for m in messages_on(wire_of(carol1))] == [Ack(oid=upload.id)]
     assert messages_on(wire_of(carol2)) == []
