@@ -5,7 +5,9 @@ hotlink's WebSocket relay path and P2P with libdatachannel (each with flow contr
 off, bench/flow.py), P2P with aiortc, and each backend's raw data channel. Then flow control
 at work: slow readers on P2P, and two sessions on one WebSocket while one app stalls. Then,
 as root, a WAN shape in network namespaces: P2P against the WebSocket relay. Then the relay
-against a bare WebSocket forwarder and at scale (bench/relay_bench.py), ten tunnels at once
+against a bare WebSocket forwarder and at scale (bench/relay_bench.py), the relay as a cluster
+of replicas sharing Redis, users on one replica against users spread over three
+(bench/cluster_bench.py; needs redis-server), ten tunnels at once
 (bench/many_tunnels.py) and, as root, the WAN matrix: P2P against TCP CUBIC and BBR on the
 same namespace path (bench/wan_matrix.py). Last, the idle CPU of a client on a 100,000-file
 tree and its reaction to a new marker (bench/idle_cpu.py; leave it out with ``--only``). Writes
@@ -32,6 +34,8 @@ from typing import Any
 from hotlink.lab.stack import stop_on_signals
 
 from .chart import PALETTE, Bar, Panel, draw
+from .cluster_bench import markdown as cluster_markdown
+from .cluster_bench import results_from_json as cluster_results
 from .flow import E2E_OFF, FLOW_OFF, FlowConfig, FlowResults, paired_paths, run_flow
 from .goals import AIORTC_STOCK, Goal, evaluate, many_tunnels_goal, relay_goals
 from .idle_cpu import RESCAN_INTERVAL, IdleCpuResult
@@ -69,7 +73,7 @@ ALL_PATHS = (
 FLOW_STEPS = ("slow-reader", "shared-ws")
 # The twins of the default rows on the main paths: what flow control and sealing cost.
 TWINS = (FLOW_OFF, E2E_OFF)
-EXTRA_STEPS = ("relay", "many-tunnels", "wan-matrix")
+EXTRA_STEPS = ("relay", "cluster", "many-tunnels", "wan-matrix")
 ALL_STEPS = (*ALL_PATHS, *FLOW_STEPS, *EXTRA_STEPS, "idle-cpu")
 
 
@@ -220,6 +224,30 @@ async def run_relay(quick: bool) -> Section:
     return Section("relay", text + "\n", doc, relay_goals(doc))
 
 
+async def run_cluster(quick: bool) -> Section:
+    """bench/cluster_bench.py in a child process, for the same reasons as :func:`run_relay`
+    (it pins itself and its relays and redis-servers to cores)."""
+    with tempfile.TemporaryDirectory(prefix="hotlink-bench-") as tmp:
+        out = Path(tmp) / "cluster.json"
+        argv = [sys.executable, "-m", "bench.cluster_bench", "--json", str(out)]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, *(["--quick"] if quick else []), cwd=REPO, stdout=asyncio.subprocess.DEVNULL
+        )
+        try:
+            code = await proc.wait()
+        except BaseException:  # interrupted: its SIGTERM handler stops its servers
+            proc.terminate()
+            await asyncio.shield(proc.wait())
+            raise
+        if not out.exists():
+            return Section("cluster", f"_Cluster benchmark failed: exited with {code}_\n", None)
+        doc = json.loads(out.read_text())
+    text = "#### Users on one relay replica against users spread over three\n\n" + (
+        cluster_markdown(cluster_results(doc))
+    )
+    return Section("cluster", text + "\n", doc)
+
+
 async def run_many_tunnels(quick: bool) -> Section:
     result = await measure_many_tunnels(size=(16 if quick else 128) * 2**20)
     return Section(
@@ -240,6 +268,7 @@ async def run_wan_matrix(quick: bool) -> Section:
 async def run_sections(quick: bool, only: Sequence[str]) -> list[Section]:
     steps = {
         "relay": run_relay,
+        "cluster": run_cluster,
         "many-tunnels": run_many_tunnels,
         "wan-matrix": run_wan_matrix,
     }

@@ -417,6 +417,9 @@ SERVER_SPECS: tuple[Spec, ...] = (
     Spec("cluster_grace", "float", 10.0, "Seconds sessions between replicas wait for Redis "
          "to come back before they are closed ('relay link lost').", P_CLUSTER, lo=0.5,
          hi=3600, clamp=False),
+    Spec("cluster_link_bytes", "int", None, "Bytes that may wait to be written for one other "
+         "replica; past it the sessions shared with it are closed ('relay link lost').",
+         P_CLUSTER, lo=1024, clamp=False, default_text="268435456 (256 MiB)"),
     # Logging.
     *_log_specs("info", "text; json when --env is PROD or STAGE"),
     EVENT_LOOP_SPEC,
@@ -738,6 +741,7 @@ class ServerSettings(_Layered):
     node_id: str = ""  # SYFTBOX_HOTLINK_NODE_ID; "": the host name
     node_ttl: float = 5.0
     cluster_grace: float = 10.0
+    cluster_link_bytes: int | None = None
 
     SPECS = SERVER_SPECS
 

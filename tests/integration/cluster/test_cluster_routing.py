@@ -171,3 +171,38 @@ async def test_the_per_user_session_cap_spans_replicas(tmp_path: Path, redis: Re
                     break
                 assert loop.time() < deadline, "the ended session's place was never freed"
                 await asyncio.sleep(0.1)
+
+
+async def test_an_overflowing_link_ends_the_shared_sessions_on_both_sides_and_heals(
+    tmp_path: Path, redis: RedisProc
+) -> None:
+    # A link that may hold 4 KiB: one 64 KiB frame is more than it may hold.
+    async with running_cluster(tmp_path, redis, 2, ["--cluster-link-bytes", "4096"]) as (r1, r2):
+        async with connect(r1.url, ALICE) as alice:
+            await alice.publish_acl(f"{ALICE}/app_data", read=[BOB], write=[BOB])
+            await wait_acl_files((r1, r2), 1)
+            async with connect(r2.url, BOB) as bob:
+                await wait_conns(r1, 1)
+                sid = secrets.token_hex(8)
+                await alice.send(HotlinkOpen(sid=sid, pth=PATH, frm=ALICE, to=BOB))
+                assert (await bob.expect(HotlinkOpen)).sid == sid
+                await bob.send(HotlinkAccept(sid=sid))
+                assert (await alice.expect(HotlinkAccept)).sid == sid
+                await alice.send(HotlinkData(sid=sid, pth=PATH, seq=1, pay=bytes(64 * 1024)))
+                # Both peers are told; neither is left with a half-open session.
+                closed = await alice.expect(HotlinkClose, timeout=30)
+                assert (closed.sid, closed.rsn) == (sid, "relay link lost")
+                closed = await bob.expect(HotlinkClose, timeout=30)
+                assert (closed.sid, closed.rsn) == (sid, "relay link lost")
+                # The replicas start the link afresh: a new session crosses as before.
+                await wait_conns(r1, 1)
+                await wait_conns(r2, 1)
+                sid = secrets.token_hex(8)
+                await alice.send(HotlinkOpen(sid=sid, pth=PATH, frm=ALICE, to=BOB))
+                assert (await bob.expect(HotlinkOpen)).sid == sid
+                await bob.send(HotlinkAccept(sid=sid))
+                assert (await alice.expect(HotlinkAccept)).sid == sid
+                await alice.send(HotlinkData(sid=sid, pth=PATH, seq=1, pay=b"small"))
+                assert (await bob.expect(HotlinkData)).pay == b"small"
+        assert r1.search_log(r"more than 4096 bytes wait for replica r2~") is not None
+        assert r2.search_log(r"records from \S+ were lost") is None  # no false alarm

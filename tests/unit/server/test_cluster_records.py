@@ -449,6 +449,17 @@ def test_forget_makes_the_next_entry_at_one_next() -> None:
     seq.forget("never-seen")  # forgetting an unknown sender is harmless
 
 
+def test_a_broken_link_drops_the_rest_until_a_new_one_starts() -> None:
+    seq = LinkSeq()
+    assert seq.check("a", "e1", 1) is Order.NEXT
+    assert seq.check("a", "e1", 3) is Order.GAP
+    seq.break_link("a", "e1")
+    # What the sender still writes on the broken link is not another loss to report.
+    assert [seq.check("a", "e1", n) for n in (4, 5, 2)] == [Order.DUPLICATE] * 3
+    assert seq.check("a", "e2", 1) is Order.NEW_LINK
+    assert seq.check("a", "e2", 2) is Order.NEXT
+
+
 def test_senders_are_independent() -> None:
     seq = LinkSeq()
     assert seq.check("a", "e", 1) is Order.NEXT

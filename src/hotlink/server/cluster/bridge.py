@@ -68,6 +68,7 @@ class ClusterBridge:
             node_id=settings.node_id,
             ttl=settings.node_ttl,
             grace=settings.cluster_grace,
+            link_bytes=settings.cluster_link_bytes or 0,
         )
 
     # ------------------------------------------------------------ from the relay

@@ -67,7 +67,7 @@ class Outbox:
         self._redis = redis
         self._keys = keys
         self._me = me
-        self._max_bytes = max_bytes
+        self.max_bytes = max_bytes
         self._on_health = on_health
         self._on_overflow = on_overflow
         self._links: dict[str, _Link] = {}
@@ -95,7 +95,7 @@ class Outbox:
             return
         link.records.append((record, size))
         link.size += size
-        if link.size > self._max_bytes:
+        if link.size > self.max_bytes:
             link.overflowed = True
             link.records.clear()
             link.entries.clear()

@@ -47,7 +47,10 @@ UNAVAILABLE = "relay unavailable"
 
 COMMAND_TIMEOUT = 2.0  # seconds for one Redis command before it counts as unreachable
 SESSION_CLAIM_TTL_MS = 24 * 3600 * 1000  # a claim outlives a lost replica at most this long
-DEFAULT_LINK_BYTES = 32 << 20  # what may wait for one other replica
+# What may wait to be written for one other replica. Clients' credit windows bound what is
+# in flight per session (8 MiB by default), so many sessions crossing one link may
+# legitimately hold this much for a moment while Redis catches up.
+DEFAULT_LINK_BYTES = 256 << 20
 
 # Claim session KEYS[1] for user ARGV[1], homed here (ARGV[2]), with token ARGV[6]. Another
 # user's claim stands while its replica lives (liveness keys are ARGV[3] .. replica); the
@@ -156,7 +159,7 @@ class ClusterNode:
         ttl: float = 5.0,
         grace: float = 10.0,
         prefix: str = "hl",
-        link_bytes: int = DEFAULT_LINK_BYTES,
+        link_bytes: int = 0,
     ) -> None:
         self.host = host
         self.url = url
@@ -191,7 +194,7 @@ class ClusterNode:
             self._writer_redis,
             self.keys,
             self.ref,
-            max_bytes=link_bytes,
+            max_bytes=link_bytes or DEFAULT_LINK_BYTES,
             on_health=self._health,
             on_overflow=self._overflow,
         )
@@ -340,7 +343,7 @@ class ClusterNode:
             if ref in self.remote or ref in self._awaiting_roster:
                 log.warning("cluster: replica %s is lost (its key expired)", ref)
                 self.lost_nodes += 1
-            self._drop_link(ref, NODE_LOST)
+            self._forget_node(ref, NODE_LOST)
             pipe = self._redis.pipeline(transaction=False)
             pipe.srem(self.keys.nodes, ref)
             pipe.delete(self.keys.inbox(ref))
@@ -367,29 +370,50 @@ class ClusterNode:
             len(gone),
         )
         for ref in set(gone) | set(self.remote):
-            self._drop_link(ref, LINK_LOST)
+            self._forget_node(ref, LINK_LOST, alive=True)
 
     def _roster(self, *, reply: bool) -> rec.Roster:
         return rec.Roster(tuple(self.host.local_conns()), reply)
 
     # ------------------------------------------------------------ losing a link
 
-    def _drop_link(self, ref: str, reason: str, *, keep_seq: bool = False) -> None:
-        """Forget replica ``ref``: its connections leave their sessions here, and local
-        connections in sessions homed there are told they ended."""
-        self.outbox.forget(ref)
-        self._awaiting_roster.pop(ref, None)
-        if not keep_seq:
-            self.seq.forget(ref)
+    # A link has two directions: what we write to a replica (our outbox: an epoch and
+    # numbers) and what it writes to us (LinkSeq). Whenever either side starts a new
+    # outgoing link, its first record is its roster, so the receiver can rebuild its view.
+
+    def _end_shared(self, ref: str, reason: str) -> None:
+        """The sessions shared with replica ``ref`` end on this side: its connections leave
+        the sessions homed here, and local connections in sessions homed there are told."""
         for conn in list(self.remote.pop(ref, {})):
             self.host.cluster_conn_down(conn, reason)
         for conn, sid in self.sessions.lose(ref):
             self.host.cluster_close(conn, sid, reason)
 
+    def _forget_node(self, ref: str, reason: str, *, alive: bool = False) -> None:
+        """Replica ``ref`` is dead (or, ``alive``, out of reach): everything shared with it
+        goes. What a live one writes to us still counts in order, so its entries written
+        meanwhile are neither taken for a loss nor let through with a hole."""
+        self.outbox.forget(ref)
+        if not alive:
+            self.seq.forget(ref)
+        self._awaiting_roster.pop(ref, None)
+        self._end_shared(ref, reason)
+
     def _overflow(self, ref: str) -> None:
-        log.warning("cluster: too much waits for replica %s; closing the sessions shared", ref)
+        log.warning(
+            "cluster: more than %d bytes wait for replica %s; closing the sessions shared",
+            self.outbox.max_bytes,
+            ref,
+        )
         # Called from inside Outbox.send; the clean-up delivers, so it runs next turn.
-        asyncio.get_running_loop().call_soon(self._drop_link, ref, LINK_LOST)
+        asyncio.get_running_loop().call_soon(self._restart_link, ref)
+
+    def _restart_link(self, ref: str) -> None:
+        """Records of ours for ``ref`` were lost: end what we share, then a new link (which
+        ends it on its side too) that starts with our roster and asks for its own."""
+        self.outbox.forget(ref)
+        self._end_shared(ref, LINK_LOST)
+        self.outbox.send(ref, self._roster(reply=True))
 
     # ------------------------------------------------------------ what the relay sends
 
@@ -493,12 +517,14 @@ class ClusterNode:
                 "shared with it",
                 src,
             )
-            self._drop_link(src, LINK_LOST)
+            # Ignore the rest of that link and have the sender start a new one.
+            self.seq.break_link(src, epoch)
+            self._end_shared(src, LINK_LOST)
             self.outbox.send(src, rec.Reset())
-            self.outbox.send(src, self._roster(reply=True))
             return
         if order is rec.Order.NEW_LINK:
-            self._drop_link(src, LINK_LOST, keep_seq=True)
+            # The sender forgot what we shared (its roster comes first on the new link).
+            self._end_shared(src, LINK_LOST)
         try:
             batch = rec.unpack(data)
         except ProtocolError as exc:
@@ -553,8 +579,8 @@ class ClusterNode:
             case rec.EndSession(sid, reason):
                 host.cluster_end_session(sid, reason)
             case rec.Reset():
-                self._drop_link(src, LINK_LOST, keep_seq=True)
+                self._restart_link(src)
             case rec.Bye():
                 log.info("cluster: replica %s stopped", src)
                 self.membership.forget(src)
-                self._drop_link(src, NODE_LOST)
+                self._forget_node(src, NODE_LOST)

@@ -255,6 +255,9 @@ class Order(Enum):
     NEW_LINK = "new link"  # the sender started the link afresh (it forgot us)
 
 
+BROKEN = 1 << 62  # a link's "last number" once entries were lost on it
+
+
 class LinkSeq:
     """The order of entries per sending replica: epoch and sequence number of the last one.
 
@@ -280,6 +283,11 @@ class LinkSeq:
             return Order.GAP
         self._last[src] = (epoch, seq)
         return Order.NEXT if last is None else Order.NEW_LINK
+
+    def break_link(self, src: str, epoch: str) -> None:
+        """Entries were lost on ``src``'s link ``epoch``: the rest of it is dropped (as
+        duplicates) until ``src`` starts a new one."""
+        self._last[src] = (epoch, BROKEN)
 
     def forget(self, src: str) -> None:
         self._last.pop(src, None)
