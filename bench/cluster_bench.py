@@ -55,27 +55,28 @@ from aiohttp import WSMsgType
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from hotlink.protocol.codec import decode, encode_msgpack
+from hotlink.protocol.codec import decode
 from hotlink.protocol.messages import (
     HotlinkAccept,
     HotlinkClose,
-    HotlinkData,
     HotlinkOpen,
     HotlinkReject,
-    Message,
-    new_message_id,
     new_session_id,
 )
 
 from .relay_bench import (
     CLIENT_CORE,
     SERVER_CORE,
+    Pair,
     Server,
     _env,
     _spawn,
     _start,
+    count_received,
+    data_frame,
     email,
     send,
+    send_in_window,
     ws_connect,
 )
 
@@ -267,20 +268,6 @@ async def deployments(work: Path, cfg: Config) -> AsyncIterator[dict[str, Deploy
 # ---------------------------------------------------------------- pairs
 
 
-@dataclass
-class Pair:
-    frame: bytes
-    window: int
-    sent: int = 0
-    received: int = 0
-    room: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def data_frame(sid: str, path: str, payload: int) -> bytes:
-    body = HotlinkData(sid=sid, seq=1, pth=path, pay=os.urandom(payload))
-    return encode_msgpack(Message(new_message_id(), body))
-
-
 async def _until(ws: aiohttp.ClientWebSocketResponse, sid: str, kind: type, timeout: float) -> None:
     """Read until a ``kind`` message of session ``sid``; a Reject or Close of it raises."""
     deadline = time.monotonic() + timeout
@@ -342,25 +329,6 @@ async def _open_pair(
         window = max(1, IN_FLIGHT_BYTES // payload)
         return Conns(s, r, Pair(data_frame(sid, path, payload), window), tries)
     raise RuntimeError(f"pair {i}: the Open never reached its acceptor ({OPEN_TRIES} tries)")
-
-
-async def _sender(ws: aiohttp.ClientWebSocketResponse, pair: Pair, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        if pair.sent - pair.received >= pair.window:
-            pair.room.clear()
-            await pair.room.wait()
-            continue
-        await ws.send_bytes(pair.frame)
-        pair.sent += 1
-
-
-async def _receiver(ws: aiohttp.ClientWebSocketResponse, pair: Pair) -> None:
-    # No uploads run (ACLs are preloaded), so every binary message here is a Data frame.
-    async for msg in ws:
-        if msg.type is WSMsgType.BINARY:
-            pair.received += 1
-            if pair.sent - pair.received <= pair.window // 2:
-                pair.room.set()
 
 
 # ---------------------------------------------------------------- one measurement
@@ -431,8 +399,8 @@ async def _stream(
 ) -> None:
     pairs = [c.pair for c in made]
     stop = asyncio.Event()
-    tasks += [asyncio.create_task(_receiver(c.receiver, c.pair)) for c in made]
-    senders = [asyncio.create_task(_sender(c.sender, c.pair, stop)) for c in made]
+    tasks += [asyncio.create_task(count_received(c.receiver, c.pair)) for c in made]
+    senders = [asyncio.create_task(send_in_window(c.sender, c.pair, stop)) for c in made]
     tasks += senders
     await asyncio.sleep(WARM_UP)
     c0, s0, t0 = deployment.cpu(), time.process_time(), time.perf_counter()

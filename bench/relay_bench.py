@@ -316,14 +316,18 @@ async def publish(ws: aiohttp.ClientWebSocketResponse, acl: FileWrite) -> None:
 @dataclass
 class Pair:
     frame: bytes
+    window: int = WINDOW  # frames in flight
     sent: int = 0
     received: int = 0
     room: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-async def _sender(ws: aiohttp.ClientWebSocketResponse, pair: Pair, stop: asyncio.Event) -> None:
+async def send_in_window(
+    ws: aiohttp.ClientWebSocketResponse, pair: Pair, stop: asyncio.Event
+) -> None:
+    """Send the pair's frame until ``stop``, at most ``pair.window`` ahead of its receiver."""
     while not stop.is_set():
-        if pair.sent - pair.received >= WINDOW:
+        if pair.sent - pair.received >= pair.window:
             pair.room.clear()
             await pair.room.wait()
             continue
@@ -331,11 +335,13 @@ async def _sender(ws: aiohttp.ClientWebSocketResponse, pair: Pair, stop: asyncio
         pair.sent += 1
 
 
-async def _receiver(ws: aiohttp.ClientWebSocketResponse, pair: Pair) -> None:
+async def count_received(ws: aiohttp.ClientWebSocketResponse, pair: Pair) -> None:
+    """Count the pair's frames as they arrive (every binary message is one), and let the
+    sender go on once half its window is in."""
     async for msg in ws:
         if msg.type is WSMsgType.BINARY:
             pair.received += 1
-            if pair.sent - pair.received <= WINDOW // 2:
+            if pair.sent - pair.received <= pair.window // 2:
                 pair.room.set()
 
 
@@ -370,8 +376,8 @@ async def _measure(
     )
 
 
-def _data_frame(sid: str, path: str) -> bytes:
-    payload = HotlinkData(sid=sid, seq=1, pth=path, pay=os.urandom(FRAME_PAYLOAD))
+def data_frame(sid: str, path: str, size: int = FRAME_PAYLOAD) -> bytes:
+    payload = HotlinkData(sid=sid, seq=1, pth=path, pay=os.urandom(size))
     return encode_msgpack(Message(new_message_id(), payload))
 
 
@@ -383,10 +389,9 @@ async def _run_pairs(
     seconds: float,
 ) -> Throughput:
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(_receiver(r, p)) for (_, r), p in zip(conns, pairs, strict=True)]
-    tasks += [
-        asyncio.create_task(_sender(s, p, stop)) for (s, _), p in zip(conns, pairs, strict=True)
-    ]
+    both = list(zip(conns, pairs, strict=True))
+    tasks = [asyncio.create_task(count_received(r, p)) for (_, r), p in both]
+    tasks += [asyncio.create_task(send_in_window(s, p, stop)) for (s, _), p in both]
     try:
         return await _measure(name, server, pairs, seconds, stop)
     finally:
@@ -403,7 +408,7 @@ async def throughput_forwarder(server: Server, cfg: Config) -> Throughput:
             r = await http.ws_connect(f"{server.url}/fwd?pair={i}&role=r", **WS_OPTIONS)
             s = await http.ws_connect(f"{server.url}/fwd?pair={i}&role=s", **WS_OPTIONS)
             conns.append((s, r))
-            pairs.append(Pair(_data_frame(new_session_id(), f"s{i}@{DOMAIN}/bench/stream")))
+            pairs.append(Pair(data_frame(new_session_id(), f"s{i}@{DOMAIN}/bench/stream")))
         return await _run_pairs("bare forwarder", server, conns, pairs, cfg.seconds)
 
 
@@ -420,7 +425,7 @@ async def _relay_pair(
     assert opened.sid == sid
     await send(r, HotlinkAccept(sid=sid))
     await expect(s, HotlinkAccept)
-    return s, r, Pair(_data_frame(sid, path))
+    return s, r, Pair(data_frame(sid, path))
 
 
 async def throughput_relay(server: Server, cfg: Config, tag: str) -> Throughput:

@@ -197,12 +197,13 @@ class Section:
     goals: list[Goal] = field(default_factory=list)
 
 
-async def run_relay(quick: bool) -> Section:
-    """bench/relay_bench.py in a child process: it pins itself and its servers to cores and
-    raises its descriptor limit, which must not leak into the rest of the run."""
+async def _child_bench(module: str, quick: bool) -> tuple[int, dict[str, Any] | None]:
+    """Run ``bench.<module>`` in a child process (it pins itself and its servers to cores
+    and raises its descriptor limit, which must not leak into the rest of the run); its
+    exit code and the JSON document it wrote, if any."""
     with tempfile.TemporaryDirectory(prefix="hotlink-bench-") as tmp:
-        out = Path(tmp) / "relay.json"
-        argv = [sys.executable, "-m", "bench.relay_bench", "--json", str(out)]
+        out = Path(tmp) / f"{module}.json"
+        argv = [sys.executable, "-m", f"bench.{module}", "--json", str(out)]
         proc = await asyncio.create_subprocess_exec(
             *argv, *(["--quick"] if quick else []), cwd=REPO, stdout=asyncio.subprocess.DEVNULL
         )
@@ -212,12 +213,16 @@ async def run_relay(quick: bool) -> Section:
             proc.terminate()
             await asyncio.shield(proc.wait())
             raise
-        if code != 0 or not out.exists():
-            error = f"relay benchmark exited with {code}"
-            return Section(
-                "relay", f"_Relay benchmark failed: {error}_\n", None, relay_goals(None, error)
-            )
-        doc = json.loads(out.read_text())
+        return code, (json.loads(out.read_text()) if out.exists() else None)
+
+
+async def run_relay(quick: bool) -> Section:
+    code, doc = await _child_bench("relay_bench", quick)
+    if code != 0 or doc is None:
+        error = f"relay benchmark exited with {code}"
+        return Section(
+            "relay", f"_Relay benchmark failed: {error}_\n", None, relay_goals(None, error)
+        )
     text = "#### The relay against a bare forwarder, and at scale\n\n" + relay_markdown(
         relay_results(doc)
     )
@@ -225,23 +230,9 @@ async def run_relay(quick: bool) -> Section:
 
 
 async def run_cluster(quick: bool) -> Section:
-    """bench/cluster_bench.py in a child process, for the same reasons as :func:`run_relay`
-    (it pins itself and its relays and redis-servers to cores)."""
-    with tempfile.TemporaryDirectory(prefix="hotlink-bench-") as tmp:
-        out = Path(tmp) / "cluster.json"
-        argv = [sys.executable, "-m", "bench.cluster_bench", "--json", str(out)]
-        proc = await asyncio.create_subprocess_exec(
-            *argv, *(["--quick"] if quick else []), cwd=REPO, stdout=asyncio.subprocess.DEVNULL
-        )
-        try:
-            code = await proc.wait()
-        except BaseException:  # interrupted: its SIGTERM handler stops its servers
-            proc.terminate()
-            await asyncio.shield(proc.wait())
-            raise
-        if not out.exists():
-            return Section("cluster", f"_Cluster benchmark failed: exited with {code}_\n", None)
-        doc = json.loads(out.read_text())
+    code, doc = await _child_bench("cluster_bench", quick)
+    if doc is None:
+        return Section("cluster", f"_Cluster benchmark failed: exited with {code}_\n", None)
     text = "#### Users on one relay replica against users spread over three\n\n" + (
         cluster_markdown(cluster_results(doc))
     )

@@ -173,22 +173,17 @@ class ClusterNode:
         # Remote connections, per replica, as its roster and records told us.
         self.remote: dict[str, dict[str, rec.ConnInfo]] = {}
 
-        def client() -> Redis:
+        def client(timeout: float = COMMAND_TIMEOUT) -> Redis:
             return Redis.from_url(
                 url,
-                socket_timeout=COMMAND_TIMEOUT,
+                socket_timeout=timeout,
                 socket_connect_timeout=COMMAND_TIMEOUT,
                 single_connection_client=True,
             )
 
         self._writer_redis = client()
         # The reader blocks up to a second per XREAD: its timeout must be longer.
-        self._reader_redis = Redis.from_url(
-            url,
-            socket_timeout=COMMAND_TIMEOUT + 2,
-            socket_connect_timeout=COMMAND_TIMEOUT,
-            single_connection_client=True,
-        )
+        self._reader_redis = client(COMMAND_TIMEOUT + 2)
         self._redis = client()
         self.outbox = Outbox(
             self._writer_redis,
@@ -228,12 +223,13 @@ class ClusterNode:
         return "ok"
 
     def health(self) -> dict[str, object]:
+        stats = self.stats()
         return {
             "status": self.status,
             "node": self.ref,
-            "nodes": 1 + len(self.membership.known),
-            "redis": "up" if self.redis_up else "unreachable",
-            "remote_connections": sum(len(conns) for conns in self.remote.values()),
+            "nodes": stats.nodes,
+            "redis": "up" if stats.redis_up else "unreachable",
+            "remote_connections": stats.remote_connections,
         }
 
     def stats(self) -> ClusterStats:
