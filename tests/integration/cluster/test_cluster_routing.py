@@ -206,3 +206,16 @@ async def test_an_overflowing_link_ends_the_shared_sessions_on_both_sides_and_he
                 assert (await bob.expect(HotlinkData)).pay == b"small"
         assert r1.search_log(r"more than 4096 bytes wait for replica r2~") is not None
         assert r2.search_log(r"records from \S+ were lost") is None  # no false alarm
+
+
+async def test_an_oversized_session_id_is_refused_before_it_reaches_redis(
+    tmp_path: Path, redis: RedisProc
+) -> None:
+    async with running_cluster(tmp_path, redis, 2) as (r1, _r2):
+        async with connect(r1.url, ALICE) as alice:
+            sid = "x" * 100_000
+            await alice.send(HotlinkOpen(sid=sid, pth=PATH, frm=ALICE, to=BOB))
+            reject = await alice.expect(HotlinkReject)
+            assert reject.rsn == "invalid session id"
+            with redis.client() as client:
+                assert client.keys("hl:sess:*") == []

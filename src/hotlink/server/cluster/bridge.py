@@ -27,9 +27,9 @@ from ...protocol.messages import (
 from ..decisions import FanOut, Outcome, Send, clip_text, error_reply
 from ..frames import Frame, TextFrame, encode_frame
 from ..hub import Connection
-from ..router import PERMISSION_DENIED, TOO_MANY_SESSIONS
+from ..router import MAX_SID_CHARS, PERMISSION_DENIED, TOO_MANY_SESSIONS
 from . import records as rec
-from .node import UNAVAILABLE, ClusterNode, node_of
+from .node import UNAVAILABLE, Claim, ClusterNode, node_of
 
 if TYPE_CHECKING:
     from ..app import Relay
@@ -78,7 +78,11 @@ class ClusterBridge:
         first, so no user takes over another's session on another replica."""
         assert isinstance(message.payload, HotlinkOpen)
         sid = message.payload.sid
-        claim = await self.node.claim(sid, conn.user, self.relay.config.max_sessions_per_user)
+        if len(sid) > MAX_SID_CHARS:
+            # The router refuses it; an id that long never becomes a key in Redis.
+            claim = Claim("ok")
+        else:
+            claim = await self.node.claim(sid, conn.user, self.relay.config.max_sessions_per_user)
         if claim.verdict != "ok":
             out = Outcome()
             reason = _CLAIM_REFUSALS.get(claim.verdict, PERMISSION_DENIED)
