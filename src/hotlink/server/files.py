@@ -171,18 +171,10 @@ class FileHandler:
         Awaited by the uploading connection's read loop; cancelling it (the connection
         closed) leaves the thread to finish its bounded work and loads nothing.
         """
-        # A client re-publishes all its ACL files on every (re)connect; one the store holds
-        # already, word for word, changes nothing and is not parsed again.
-        if not self.acls.holds(upload.path, upload.text):
-            async with self._parse_slots:
-                try:
-                    compiled = await asyncio.to_thread(prepare_acl, upload.text, upload.path)
-                except ACLError as exc:
-                    return self._acl_refused(upload.conn, upload.message, str(exc))
-            try:
-                self.acls.install(upload.path, compiled, upload.text)
-            except ACLError as exc:
-                return self._acl_refused(upload.conn, upload.message, str(exc))
+        try:
+            await self.install(upload.path, upload.text)
+        except ACLError as exc:
+            return self._acl_refused(upload.conn, upload.message, str(exc))
         out = Outcome()
         out.send(upload.conn, Message.new(Ack(oid=upload.message.id)))
         # ACL files go to every other user unchecked, as in the reference: clients need them
@@ -190,6 +182,18 @@ class FileHandler:
         out.fan_out = FanOut(upload.message, upload.user)
         out.detail = f"loaded ACL file {short_path(upload.path)}"
         return out
+
+    async def install(self, path: str, text: str) -> None:
+        """Parse the ACL file ``text`` at ``path`` (normalised) on a worker thread and load
+        it; :class:`ACLError` if it does not parse or does not fit. Also for files another
+        relay replica loaded."""
+        # A client re-publishes all its ACL files on every (re)connect; one the store holds
+        # already, word for word, changes nothing and is not parsed again.
+        if self.acls.holds(path, text):
+            return
+        async with self._parse_slots:
+            compiled = await asyncio.to_thread(prepare_acl, text, path)
+        self.acls.install(path, compiled, text)
 
     def _acl_refused(self, conn: ConnId, message: Message, reason: str) -> Outcome:
         out = Outcome()

@@ -9,12 +9,11 @@ homed elsewhere, a delivery to a remote connection, and a Data frame's remote re
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
-from ...protocol.acl import ACLError, prepare_acl
+from ...protocol.acl import ACLError
 from ...protocol.codec import Encoding, decode
 from ...protocol.messages import (
     HOTLINK_TYPES,
@@ -202,11 +201,8 @@ class ClusterBridge:
         self.relay.metrics.sessions.set(len(self.relay.router.sessions))
 
     async def _install_acl(self, path: str, text: str) -> bool:
-        if self.relay.acls.holds(path, text):
-            return True
         try:
-            compiled = await asyncio.to_thread(prepare_acl, text, path)
-            self.relay.acls.install(path, compiled, text)
+            await self.relay.files.install(path, text)
         except ACLError as exc:
             log.warning("cluster: ACL file %s not loaded: %s", clip_text(path), exc)
             return False
