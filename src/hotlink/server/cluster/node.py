@@ -330,13 +330,14 @@ class ClusterNode:
             values = await self._redis.mget([self.keys.node(m) for m in members])
             alive = {m: v is not None for m, v in zip(members, values, strict=True)}
         self._health(True, "heartbeat")
+        known = set(self.membership.known)
         changes = self.membership.observe(time.monotonic(), alive)
         for ref in changes.found:
             log.info("cluster: found replica %s", ref)
             self._awaiting_roster[ref] = time.monotonic()
             self.outbox.send(ref, self._roster(reply=True))
         for ref in changes.lost:
-            if ref in self.remote or ref in self._awaiting_roster:
+            if ref in known:  # else a dead replica's leftovers, cleaned up here
                 log.warning("cluster: replica %s is lost (its key expired)", ref)
                 self.lost_nodes += 1
             self._forget_node(ref, NODE_LOST)
