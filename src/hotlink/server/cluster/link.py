@@ -151,14 +151,15 @@ class Outbox:
             await asyncio.sleep(0)
             self._pack()
             ops, self._ops = self._ops, []
-            sending = {dst: list(link.entries) for dst, link in self._links.items() if link.entries}
+            sending = {
+                dst: (link, list(link.entries)) for dst, link in self._links.items() if link.entries
+            }
             if not ops and not sending:
                 continue
             pipe = self._redis.pipeline(transaction=False)
             for op in ops:
                 op(pipe)
-            for dst, entries in sending.items():
-                link = self._links[dst]
+            for dst, (link, entries) in sending.items():
                 for seq, data, _size in entries:
                     pipe.xadd(
                         self._keys.inbox(dst),
@@ -179,11 +180,9 @@ class Outbox:
             if not healthy:
                 healthy = True
                 self._on_health(True, "writer")
-            for dst, entries in sending.items():
-                kept = self._links.get(dst)
-                if kept is None:
-                    continue
-                link = kept
+            for dst, (link, entries) in sending.items():
+                if self._links.get(dst) is not link:
+                    continue  # forgotten meanwhile (a new link has its own numbers)
                 done = {entry[0] for entry in entries}
                 link.entries = [entry for entry in link.entries if entry[0] not in done]
                 link.size -= sum(entry[2] for entry in entries)
