@@ -19,7 +19,7 @@ import pytest
 
 from hotlink.lab.processes import ACLS_PUBLISHED, CONNECTED
 from support.client_proc import Tunnel, dial, start_tunnel
-from support.cluster import metric, running_cluster
+from support.cluster import metric, running_cluster, wait_health
 from support.redis_proc import RedisProc, running_redis
 from support.streams import (
     Pattern,
@@ -128,3 +128,32 @@ async def test_kill_9_of_a_replica_moves_its_users_and_ends_their_sessions_loudl
         with redis.client() as client:
             members = {m.decode() for m in client.smembers("hl:nodes")}
         assert not any(m.startswith("r2~") for m in members), members
+
+
+async def test_a_redis_restart_mid_stream_delivers_every_byte_or_a_reset(
+    tmp_path: Path, redis: RedisProc
+) -> None:
+    # Every byte of this stream crosses through Redis (WebSocket path, users on two
+    # replicas). Redis dies mid-stream and comes back empty within the grace.
+    async with running_cluster(tmp_path, redis, 2, ["--cluster-grace", "20"]) as (r1, r2):
+        t = await asyncio.to_thread(start_tunnel, r1.url, tmp_path, env=PATHS["ws"], bob_url=r2.url)
+        try:
+            bob_r, bob_w = await dial(t.bob_port)
+            await asyncio.sleep(0.3)
+            _, alice_w = await dial(t.alice_port)
+            pattern = Pattern()
+            reading = asyncio.create_task(read_stream(bob_r, pattern, timeout=240))
+            sending = asyncio.create_task(send_stream(alice_w, 256 * MIB, pattern))
+            await t.bob.await_telemetry(lambda d: d["rx_bytes"] > 4 * MIB, 60)
+            redis.kill()
+            await asyncio.sleep(1.0)
+            redis.restart()
+            got, sent = await asyncio.gather(reading, sending)
+            assert_whole_or_reset(got, sent)  # never a short clean EOF
+            await _close(alice_w, bob_w)
+            # After it, the replicas work together again: a new stream crosses intact.
+            await wait_health(r1, nodes=2)
+            await wait_health(r2, nodes=2)
+            await _both_ways(t, 4 * MIB)
+        finally:
+            await asyncio.to_thread(t.stop)

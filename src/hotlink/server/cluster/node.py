@@ -28,6 +28,9 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from ...protocol.errors import ProtocolError
@@ -174,11 +177,15 @@ class ClusterNode:
         self.remote: dict[str, dict[str, rec.ConnInfo]] = {}
 
         def client(timeout: float = COMMAND_TIMEOUT) -> Redis:
+            # One retry on a fresh connection: after Redis restarted, the old connection's
+            # first command fails although Redis is back (that is no outage to report).
             return Redis.from_url(
                 url,
                 socket_timeout=timeout,
                 socket_connect_timeout=COMMAND_TIMEOUT,
                 single_connection_client=True,
+                retry=Retry(NoBackoff(), 1),
+                retry_on_error=[RedisConnectionError],
             )
 
         self._writer_redis = client()
