@@ -338,7 +338,10 @@ def start_tunnel(
     until both proxies listen. ``env`` goes to both clients, ``alice_env``/``bob_env`` on top;
     ``alice_script``/``bob_script``: that client's ``script`` (see :func:`spawn_client`);
     ``bob_url``: bob's relay, when it is not alice's (another replica of a cluster)."""
-    ports = {ALICE: free_port(), BOB: free_port()}
+    alice_port = free_port()
+    while (bob_port := free_port()) == alice_port:
+        pass  # the kernel may offer the probed port again; two proxies cannot share it
+    ports = {ALICE: alice_port, BOB: bob_port}
     dirs = {ALICE: tmp_path / "alice", BOB: tmp_path / "bob"}
     write_reference_tunnel(dirs, ports)
     alice = start_client(

@@ -113,6 +113,7 @@ class DevStack:
         self.python = python
         self.server: ServerProc | None = None
         self.clients: dict[str, ClientProc] = {}
+        self._ports: set[int] = set()  # proxy ports handed out to channels
         self.extra: list[Proc] = []
         self._stopped = False
         self._register()
@@ -252,8 +253,17 @@ class DevStack:
     ) -> Channel:
         """A channel description with free loopback ports for both parties (not yet written)."""
         if ports is None:
-            ports = {from_email: free_port(), to_email: free_port()}
+            ports = {from_email: self.free_port(), to_email: self.free_port()}
         return Channel(from_email, to_email, from_id, to_id, dict(ports), flow, run)
+
+    def free_port(self) -> int:
+        """A free loopback port this stack has not handed out before: the kernel may offer
+        a port again once its probe socket is closed, and two proxies of one scenario on
+        one port would collide (one of them could not listen)."""
+        while (port := free_port()) in self._ports:
+            pass
+        self._ports.add(port)
+        return port
 
     def write_channel(self, channel: Channel, trees: Iterable[str] | None = None) -> None:
         """Markers + ACLs (PROTOCOL.md §9.1) into the trees of the channel's parties (or of

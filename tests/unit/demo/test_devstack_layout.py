@@ -58,3 +58,15 @@ def test_log_times_of_both_line_formats() -> None:
     clock = line_time("09:08:07.123 INFO old client line\n")
     assert clock is not None and datetime.fromtimestamp(clock).strftime("%H:%M:%S") == "09:08:07"
     assert line_time("no stamp here\n") is None
+
+
+def test_channels_of_one_stack_never_share_a_proxy_port(tmp_path: Path, monkeypatch) -> None:
+    # The kernel may offer a probed port again once the probe closed: the 3-party demo once
+    # gave two proxies the same port, and one of them could not listen.
+    offered = iter([41000, 41001, 41001, 41000, 41002, 41003])
+    monkeypatch.setattr("hotlink.lab.stack.free_port", lambda: next(offered))
+    stack = DevStack(tmp_path)
+    a = stack.channel("alice@example.com", "bob@example.com")
+    b = stack.channel("bob@example.com", "carol@example.com")
+    ports = [*a.ports.values(), *b.ports.values()]
+    assert sorted(ports) == [41000, 41001, 41002, 41003]
