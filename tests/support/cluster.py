@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from hotlink.protocol.messages import HotlinkAccept, HotlinkOpen
 from support.redis_proc import RedisProc
 from support.server_proc import ServerProcess, spawn_server
+from support.ws_client import WSClient
 
 NODE_TTL = "1"  # seconds: a killed replica is noticed within about 1.5 s
 
@@ -70,6 +73,18 @@ async def wait_conns(srv: ServerProcess, remote: int) -> None:
     while (await asyncio.to_thread(health, srv))[1].get("remote_connections") != remote:
         assert loop.time() < deadline, f"{srv.url}: never saw {remote} remote connections"
         await asyncio.sleep(0.05)
+
+
+async def open_session(opener: WSClient, acceptor: WSClient, path: str) -> str:
+    """Open a session from ``opener`` to ``acceptor``'s user and have it accepted (the
+    acceptor checks the Open it was offered); its session id."""
+    sid = secrets.token_hex(8)
+    await opener.send(HotlinkOpen(sid=sid, pth=path, frm=opener.user, to=acceptor.user))
+    offer = await acceptor.expect(HotlinkOpen)
+    assert (offer.sid, offer.frm) == (sid, opener.user), offer
+    await acceptor.send(HotlinkAccept(sid=sid))
+    assert (await opener.expect(HotlinkAccept)).sid == sid
+    return sid
 
 
 def spawn_replica(

@@ -11,13 +11,19 @@ from pathlib import Path
 import pytest
 
 from hotlink.protocol.messages import (
-    HotlinkAccept,
     HotlinkClose,
     HotlinkData,
     HotlinkOpen,
     HotlinkReject,
 )
-from support.cluster import health, running_cluster, wait_acl_files, wait_conns, wait_health
+from support.cluster import (
+    health,
+    open_session,
+    running_cluster,
+    wait_acl_files,
+    wait_conns,
+    wait_health,
+)
 from support.redis_proc import RedisProc, running_redis
 from support.ws_client import WSClient, connect, handshake
 
@@ -34,15 +40,6 @@ GRACE = "2"
 def redis(tmp_path: Path) -> Iterator[RedisProc]:
     with running_redis(tmp_path) as proc:
         yield proc
-
-
-async def _session(opener: WSClient, acceptor: WSClient) -> str:
-    sid = secrets.token_hex(8)
-    await opener.send(HotlinkOpen(sid=sid, pth=PATH, frm=opener.user, to=acceptor.user))
-    assert (await acceptor.expect(HotlinkOpen)).sid == sid
-    await acceptor.send(HotlinkAccept(sid=sid))
-    assert (await opener.expect(HotlinkAccept)).sid == sid
-    return sid
 
 
 async def _data(sender: WSClient, receiver: WSClient, sid: str, count: int) -> None:
@@ -62,8 +59,8 @@ async def test_redis_outage_is_loud_and_local_sessions_keep_going(
             await wait_acl_files((r1, r2), 1)
             async with connect(r1.url, CAROL) as carol, connect(r2.url, BOB) as bob:
                 await wait_conns(r1, 1)
-                local = await _session(alice, carol)
-                shared = await _session(alice, bob)
+                local = await open_session(alice, carol, PATH)
+                shared = await open_session(alice, bob, PATH)
                 redis.kill()
                 await wait_health(r1, status="degraded")
                 await wait_health(r2, status="degraded")
@@ -87,7 +84,7 @@ async def test_redis_outage_is_loud_and_local_sessions_keep_going(
                 redis.restart()
                 await wait_health(r1, nodes=2)
                 await wait_health(r2, nodes=2)
-                again = await _session(alice, bob)
+                again = await open_session(alice, bob, PATH)
                 await _data(alice, bob, again, 500)
 
 
@@ -100,7 +97,7 @@ async def test_a_short_outage_delays_shared_sessions_and_loses_nothing_silently(
             await wait_acl_files((r1, r2), 1)
             async with connect(r2.url, BOB) as bob:
                 await wait_conns(r1, 1)
-                shared = await _session(alice, bob)
+                shared = await open_session(alice, bob, PATH)
                 await _data(alice, bob, shared, 100)
                 redis.kill()
                 await wait_health(r1, status="degraded")

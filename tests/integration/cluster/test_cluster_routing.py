@@ -12,14 +12,13 @@ from hotlink.protocol.messages import (
     Error,
     FileDelete,
     FileWrite,
-    HotlinkAccept,
     HotlinkClose,
     HotlinkData,
     HotlinkOpen,
     HotlinkReject,
     HotlinkSignal,
 )
-from support.cluster import running_cluster, wait_acl_files, wait_conns
+from support.cluster import open_session, running_cluster, wait_acl_files, wait_conns
 from support.redis_proc import RedisProc, running_redis
 from support.ws_client import connect, handshake, open_client
 
@@ -46,12 +45,7 @@ async def test_session_across_replicas_in_order_both_ways(tmp_path: Path, redis:
                 # Presence reaches the other replica a moment later (an Open to a user not
                 # yet seen anywhere is offered to nobody, as on one relay).
                 await wait_conns(r1, 1)
-                sid = secrets.token_hex(8)
-                await alice.send(HotlinkOpen(sid=sid, pth=PATH, frm=ALICE, to=BOB))
-                offer = await bob.expect(HotlinkOpen)
-                assert (offer.sid, offer.frm) == (sid, ALICE)
-                await bob.send(HotlinkAccept(sid=sid))
-                assert (await alice.expect(HotlinkAccept)).sid == sid
+                sid = await open_session(alice, bob, PATH)
                 await bob.send(HotlinkSignal(sid=sid, knd="offer", tok="x"))
                 assert (await alice.expect(HotlinkSignal)).knd == "offer"
                 await alice.send(HotlinkSignal(sid=sid, knd="answer", tok="y"))
@@ -96,11 +90,7 @@ async def test_a_lost_replica_closes_its_sessions_for_the_peers(
             await wait_acl_files((r1, r2), 1)
             bob = await open_client(r2.url, BOB)
             await wait_conns(r1, 1)
-            sid = secrets.token_hex(8)
-            await alice.send(HotlinkOpen(sid=sid, pth=PATH, frm=ALICE, to=BOB))
-            assert (await bob.expect(HotlinkOpen)).sid == sid
-            await bob.send(HotlinkAccept(sid=sid))
-            assert (await alice.expect(HotlinkAccept)).sid == sid
+            sid = await open_session(alice, bob, PATH)
             r2.proc.kill()  # kill -9
             closed = await alice.expect(HotlinkClose, timeout=30)
             assert (closed.sid, closed.rsn) == (sid, "relay node lost")
@@ -183,11 +173,7 @@ async def test_an_overflowing_link_ends_the_shared_sessions_on_both_sides_and_he
             await wait_acl_files((r1, r2), 1)
             async with connect(r2.url, BOB) as bob:
                 await wait_conns(r1, 1)
-                sid = secrets.token_hex(8)
-                await alice.send(HotlinkOpen(sid=sid, pth=PATH, frm=ALICE, to=BOB))
-                assert (await bob.expect(HotlinkOpen)).sid == sid
-                await bob.send(HotlinkAccept(sid=sid))
-                assert (await alice.expect(HotlinkAccept)).sid == sid
+                sid = await open_session(alice, bob, PATH)
                 await alice.send(HotlinkData(sid=sid, pth=PATH, seq=1, pay=bytes(64 * 1024)))
                 # Both peers are told; neither is left with a half-open session.
                 closed = await alice.expect(HotlinkClose, timeout=30)
@@ -197,11 +183,7 @@ async def test_an_overflowing_link_ends_the_shared_sessions_on_both_sides_and_he
                 # The replicas start the link afresh: a new session crosses as before.
                 await wait_conns(r1, 1)
                 await wait_conns(r2, 1)
-                sid = secrets.token_hex(8)
-                await alice.send(HotlinkOpen(sid=sid, pth=PATH, frm=ALICE, to=BOB))
-                assert (await bob.expect(HotlinkOpen)).sid == sid
-                await bob.send(HotlinkAccept(sid=sid))
-                assert (await alice.expect(HotlinkAccept)).sid == sid
+                sid = await open_session(alice, bob, PATH)
                 await alice.send(HotlinkData(sid=sid, pth=PATH, seq=1, pay=b"small"))
                 assert (await bob.expect(HotlinkData)).pay == b"small"
         assert r1.search_log(r"more than 4096 bytes wait for replica r2~") is not None
