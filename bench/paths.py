@@ -115,6 +115,24 @@ async def guarded(result: PathResult, body: Callable[[], Awaitable[None]]) -> Pa
 # ---------------------------------------------------------------- the floor: plain TCP
 
 
+async def measure_accepted(
+    result: PathResult,
+    cfg: BenchConfig,
+    port: int,
+    accepted: asyncio.Queue[Link],
+    timeout: float = 10.0,
+) -> None:
+    """Connect app a to ``port``, take app b from ``accepted`` (the far end's listener),
+    measure the link between them (:func:`measure_link`), then close both."""
+    a = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+    b = await asyncio.wait_for(accepted.get(), timeout)
+    try:
+        await measure_link(result, a, b, cfg.size, cfg.rounds, cfg.rtt_sizes)
+    finally:
+        await close_link(a)
+        await close_link(b)
+
+
 async def tcp_floor(cfg: BenchConfig) -> PathResult:
     """A direct loopback TCP connection between the two app ends (what hotlink adds to)."""
     result = PathResult("raw TCP loopback", "loopback", "tcp", transport={"both": "tcp"})
@@ -128,13 +146,7 @@ async def tcp_floor(cfg: BenchConfig) -> PathResult:
         server = await asyncio.start_server(on_conn, "127.0.0.1", 0, limit=1 << 20)
         port = server.sockets[0].getsockname()[1]
         try:
-            a = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
-            b = await asyncio.wait_for(accepted.get(), 10)
-            try:
-                await measure_link(result, a, b, cfg.size, cfg.rounds, cfg.rtt_sizes)
-            finally:
-                await close_link(a)
-                await close_link(b)
+            await measure_accepted(result, cfg, port, accepted)
         finally:
             server.close()
             await server.wait_closed()

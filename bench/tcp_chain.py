@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from hotlink.demo.measure import Link, close_link
+from hotlink.demo.measure import Link
 from hotlink.lab.processes import die_with_parent
 
-from .paths import BenchConfig, PathResult, guarded, measure_link
+from .paths import BenchConfig, PathResult, guarded, measure_accepted
 
 READ = 256 * 1024
 START_TIMEOUT = 10.0
@@ -95,13 +95,7 @@ async def tcp_chain(cfg: BenchConfig) -> PathResult:
                 procs.append(second)
                 first, port1 = await _start_forwarder(port2, Path(tmp), "alice")
                 procs.append(first)
-            a = await asyncio.open_connection("127.0.0.1", port1, limit=1 << 20)
-            b = await asyncio.wait_for(accepted.get(), START_TIMEOUT)
-            try:
-                await measure_link(result, a, b, cfg.size, cfg.rounds, cfg.rtt_sizes)
-            finally:
-                await close_link(a)
-                await close_link(b)
+            await measure_accepted(result, cfg, port1, accepted, START_TIMEOUT)
         finally:
             for proc in procs:
                 with contextlib.suppress(ProcessLookupError):
