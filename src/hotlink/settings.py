@@ -290,8 +290,9 @@ CLIENT_SPECS: tuple[Spec, ...] = (
          "Bytes buffered on a data channel before sending waits, 0-16777216.", P_P2P,
          env=("SYFTBOX_HOTLINK_WEBRTC_BUFFERED_HIGH",), lo=0, hi=16 * MIB),
     Spec("webrtc_mtu", "int", 0,
-         "libdatachannel's SCTP packet size: 0 (its 1280) or 576-4096. Larger is 2-3x faster "
-         "but only safe between peers on one host or a jumbo-frame LAN.", P_P2P,
+         "libdatachannel's SCTP packet size: 0 (automatic: 4096 between peers on this host's "
+         "network stack, else its 1280) or 576-4096 pinned. Larger is 2-3x faster but only "
+         "safe on one host or a jumbo-frame LAN.", P_P2P,
          env=("SYFTBOX_HOTLINK_WEBRTC_MTU",), check=_webrtc_mtu),
     Spec("webrtc_sctp_buffer", "int", 0,
          "libdatachannel's SCTP send and receive buffers: 0 (its 1 MiB) or 1048576-16777216; "
@@ -629,7 +630,7 @@ class ClientSettings(_Layered):
 
     # WebRTC sending.
     webrtc_buffered_high: int = MIB  # SYFTBOX_HOTLINK_WEBRTC_BUFFERED_HIGH, max 16 MiB
-    webrtc_mtu: int = 0  # SYFTBOX_HOTLINK_WEBRTC_MTU: 0 or 576..4096
+    webrtc_mtu: int = 0  # SYFTBOX_HOTLINK_WEBRTC_MTU: 0 (automatic) or 576..4096
     webrtc_sctp_buffer: int = 0  # SYFTBOX_HOTLINK_WEBRTC_SCTP_BUFFER: 0 or 1..16 MiB
     webrtc_tuning: bool = True  # SYFTBOX_HOTLINK_WEBRTC_TUNING
     webrtc_backpressure_wait_ms: int = 1500  # SYFTBOX_HOTLINK_WEBRTC_BACKPRESSURE_WAIT_MS

@@ -65,10 +65,11 @@ def capture_unavailable() -> str | None:
 class Capture:
     """One tcpdump child writing the traffic of one TCP port on an interface to a pcap."""
 
-    def __init__(self, port: int, pcap: Path, interface: str = "lo") -> None:
+    def __init__(self, port: int, pcap: Path, interface: str = "lo", expression: str = "") -> None:
         self.port = port
         self.pcap = pcap
         self.interface = interface
+        self.expression = expression or f"tcp port {port}"
         self.log_path = pcap.with_suffix(".tcpdump.log")
         self.proc: subprocess.Popen[bytes] | None = None
         self.dropped: int | None = None
@@ -81,7 +82,7 @@ class Capture:
             # tcpdump would drop to its own user after opening the device; that user may
             # not write into the test's directory.
             "-Z", "root",
-            "-w", str(self.pcap), f"tcp port {self.port}",
+            "-w", str(self.pcap), self.expression,
         ]  # fmt: skip
         # The thread that starts it lives as long as the test: it dies with the test run.
         self.proc = spawn(argv, env=dict(os.environ), log_path=self.log_path)
@@ -126,8 +127,11 @@ class Capture:
 
 
 @contextlib.contextmanager
-def capturing(port: int, pcap: Path, interface: str = "lo") -> Iterator[Capture]:
-    capture = Capture(port, pcap, interface)
+def capturing(
+    port: int, pcap: Path, interface: str = "lo", expression: str = ""
+) -> Iterator[Capture]:
+    """``expression``: a tcpdump filter other than the port's TCP traffic (the relay's)."""
+    capture = Capture(port, pcap, interface, expression)
     capture.start()
     try:
         yield capture
@@ -143,6 +147,7 @@ _LINK_RAW = (12, 101)
 _LINK_SLL = 113
 _LINK_SLL2 = 276
 _IPV4, _IPV6 = 0x0800, 0x86DD
+_UDP = 17
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +161,35 @@ class Segment:
 
 def read_pcap(path: Path) -> list[Segment]:
     """The TCP segments of a classic pcap file (what ``tcpdump -w`` writes)."""
+    segments = []
+    for linktype, frame in _frames(path):
+        segment = _segment(linktype, frame)
+        if segment is not None:
+            segments.append(segment)
+    return segments
+
+
+def udp_payload_sizes(path: Path) -> list[int]:
+    """The payload size of every IPv4/IPv6 UDP datagram in a classic pcap file."""
+    sizes = []
+    for linktype, frame in _frames(path):
+        network = _network(linktype, frame)
+        if network is None:
+            continue
+        ethertype, packet = network
+        if ethertype == _IPV4 and len(packet) >= 28 and packet[9] == _UDP:
+            udp = packet[(packet[0] & 0x0F) * 4 :]
+        elif ethertype == _IPV6 and len(packet) >= 48 and packet[6] == _UDP:
+            udp = packet[40:]
+        else:
+            continue
+        sizes.append(struct.unpack_from(">H", udp, 4)[0] - 8)
+    return sizes
+
+
+def _frames(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(link type, frame) of each packet of a classic pcap file, whole (CaptureError if the
+    snap length cut one)."""
     blob = path.read_bytes()
     if len(blob) < 24:
         raise CaptureError(f"{path} is not a pcap file ({len(blob)} bytes)")
@@ -168,7 +202,6 @@ def read_pcap(path: Path) -> list[Segment]:
         raise CaptureError(f"{path} is not a classic pcap file (magic {magic.hex()})")
     (linktype,) = struct.unpack_from(order + "I", blob, 20)
     record = struct.Struct(order + "IIII")
-    segments = []
     pos = 24
     while pos + record.size <= len(blob):
         _sec, _frac, caplen, origlen = record.unpack_from(blob, pos)
@@ -177,10 +210,7 @@ def read_pcap(path: Path) -> list[Segment]:
         pos += caplen
         if caplen < origlen:
             raise CaptureError(f"a packet was cut to {caplen} of {origlen} bytes (snap length)")
-        segment = _segment(linktype, frame)
-        if segment is not None:
-            segments.append(segment)
-    return segments
+        yield linktype, frame
 
 
 def _network(linktype: int, frame: bytes) -> tuple[int, bytes] | None:

@@ -309,6 +309,7 @@ class AiortcBackend(Backend):
         relay_only: bool = False,
         buffered_high: int = DEFAULT_BUFFERED_HIGH,
         backpressure_wait: float = DEFAULT_BACKPRESSURE_WAIT,
+        mtu: int = 0,  # aiortc's SCTP packet size is fixed (same_host_mtu is 0)
     ) -> AiortcPeer:
         return AiortcPeer(
             ice_servers,

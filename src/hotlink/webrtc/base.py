@@ -236,6 +236,9 @@ class Backend(ABC):
 
     #: ``"libdatachannel"`` or ``"aiortc"``.
     name: str
+    #: The SCTP MTU this backend's peers use, and take, between two ends on one network
+    #: stack (:mod:`hotlink.protocol.locality`); 0: they keep their default everywhere.
+    same_host_mtu: int = 0
 
     @abstractmethod
     def create_peer(
@@ -246,11 +249,13 @@ class Backend(ABC):
         relay_only: bool = False,
         buffered_high: int = DEFAULT_BUFFERED_HIGH,
         backpressure_wait: float = DEFAULT_BACKPRESSURE_WAIT,
+        mtu: int = 0,
     ) -> Peer:
         """A new peer connection. Must be called on the running event loop that will own it.
 
         ``ice_servers`` may be empty (host candidates only, DECISIONS.md #24). With
         ``relay_only`` only TURN relay candidates are gathered and used. ``buffered_high`` and
         ``backpressure_wait`` (seconds without any drain before a send gives up) configure
-        :meth:`Peer.send`.
+        :meth:`Peer.send`. ``mtu``: this connection's SCTP MTU, up to :attr:`same_host_mtu`
+        (0: the backend's own setting; backends without a choice ignore it).
         """

@@ -81,12 +81,13 @@ _GATHERING_COMPLETE = 2
 _POLICY_ALL = 0
 _POLICY_RELAY = 1
 
-# The largest MTU we let libdatachannel use. Its default (0: 1280) suits every path; larger
+# The largest MTU we let libdatachannel use, and the one it uses between two of our peers on
+# one network stack (protocol/locality.py). Its default (0: 1280) suits every path; larger
 # values cut the per-packet work (loopback, 2 cores, raw channel between two processes: 1280
 # -> 4096 is 26-39 -> 62-108 MiB/s; a hotlink tunnel 18-25 -> 47-66 MB/s) but
 # are safe only where both ends are ours and the path carries such datagrams unfragmented (one
 # host, jumbo-frame LANs): libjuice reads datagrams into a 4096-byte buffer and drops larger
-# ones, so anything above this stalls the association.
+# ones, so anything above this stalls the association. A receiver at 1280 takes them.
 MAX_MTU = 4096
 MIN_MTU = 576
 
@@ -482,6 +483,7 @@ class LibdatachannelBackend(Backend):
     """
 
     name = "libdatachannel"
+    same_host_mtu = MAX_MTU
 
     def __init__(self, *, mtu: int = 0, sctp_settings: SctpSettings | None = None) -> None:
         if mtu and not MIN_MTU <= mtu <= MAX_MTU:
@@ -497,6 +499,7 @@ class LibdatachannelBackend(Backend):
         relay_only: bool = False,
         buffered_high: int = DEFAULT_BUFFERED_HIGH,
         backpressure_wait: float = DEFAULT_BACKPRESSURE_WAIT,
+        mtu: int = 0,
     ) -> LibdatachannelPeer:
         apply_sctp_settings(self.sctp_settings)
         return LibdatachannelPeer(
@@ -505,5 +508,5 @@ class LibdatachannelBackend(Backend):
             relay_only=relay_only,
             buffered_high=buffered_high,
             backpressure_wait=backpressure_wait,
-            mtu=self.mtu,
+            mtu=mtu or self.mtu,
         )

@@ -115,6 +115,7 @@ class FakeBackend(Backend):
         self.peers: list[FakePeer] = []
         self.ice_servers: list[list[IceServer]] = []
         self.fail_create: str | None = None
+        self.mtus: list[int] = []  # the mtu each peer was created with
 
     def create_peer(
         self,
@@ -124,10 +125,12 @@ class FakeBackend(Backend):
         relay_only: bool = False,
         buffered_high: int = 1024 * 1024,
         backpressure_wait: float = 1.5,
+        mtu: int = 0,
     ) -> FakePeer:
         if self.fail_create:
             raise WebRTCError(self.fail_create)
         self.ice_servers.append(list(ice_servers))
+        self.mtus.append(mtu)
         peer = FakePeer(events, relay_only)
         self.peers.append(peer)
         return peer
@@ -186,9 +189,9 @@ def quick_config(**overrides: Any) -> WebRTCConfig:
 
 
 def make_transport(
-    settings: ClientSettings | None = None, **overrides: Any
+    settings: ClientSettings | None = None, *, backend: FakeBackend | None = None, **overrides: Any
 ) -> tuple[WebRTCPeerTransport, FakeBackend, FakeHost]:
-    backend = FakeBackend()
+    backend = backend or FakeBackend()
     host = FakeHost()
     transport = WebRTCPeerTransport(
         settings or ClientSettings(ice_servers_raw="none"),

@@ -183,6 +183,7 @@ def test_client_settings_choose_the_sctp_buffer() -> None:
 
 class _FakeBackend:
     name = "libdatachannel"
+    same_host_mtu = 4096
 
 
 def test_the_transport_gives_its_mtu_and_sctp_settings_to_libdatachannel(

@@ -59,6 +59,7 @@ from ...protocol.ice import (
     parse_sdp_token,
     sdp_token,
 )
+from ...protocol.locality import P2P_HOST, HostHint, MtuPolicy, encode_hint, parse_hint
 from ...protocol.messages import HotlinkData, HotlinkSignal, Payload
 from ...webrtc import (
     BackpressureTimeoutError,
@@ -127,6 +128,8 @@ class P2PPathInfo:
     error: str
     # The library's measured round trip in seconds, when it has one.
     rtt: float | None
+    # The SCTP MTU our end of the peer connection was made with (0: the library's default).
+    mtu: int = 0
 
 
 @dataclass(frozen=True)
@@ -136,8 +139,11 @@ class WebRTCConfig:
     backend: str = "auto"
     relay_only: bool = False
     buffered_high: int = MIB
-    # libdatachannel only: SCTP MTU (0: the library's 1280) and process-wide SCTP settings.
+    # libdatachannel only: SCTP MTU (0: the library's 1280, or larger packets between peers on
+    # one network stack) and process-wide SCTP settings.
     mtu: int = 0
+    # This process's network stack (client/p2p/stack_id.py; None: never "the same host").
+    stack_id: bytes | None = None
     sctp: SctpSettings = DEFAULT_SCTP_SETTINGS
     tuned: bool = True  # aiortc with hotlink's tuning (False: as shipped)
     backpressure_wait: float = 1.5
@@ -171,12 +177,15 @@ class SessionOwner(Protocol):
     config: WebRTCConfig
     # Bytes of signals queued in all sessions together.
     signal_quota: SignalQuota
+    # When a peer connection may use large SCTP packets (protocol/locality.py).
+    mtu_policy: MtuPolicy
 
     @property
     def telemetry(self) -> Telemetry: ...
 
-    def new_peer(self, session: P2PSession) -> Peer:
-        """A peer connection whose events go to ``session``; raises WebRTCError."""
+    def new_peer(self, session: P2PSession, *, mtu: int = 0) -> Peer:
+        """A peer connection whose events go to ``session`` (``mtu``: 0 for the backend's
+        own); raises WebRTCError."""
 
     def peer_closed(self, session: P2PSession) -> None:
         """``session`` closed the peer it got from :meth:`new_peer`."""
@@ -255,6 +264,9 @@ class P2PSession:
         self._channel_up = False
         self._binding_error = ""  # why the DTLS binding failed (the session is closing)
         self._binding_logged = False
+        # The offerer's p2p_host hint (answerer only), and the MTU our peer was made with.
+        self._peer_hint: HostHint | None = None
+        self.mtu = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -454,6 +466,7 @@ class P2PSession:
             carried=self.kind if opened else "ws",
             error=self.last_error,
             rtt=rtt,
+            mtu=self.mtu,
         )
 
     # ------------------------------------------------------------ failure
@@ -616,6 +629,12 @@ class P2PSession:
     async def _offer(self) -> None:
         self.peer = self.owner.new_peer(self)
         self.state = "negotiating"
+        hint = self.owner.mtu_policy.hint(self.sid)
+        if hint is not None:
+            # Ahead of the offer: the answerer sizes its peer connection when the offer comes.
+            self.owner.queue_signal(
+                HotlinkSignal(sid=self.sid, knd=P2P_HOST, tok=encode_hint(hint))
+            )
         sdp = await self.peer.create_offer()
         # Queued before any candidate: the backend reports none until we have the SDP.
         self.owner.queue_signal(
@@ -634,6 +653,8 @@ class P2PSession:
                 await self._on_answer(parse_sdp_token(signal.tok))
             elif signal.knd == ICE_CANDIDATE:
                 await self._on_candidate(parse_candidate_token(signal.tok))
+            elif signal.knd == P2P_HOST:
+                self._on_host_hint(parse_hint(signal.tok))
         except ProtocolError as exc:
             # A malformed token costs that one signal (an SDP one fails the negotiation).
             if signal.knd in (SDP_OFFER, SDP_ANSWER):
@@ -650,7 +671,8 @@ class P2PSession:
         theirs = dtls_fingerprints(sdp)
         if not self._binding_step(lambda e2e: e2e.bind_remote(theirs)):
             return
-        self.peer = self.owner.new_peer(self)
+        self.mtu = self.owner.mtu_policy.sender_mtu(self.sid, self._peer_hint)
+        self.peer = self.owner.new_peer(self, mtu=self.mtu)
         self.state = "negotiating"
         answer = await self.peer.accept_offer(sdp)
         self.owner.queue_signal(
@@ -665,6 +687,14 @@ class P2PSession:
         early, self._early = self._early, []
         for cand in early:
             await self.peer.add_remote_candidate(cand)
+
+    def _on_host_hint(self, hint: HostHint) -> None:
+        if self.role != "outbound" or self.peer is not None:
+            # Only the sender's packet size matters, and only before its peer exists (the
+            # hint leaves ahead of the offer; one that lost the race changes nothing).
+            log.debug("hotlink session %s: p2p_host hint not used", _short(self.sid))
+            return
+        self._peer_hint = hint
 
     async def _on_answer(self, sdp: str) -> None:
         if self.role != "inbound" or self.peer is None:
@@ -725,11 +755,12 @@ class P2PSession:
         telemetry.incr("p2p_answers_ok")  # the reference counts channel opens here too (§7)
         telemetry.changed()
         log.info(
-            "hotlink webrtc data channel open (%s): session=%s transport=%s after %.0f ms",
+            "hotlink webrtc data channel open (%s): session=%s transport=%s after %.0f ms%s",
             "offerer" if self.role == "inbound" else "answerer",
             _short(self.sid),
             self.kind,
             (self.opened_at - self.created) * 1000.0,
+            f" mtu={self.mtu}" if self.mtu else "",
         )
 
     def on_message(self, data: bytes) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from ...protocol.e2e.seal import MAX_BINDING_TOKEN
 from ...protocol.e2e.session import E2E_DTLS
 from ...protocol.frames import Frame
+from ...protocol.locality import MAX_HOST_TOKEN, P2P_HOST
 from ...protocol.messages import HotlinkSignal
 
 log = logging.getLogger("hotlink.webrtc")
@@ -36,9 +37,10 @@ SDP_ANSWER = "sdp_answer"
 ICE_CANDIDATE = "ice_candidate"
 WEBRTC_ERROR = "webrtc_error"
 WEBRTC_KINDS = frozenset({SDP_OFFER, SDP_ANSWER, ICE_CANDIDATE, WEBRTC_ERROR})
-# What the peer transport takes: the WebRTC kinds and the end-to-end DTLS binding, which
-# belongs to the session's peer connection (protocol/e2e/session.py).
-P2P_KINDS = WEBRTC_KINDS | {E2E_DTLS}
+# What the peer transport takes: the WebRTC kinds, the end-to-end DTLS binding, which
+# belongs to the session's peer connection (protocol/e2e/session.py), and the offerer's
+# network-stack hint that sizes it (protocol/locality.py).
+P2P_KINDS = WEBRTC_KINDS | {E2E_DTLS, P2P_HOST}
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -56,6 +58,7 @@ _MAX_TOKEN = {
     SDP_ANSWER: MAX_SDP_TOKEN,
     ICE_CANDIDATE: MAX_CANDIDATE_TOKEN,
     E2E_DTLS: MAX_BINDING_TOKEN,
+    P2P_HOST: MAX_HOST_TOKEN,
 }
 
 # DECISIONS.md #4: how long a signal for an unknown session is kept.

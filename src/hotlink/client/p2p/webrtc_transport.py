@@ -38,6 +38,7 @@ from ...protocol.ice import (
     TURN_USER_HEADER,
     IceServer,
 )
+from ...protocol.locality import MtuPolicy
 from ...protocol.messages import HotlinkSignal, Payload
 from ...settings import ClientSettings
 from ...webrtc import Backend, BackendUnavailableError, Peer, WebRTCError, load_backend
@@ -53,6 +54,7 @@ from .signaling import (
     is_legacy_kind,
     oversized,
 )
+from .stack_id import network_stack_id
 from .transport import PeerSendError, SessionInfo, TransportHost
 from .turn_diagnosis import TurnDiagnosis
 
@@ -92,6 +94,7 @@ def config_from_settings(settings: ClientSettings) -> WebRTCConfig:
         strict=settings.bench_strict,
         kill_after=settings.debug_p2p_kill_after,
         replay_window=replay_window(buffered_high, sctp),
+        stack_id=network_stack_id(),
     )
 
 
@@ -135,6 +138,7 @@ class WebRTCPeerTransport:
         self._closed = False
         self._capacity_logged = False
         self._turn = TurnDiagnosis(relay_only=self.config.relay_only)
+        self.mtu_policy = MtuPolicy(configured=self.config.mtu, relay_only=self.config.relay_only)
 
     # ------------------------------------------------------------ SessionOwner
 
@@ -147,7 +151,7 @@ class WebRTCPeerTransport:
         assert self.host is not None, "bind() first"
         await self.host.send_in_order(payload)
 
-    def new_peer(self, session: P2PSession) -> Peer:
+    def new_peer(self, session: P2PSession, *, mtu: int = 0) -> Peer:
         if self._backend is None:
             raise WebRTCError(f"no WebRTC backend: {self._backend_error}")
         if self._live_peers >= self.config.max_peers:
@@ -164,6 +168,7 @@ class WebRTCPeerTransport:
             relay_only=self.config.relay_only,
             buffered_high=self.config.buffered_high,
             backpressure_wait=self.config.backpressure_wait,
+            mtu=mtu,
         )
         self._live_peers += 1
         self._gauge("p2p_peers", self._live_peers)
@@ -231,6 +236,12 @@ class WebRTCPeerTransport:
                 self._backend_error = str(exc)
                 log.error("hotlink webrtc unavailable, every frame uses the websocket: %s", exc)
         if self._backend is not None:
+            self.mtu_policy = MtuPolicy(
+                configured=self.config.mtu,
+                same_host=self._backend.same_host_mtu,
+                stack_id=self.config.stack_id,
+                relay_only=self.config.relay_only,
+            )
             log.info(
                 "hotlink webrtc p2p on: backend %s%s",
                 self._backend.name,
