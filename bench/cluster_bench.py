@@ -64,6 +64,7 @@ from hotlink.protocol.messages import (
     new_session_id,
 )
 
+from .progress import say
 from .relay_bench import (
     CLIENT_CORE,
     SERVER_CORE,
@@ -559,13 +560,13 @@ async def run(cfg: Config) -> Results:
                                     layout, by_layout[layout.key], cfg, frame, round_no
                                 )
                                 rows.append(row)
-                                _say(_line(row))
+                                say(_line(row))
                 finally:
                     # Read before the processes stop (and the folder goes).
                     logs = _scan_logs(list(processes.values()))
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:2000]
-            _say(f"cluster bench: {error}")
+            say(f"cluster bench: {error}")
     return Results(asdict(cfg), os.cpu_count() or 1, rows, logs[0], logs[1], date, error)
 
 
@@ -661,10 +662,6 @@ def markdown(res: Results) -> str:
             lines += [f"{name}: {line}" for line in res.log_lines.get(name, [])]
         lines.append("```")
     return "\n".join(lines)
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def main() -> None:

@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import os
 import statistics
-import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
@@ -49,6 +48,7 @@ from hotlink.lab.processes import CONNECTED, ClientProc, StackError
 from hotlink.lab.stack import DevStack
 
 from .paths import BenchConfig, PathResult, rtt_stats
+from .progress import say
 
 MIB = 1024 * 1024
 BLOCK = MIB
@@ -121,10 +121,6 @@ class FlowConfig:
             shared_repeats=2,
             stall_s=5.0,
         )
-
-
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _error(exc: BaseException) -> str:
@@ -519,12 +515,12 @@ async def run_flow(cfg: FlowConfig, only: Sequence[str]) -> FlowResults:
     out = FlowResults()
     if "slow-reader" in only:
         for case in cfg.slow_cases:
-            _say(f"bench: slow reader, {case.name} ...")
+            say(f"bench: slow reader, {case.name} ...")
             result = await slow_reader(case, cfg.slow_size)
-            _say(f"bench: slow reader: {slow_summary(result)}")
+            say(f"bench: slow reader: {slow_summary(result)}")
             out.slow.append(result)
     if "shared-ws" in only:
-        _say("bench: two sessions on one WebSocket, one app stalled ...")
+        say("bench: two sessions on one WebSocket, one app stalled ...")
         out.shared = await shared_websocket(cfg)
-        _say(f"bench: shared WebSocket: {shared_summary(out.shared)}")
+        say(f"bench: shared WebSocket: {shared_summary(out.shared)}")
     return out

@@ -32,6 +32,8 @@ from typing import Any
 from hotlink.client.edges.watcher import RESCAN_INTERVAL
 from hotlink.lab.processes import child_env, client_settings, launch_client, launch_server
 
+from .progress import say
+
 EMAIL = "alice@example.com"
 PEER = "bob@example.com"
 OTHERS = 19  # other datasites sharing the tree with ours
@@ -54,10 +56,6 @@ class IdleCpuResult:
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "react_median_ms": self.react_median_ms}
-
-
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _acl(read: str = "*") -> str:
@@ -161,7 +159,7 @@ def measure(
         root = Path(tmp)
         data_dir = root / "alice"
         datasites = data_dir / "datasites"
-        _say(f"idle-cpu: building {files} files in folders of {per_folder} ...")
+        say(f"idle-cpu: building {files} files in folders of {per_folder} ...")
         folders = build_tree(datasites, files, per_folder, markers=3)
         env = child_env(
             {"SYFTBOX_HOTLINK_ICE_SERVERS": "none", "PYTHONPATH": str(src) if src else None},
@@ -173,9 +171,9 @@ def measure(
             server.wait_ready(30)
             client = launch_client(EMAIL, server.url, data_dir, env=env)
             client.wait_ready(60)
-            _say(f"idle-cpu: client up (pid {client.pid}); settling {settle:.0f} s ...")
+            say(f"idle-cpu: client up (pid {client.pid}); settling {settle:.0f} s ...")
             time.sleep(settle)
-            _say(f"idle-cpu: measuring {idle:.0f} s of idleness ...")
+            say(f"idle-cpu: measuring {idle:.0f} s of idleness ...")
             before, t0 = cpu_seconds(client.pid), time.monotonic()
             time.sleep(idle)
             used, wall = cpu_seconds(client.pid) - before, time.monotonic() - t0

@@ -52,6 +52,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from bench.progress import say
 from hotlink.lab.processes import die_with_parent
 from hotlink.protocol.codec import decode, encode_msgpack
 from hotlink.protocol.messages import (
@@ -773,21 +774,21 @@ async def run(cfg: Config, relay_src: Path | None, only: set[str]) -> Results:
             for round_no in range(cfg.rounds):
                 async with bare_forwarder(work) as fwd:
                     rows.append(await throughput_forwarder(fwd, cfg))
-                    _say(f"forwarder: {rows[-1].msgs_per_s:,.0f} msgs/s")
+                    say(f"forwarder: {rows[-1].msgs_per_s:,.0f} msgs/s")
                 async with relay(work, relay_src) as srv:
                     rows.append(await throughput_relay(srv, cfg, str(round_no)))
-                    _say(
+                    say(
                         f"relay: {rows[-1].msgs_per_s:,.0f} msgs/s, "
                         f"{rows[-1].server_cpu_us_per_msg:.1f} CPU-us/msg"
                     )
         if "opens" in only:
             async with relay(work, relay_src) as srv:
                 scale_result = await scale(srv, cfg)
-                _say(f"opens: {scale_result}")
+                say(f"opens: {scale_result}")
         if "storm" in only:
             async with relay(work, relay_src) as srv:
                 storms = await storm(srv, cfg)
-                _say(f"storm: {storms}")
+                say(f"storm: {storms}")
     return Results(
         asdict(cfg),
         str(relay_src or "this tree"),
@@ -796,10 +797,6 @@ async def run(cfg: Config, relay_src: Path | None, only: set[str]) -> Results:
         storms,
         time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     )
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def main() -> None:

@@ -50,6 +50,7 @@ from .paths import (
     raw_datachannel,
     tcp_floor,
 )
+from .progress import say
 from .relay_bench import markdown as relay_markdown
 from .relay_bench import results_from_json as relay_results
 from .report import machine_info, markdown
@@ -75,10 +76,6 @@ FLOW_STEPS = ("slow-reader", "shared-ws")
 TWINS = (FLOW_OFF, E2E_OFF)
 EXTRA_STEPS = ("relay", "cluster", "many-tunnels", "wan-matrix")
 ALL_STEPS = (*ALL_PATHS, *FLOW_STEPS, *EXTRA_STEPS, "idle-cpu")
-
-
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _summary(r: PathResult) -> str:
@@ -147,9 +144,9 @@ async def run_loopback(cfg: BenchConfig, fcfg: FlowConfig, only: Sequence[str]) 
     for key in ALL_PATHS:
         if key not in only:
             continue
-        _say(f"bench: {key} ...")
+        say(f"bench: {key} ...")
         for result in await steps[key]():
-            _say(f"bench: {result.name}: {_summary(result)}")
+            say(f"bench: {result.name}: {_summary(result)}")
             results.append(result)
     return results
 
@@ -163,17 +160,17 @@ async def run_wan(cfg: BenchConfig) -> tuple[list[PathResult], str | None]:
     from hotlink.demo.tunnel import ALICE, BOB
 
     results = []
-    _say("bench: building the WAN shape (namespaces)...")
+    say("bench: building the WAN shape (namespaces)...")
     with WanShape() as wan:
         pairs = (("alice", "server"), ("bob", "server"), ("alice", "bob"))
         shown = ", ".join(f"{a}-{b} {wan.tcp_rtt_ms(a, b):.1f} ms" for a, b in pairs)
         note = f"WAN links: {wan.method}; TCP handshake RTT {shown}."
-        _say(f"bench: {note}")
+        say(f"bench: {note}")
         netns = {"server": wan.ns("server"), ALICE: wan.ns("alice"), BOB: wan.ns("bob")}
         connect = {ALICE: wan.connector("alice"), BOB: wan.connector("bob")}
         wan_cfg = replace(cfg, rtt_sizes=(64,))
         for name, ws_only in (("WAN hotlink P2P (auto)", False), ("WAN hotlink WS relay", True)):
-            _say(f"bench: {name} ...")
+            say(f"bench: {name} ...")
             result = await hotlink_path(
                 wan_cfg,
                 name,
@@ -185,7 +182,7 @@ async def run_wan(cfg: BenchConfig) -> tuple[list[PathResult], str | None]:
                 netns=netns,
                 connect=connect,
             )
-            _say(f"bench: {name}: {_summary(result)}")
+            say(f"bench: {name}: {_summary(result)}")
             results.append(result)
     return results, note
 
@@ -269,10 +266,10 @@ async def run_sections(quick: bool, only: Sequence[str]) -> list[Section]:
     sections = []
     for key in EXTRA_STEPS:
         if key in only:
-            _say(f"bench: {key} ...")
+            say(f"bench: {key} ...")
             sections.append(await steps[key](quick))
             for goal in sections[-1].goals:
-                _say(f"bench: {goal.name}: {goal.measured} ({goal.verdict})")
+                say(f"bench: {goal.name}: {goal.measured} ({goal.verdict})")
     return sections
 
 
@@ -367,8 +364,8 @@ def write_outputs(
     (out_dir / f"{stamp}.json").write_text(json.dumps(doc, indent=2))
     (out_dir / "latest.md").write_text(table)
     print(table)
-    _say(f"bench: wrote {out_dir / (stamp + '.json')}, {png}, {out_dir / 'latest.md'}")
-    _say(f"bench: finished in {seconds:.0f} s")
+    say(f"bench: wrote {out_dir / (stamp + '.json')}, {png}, {out_dir / 'latest.md'}")
+    say(f"bench: finished in {seconds:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -409,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = asyncio.run(run_sections(args.quick, only))
     idle = None
     if not args.only or "idle-cpu" in args.only.split(","):
-        _say("bench: idle-cpu ...")
+        say("bench: idle-cpu ...")
         idle = measure_idle_cpu(
             files=20_000 if args.quick else 100_000, idle=20.0 if args.quick else RESCAN_INTERVAL
         )

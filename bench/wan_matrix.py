@@ -60,6 +60,7 @@ from hotlink.lab.stack import DevStack, stop_on_signals
 from hotlink.lab.wan_link import netem_available
 
 from .goals import Goal
+from .progress import say
 from .wan import IPS, WanShape, rate_bits, unsupported_reason
 
 RTTS_MS = (2.0, 20.0, 40.0, 80.0)
@@ -262,10 +263,6 @@ class MatrixResult:
             "cells": [c.to_json(cfg.backends, cfg.congestion) for c in self.cells],
             "goals": [g.to_json() for g in matrix_goals(self)],
         }
-
-
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _error(exc: BaseException) -> str:
@@ -553,9 +550,9 @@ async def run_matrix(cfg: MatrixConfig | None = None) -> MatrixResult:
         return result
     started = time.perf_counter()
     for i, cell in enumerate(cfg.cells, 1):
-        _say(f"wan-matrix: [{i}/{len(cfg.cells)}] {cell.label} ...")
+        say(f"wan-matrix: [{i}/{len(cfg.cells)}] {cell.label} ...")
         cell_result = await run_cell(cell, cfg)
-        _say(f"wan-matrix: {cell_summary(cell_result)}")
+        say(f"wan-matrix: {cell_summary(cell_result)}")
         result.cells.append(cell_result)
     result.method = ", ".join(sorted({c.method for c in result.cells if c.method}))
     result.seconds = time.perf_counter() - started

@@ -444,7 +444,7 @@ class Relay:
         receivers = [self.hub.get(peer) for peer in targets]
         for peer, target in zip(targets, receivers, strict=True):
             if target is None:
-                if self.cluster is not None and self.cluster.encoding_of(peer) == "json":
+                if self._remote_encoding(peer) == "json":
                     return False
             elif target.encoding != "msgpack" and not target.closing:
                 return False
@@ -453,9 +453,13 @@ class Relay:
             if target is not None:
                 if not target.closing:
                     self.put(target, frame, MsgType.HOTLINK_DATA, head.id, broadcast=False)
-            elif self.bridge is not None and self.bridge.node.encoding_of(peer) is not None:
+            elif self.bridge is not None and self._remote_encoding(peer) is not None:
                 self.bridge.deliver_data(peer, frame, head.id, head.sid)
         return True
+
+    def _remote_encoding(self, peer: str) -> str | None:
+        """The encoding of a connection on another replica (None: not one we know)."""
+        return self.cluster.encoding_of(peer) if self.cluster is not None else None
 
     def route(self, conn: Connection, message: Message) -> Outcome | ACLUpload:
         if message.typ in HOTLINK_TYPES:
