@@ -215,35 +215,41 @@ async def hotlink_path(
 
 async def raw_datachannel(cfg: BenchConfig, backend: str) -> PathResult:
     """Two peers of one backend in this process, no hotlink: bench/raw_datachannel.py for
-    throughput and connect time, then ping-pong at the same message sizes as the tunnel."""
-    from bench.raw_datachannel import measure
+    throughput and connect time, then ping-pong at the same message sizes as the tunnel.
 
-    result = PathResult(
-        f"raw data channel {backend}", "loopback", "raw-dc", backend, {"both": "raw-dc"}
-    )
+    The peers use the SCTP packet size a tunnel between two clients on this host gets
+    (protocol/locality.py), so the row compares like with like."""
+    from bench.raw_datachannel import measure
+    from hotlink.webrtc import load_backend
+
+    mtu = load_backend(backend).same_host_mtu
+    name = f"raw data channel {backend}" + (f", MTU {mtu}" if mtu else "")
+    result = PathResult(name, "loopback", "raw-dc", backend, {"both": "raw-dc"})
 
     async def body() -> None:
-        raw = await measure(backend, backend, size=cfg.size, rtt_samples=0)
+        raw = await measure(backend, backend, size=cfg.size, rtt_samples=0, mtu=mtu)
         result.throughput_mb_s = raw.throughput_mib_s * 1024 * 1024 / 1e6
         result.throughput_bytes = raw.bytes_sent
         result.setup_channel_open_ms = raw.connect_s * 1000
         for msg_size in cfg.rtt_sizes:
-            samples = await raw_rtt(backend, msg_size, cfg.rounds)
+            samples = await raw_rtt(backend, msg_size, cfg.rounds, mtu)
             result.rtt[str(msg_size)] = rtt_stats(samples, msg_size)
 
     return await guarded(result, body)
 
 
-async def raw_rtt(backend: str, size: int, rounds: int) -> list[float]:
+async def raw_rtt(backend: str, size: int, rounds: int, mtu: int = 0) -> list[float]:
     """Round trips of ``size``-byte messages over a fresh pair of ``backend`` peers."""
     from hotlink.webrtc import load_backend
     from hotlink.webrtc.pair import connect_pair
 
     pongs: asyncio.Queue[bytes] = asyncio.Queue(8)
     pings: asyncio.Queue[bytes] = asyncio.Queue(8)
-    impl = load_backend(backend)
     pair = await connect_pair(
-        impl, load_backend(backend), offer_sink=pongs.put_nowait, answer_sink=pings.put_nowait
+        load_backend(backend, mtu=mtu),
+        load_backend(backend, mtu=mtu),
+        offer_sink=pongs.put_nowait,
+        answer_sink=pings.put_nowait,
     )
 
     async def echo() -> None:

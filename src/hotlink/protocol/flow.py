@@ -33,6 +33,7 @@ import json
 from dataclasses import dataclass
 
 from .errors import ProtocolError
+from .tokens import json_object
 
 FLOW_KIND = "flow_credit"
 FLOW_VERSION = 1
@@ -71,14 +72,7 @@ def parse_credit_token(tok: str) -> Credit:
     A newer version's token is read as long as it carries ``limit``: the meaning of the
     limit is the contract, the rest may grow.
     """
-    if len(tok) > _MAX_TOKEN:
-        raise ProtocolError(f"flow credit token is {len(tok)} bytes; the limit is {_MAX_TOKEN}")
-    try:
-        obj = json.loads(tok)
-    except ValueError as exc:
-        raise ProtocolError(f"flow credit token is not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError("flow credit token is not a JSON object")
+    obj = json_object(tok, "flow credit token", _MAX_TOKEN)
     limit = obj.get("limit")
     window = obj.get("window", 0)
     if not _is_count(limit):

@@ -12,7 +12,7 @@ its offer and read by the answerer (the sender) when the offer makes its peer co
 
     HotlinkSignal{sid, knd: "p2p_host", tok: '{"v":1,"host":"<32 hex>","mtu":<M>}'}
 
-- ``host``: HMAC-SHA256 of the session id under the sender's network-stack id (the kernel's
+- ``host``: HMAC-SHA256 of the session id under the offerer's network-stack id (the kernel's
   boot id and the namespace), cut to 128 bits. Equal tags mean the same stack; the relay and
   anyone else learn nothing they could match across sessions or against a guess.
 - ``mtu``: the largest SCTP packet the offerer's WebRTC stack takes.
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes, hmac
 
 from .errors import ProtocolError
+from .tokens import json_object
 
 P2P_HOST = "p2p_host"
 # A token is about 70 characters; anything much longer is not one of ours.
@@ -60,14 +61,7 @@ def encode_hint(hint: HostHint) -> str:
 
 def parse_hint(tok: str) -> HostHint:
     """A hint from its ``tok``; ProtocolError for anything else. Unknown keys are ignored."""
-    if len(tok) > MAX_HOST_TOKEN:
-        raise ProtocolError(f"p2p_host token is {len(tok)} bytes; the limit is {MAX_HOST_TOKEN}")
-    try:
-        obj = json.loads(tok)
-    except ValueError as exc:
-        raise ProtocolError(f"p2p_host token is not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError("p2p_host token is not a JSON object")
+    obj = json_object(tok, "p2p_host token", MAX_HOST_TOKEN)
     host, mtu = obj.get("host"), obj.get("mtu")
     if not isinstance(host, str) or len(host) != _TAG_HEX or not _is_hex(host):
         raise ProtocolError(f"p2p_host token has no valid 'host': {host!r}")
@@ -116,5 +110,5 @@ class MtuPolicy:
         if theirs.host != host_tag(self.stack_id, sid):
             return 0
         mtu = min(self.same_host, theirs.mtu)
-        # A receiver that takes no more than the default gains nothing from a pinned value.
+        # Up to the default there is nothing to gain: leave the choice to the library.
         return mtu if mtu > DEFAULT_MTU else 0
