@@ -54,6 +54,8 @@ CC_RFC2581 = 0
 CC_HSTCP = 1
 CC_HTCP = 2
 CC_RTCC = 3
+# The names settings use for them.
+CONGESTION_CONTROL = {"rfc2581": CC_RFC2581, "hstcp": CC_HSTCP, "htcp": CC_HTCP, "rtcc": CC_RTCC}
 
 
 @dataclass(frozen=True, slots=True)

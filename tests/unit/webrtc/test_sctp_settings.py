@@ -17,6 +17,9 @@ from hotlink.client.p2p.webrtc_transport import sctp_from_settings
 from hotlink.webrtc import BackendUnavailableError, load_backend
 from hotlink.webrtc import sctp_settings as mod
 from hotlink.webrtc.sctp_settings import (
+    CC_HSTCP,
+    CC_HTCP,
+    CC_RFC2581,
     DEFAULT_SCTP_SETTINGS,
     MAX_SCTP_BUFFER,
     MIB,
@@ -206,3 +209,15 @@ def test_the_transport_gives_its_mtu_and_sctp_settings_to_libdatachannel(
     transport = webrtc_transport.WebRTCPeerTransport(ClientSettings.from_env({}), config=config)
     transport.bind(SimpleNamespace())  # type: ignore[arg-type]
     assert loaded == [{"name": "libdatachannel", "mtu": 4096, "sctp": wide, "tuned": True}]
+
+
+def test_client_settings_choose_the_congestion_control() -> None:
+    from hotlink.settings import ClientSettings, SettingsError
+
+    for name, module in (("rfc2581", CC_RFC2581), ("htcp", CC_HTCP), ("hstcp", CC_HSTCP)):
+        env = {"SYFTBOX_HOTLINK_WEBRTC_SCTP_CC": name}
+        chosen = sctp_from_settings(ClientSettings.load(env=env))
+        assert chosen.congestion_control_module == module
+        assert chosen.recv_buffer_size == DEFAULT_SCTP_SETTINGS.recv_buffer_size
+    with pytest.raises(SettingsError, match="bbr"):
+        ClientSettings.load(env={"SYFTBOX_HOTLINK_WEBRTC_SCTP_CC": "bbr"})

@@ -42,7 +42,7 @@ from ...protocol.locality import MtuPolicy
 from ...protocol.messages import HotlinkSignal, Payload
 from ...settings import ClientSettings
 from ...webrtc import Backend, BackendUnavailableError, Peer, WebRTCError, load_backend
-from ...webrtc.sctp_settings import DEFAULT_SCTP_SETTINGS, SctpSettings
+from ...webrtc.sctp_settings import CONGESTION_CONTROL, DEFAULT_SCTP_SETTINGS, SctpSettings
 from ..telemetry import Telemetry
 from .session import P2PPathInfo, P2PSession, WebRTCConfig, replay_window
 from .signaling import (
@@ -68,12 +68,14 @@ __all__ = ["WebRTCConfig", "WebRTCPeerTransport", "config_from_settings"]
 
 def sctp_from_settings(settings: ClientSettings) -> SctpSettings:
     """The SCTP settings for libdatachannel: ``webrtc_sctp_buffer`` (0: our default) for both
-    the send and the receive buffer, the rest as DEFAULT_SCTP_SETTINGS has it."""
+    the send and the receive buffer, ``webrtc_sctp_cc`` for the congestion control, the rest
+    as DEFAULT_SCTP_SETTINGS has it."""
     buffer = settings.webrtc_sctp_buffer
-    if not buffer:
-        return DEFAULT_SCTP_SETTINGS
     return dataclasses.replace(
-        DEFAULT_SCTP_SETTINGS, recv_buffer_size=buffer, send_buffer_size=buffer
+        DEFAULT_SCTP_SETTINGS,
+        recv_buffer_size=buffer or DEFAULT_SCTP_SETTINGS.recv_buffer_size,
+        send_buffer_size=buffer or DEFAULT_SCTP_SETTINGS.send_buffer_size,
+        congestion_control_module=CONGESTION_CONTROL[settings.webrtc_sctp_cc],
     )
 
 
