@@ -121,8 +121,9 @@ def sctp_buffer_for(bandwidth_bps: int, rtt_ms: int, *, budget: int = MAX_SCTP_B
 # (see sctp_buffer_for: 1 MiB caps a 40 ms path at 26 MB/s). Its cost: a sender's peak RSS
 # grows by ~7 MiB per busy association at 4 MiB (~18 MiB at 16 MiB: its send buffer fills
 # whenever the path is slower than the app), a receiver's not at all (hotlink reads every
-# message as it arrives). H-TCP measured 20-30 % slower on loopback; a larger burst or other
-# SACK timers changed nothing there.
+# message as it arrives). H-TCP measured 20-30 % slower on loopback and lost up to 3x on the
+# WAN matrix's long and lossy cells, HSTCP no clear gain there (DECISIONS-LOCAL); a larger
+# burst or other SACK timers changed nothing on loopback.
 DEFAULT_SCTP_SETTINGS = SctpSettings()
 
 
