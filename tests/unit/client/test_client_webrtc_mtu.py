@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from hotlink.protocol.locality import P2P_HOST, HostHint, encode_hint, host_tag, parse_hint
 from hotlink.protocol.messages import HotlinkSignal
-from unit.client.test_client_webrtc_fakes import SID, FakeBackend, make_transport, until
+from unit.client.test_client_webrtc_fakes import SID, FakeBackend, make_transport, settle, until
 from unit.client.test_client_webrtc_transport import offer_signal
 
 STACK = b"boot/net:[1]"
@@ -74,6 +74,7 @@ async def test_a_hint_after_the_offer_or_a_bad_one_changes_nothing() -> None:
     await until(lambda: "sdp_answer" in host.kinds())
     await transport.on_signal(_hint())
     await transport.on_signal(_hint())
+    await settle()  # the session's task has applied them
     assert backend.mtus == [0] and len(backend.peers) == 1
     assert backend.peers[0].calls[0].startswith("accept_offer")
     await transport.close()
