@@ -177,11 +177,13 @@ class SessionOwner(Protocol):
     config: WebRTCConfig
     # Bytes of signals queued in all sessions together.
     signal_quota: SignalQuota
-    # When a peer connection may use large SCTP packets (protocol/locality.py).
-    mtu_policy: MtuPolicy
 
     @property
     def telemetry(self) -> Telemetry: ...
+
+    @property
+    def mtu_policy(self) -> MtuPolicy:
+        """When a peer connection may use large SCTP packets (protocol/locality.py)."""
 
     def new_peer(self, session: P2PSession, *, mtu: int = 0) -> Peer:
         """A peer connection whose events go to ``session`` (``mtu``: 0 for the backend's

@@ -140,7 +140,6 @@ class WebRTCPeerTransport:
         self._closed = False
         self._capacity_logged = False
         self._turn = TurnDiagnosis(relay_only=self.config.relay_only)
-        self.mtu_policy = MtuPolicy(configured=self.config.mtu, relay_only=self.config.relay_only)
 
     # ------------------------------------------------------------ SessionOwner
 
@@ -148,6 +147,15 @@ class WebRTCPeerTransport:
     def telemetry(self) -> Telemetry:
         assert self.host is not None, "bind() first"
         return self.host.telemetry
+
+    @property
+    def mtu_policy(self) -> MtuPolicy:
+        return MtuPolicy(
+            configured=self.config.mtu,
+            same_host=self._backend.same_host_mtu if self._backend is not None else 0,
+            stack_id=self.config.stack_id,
+            relay_only=self.config.relay_only,
+        )
 
     async def send_in_order(self, payload: Payload) -> None:
         assert self.host is not None, "bind() first"
@@ -238,12 +246,6 @@ class WebRTCPeerTransport:
                 self._backend_error = str(exc)
                 log.error("hotlink webrtc unavailable, every frame uses the websocket: %s", exc)
         if self._backend is not None:
-            self.mtu_policy = MtuPolicy(
-                configured=self.config.mtu,
-                same_host=self._backend.same_host_mtu,
-                stack_id=self.config.stack_id,
-                relay_only=self.config.relay_only,
-            )
             log.info(
                 "hotlink webrtc p2p on: backend %s%s",
                 self._backend.name,
