@@ -44,14 +44,31 @@ class Pattern:
 
     def matches(self, offset: int, data: bytes) -> bool:
         """Whether ``data`` is what the stream holds at ``offset``."""
+        return self.first_difference(offset, data) is None
+
+    def first_difference(self, offset: int, data: bytes) -> int | None:
+        """The stream offset of the first byte of ``data`` (read at ``offset``) that is not
+        the pattern's byte there, or None when all are."""
         pos = 0
         while pos < len(data):
             index, within = divmod(offset + pos, self.block)
             take = min(len(data) - pos, self.block - within)
-            if data[pos : pos + take] != self._cached(index)[within : within + take]:
-                return False
+            want = self._cached(index)[within : within + take]
+            got = data[pos : pos + take]
+            if got != want:
+                return offset + pos + next(i for i in range(take) if got[i] != want[i])
             pos += take
-        return True
+        return None
+
+    def locate(self, data: bytes) -> str:
+        """Where in the stream ``data`` (at least 16 bytes) could have come from: the block
+        whose index it carries, or an offset within the fill (the block is then unknown)."""
+        for start in range(len(data) - 7):
+            if data[start + 8 : start + 24] == self.fill[:16]:
+                index = int.from_bytes(data[start : start + 8], "big")
+                return f"block {index} starts {start} bytes further on"
+        at = self.fill.find(data[:16])
+        return f"fill offset {at + 8} of some block" if at >= 0 else "not from this pattern"
 
 
 @dataclass(frozen=True)
@@ -67,12 +84,13 @@ class Sent:
 @dataclass(frozen=True)
 class Received:
     """What an app read before the connection ended with ``end``; ``in_order``: every byte
-    was the pattern's byte at its place."""
+    was the pattern's byte at its place; otherwise ``first_bad`` says where it went wrong."""
 
     size: int
     digest: str
     end: End
     in_order: bool
+    first_bad: str = ""
 
 
 async def send_stream(
@@ -108,13 +126,23 @@ async def read_stream(
     digest = hashlib.sha256()
     total = 0
     in_order = True
+    first_bad = ""
     loop = asyncio.get_running_loop()
 
     def take(data: bytes) -> None:
-        nonlocal total, in_order
-        in_order = in_order and pattern.matches(total, data)
+        nonlocal total, in_order, first_bad
+        if in_order and (bad := pattern.first_difference(total, data)) is not None:
+            in_order = False
+            seen = data[bad - total : bad - total + 4096]
+            first_bad = (
+                f"byte {bad} (block {bad // pattern.block} + {bad % pattern.block}) differs, "
+                f"read {len(data)} bytes at {total}; what stands there: {pattern.locate(seen)}"
+            )
         digest.update(data)
         total += len(data)
+
+    def received(end: End) -> Received:
+        return Received(total, digest.hexdigest(), end, in_order, first_bad)
 
     try:
         async with asyncio.timeout(timeout):
@@ -126,7 +154,7 @@ async def read_stream(
                 while loop.time() - started < seconds:
                     data = await reader.read(64 * 1024)
                     if not data:
-                        return Received(total, digest.hexdigest(), "eof", in_order)
+                        return received("eof")
                     take(data)
                     if rate is not None:
                         ahead = (total - taken) / rate - (loop.time() - started)
@@ -137,8 +165,8 @@ async def read_stream(
     except TimeoutError:
         raise  # a stall is not a reset (TimeoutError is an OSError)
     except (ConnectionError, OSError):
-        return Received(total, digest.hexdigest(), "reset", in_order)
-    return Received(total, digest.hexdigest(), "eof", in_order)
+        return received("reset")
+    return received("eof")
 
 
 def assert_whole(got: Received, sent: Sent) -> None:
@@ -146,13 +174,13 @@ def assert_whole(got: Received, sent: Sent) -> None:
     assert sent.end == "eof", f"the sending app was reset after {sent.size} bytes"
     assert got.end == "eof", f"the receiving app was reset after {got.size} of {sent.size} bytes"
     assert got.size == sent.size, f"clean EOF after {got.size} of {sent.size} bytes"
-    assert got.in_order and got.digest == sent.digest, "the bytes differ"
+    assert got.in_order and got.digest == sent.digest, f"the bytes differ: {got.first_bad}"
 
 
 def assert_reset(got: Received) -> None:
     """The stream could not be delivered: a reset, after a correct prefix."""
     assert got.end == "reset", f"the app saw a clean EOF after {got.size} bytes"
-    assert got.in_order, "the bytes before the reset differ from what was sent"
+    assert got.in_order, f"the bytes before the reset differ from what was sent: {got.first_bad}"
 
 
 def assert_whole_or_reset(got: Received, sent: Sent) -> None:

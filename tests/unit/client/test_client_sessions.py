@@ -7,6 +7,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hotlink.client.p2p.transport import PeerSendError
 from hotlink.client.session import inbound
@@ -461,6 +463,71 @@ async def test_sender_waits_for_credit_then_goes_on_when_more_is_granted() -> No
     s.finish()
     assert await s.wait_closed() == "eof"
     assert [f.seq for f in host.frames] == [1, 2, 3, 4]
+
+
+async def test_a_frame_written_as_credit_arrives_does_not_overtake_the_one_waiting() -> None:
+    # The owner holds a frame while it waits for credit; the grant wakes it, but the app's
+    # next write may run first. It must queue behind the held frame, not take its seq.
+    host = FakeHost()
+    s = _outbound(host)
+    s.on_accept()
+    s.start()
+    s.on_credit(Credit(SMALL, SMALL))
+    await s.send(TUNNEL, b"a" * SMALL)  # the whole window
+    await s.send(TUNNEL, b"b" * 10)  # the owner takes it and waits for credit
+    await until(lambda: host.telemetry.events["flow_waits"] == 1)
+    s.on_credit(Credit(2 * SMALL, SMALL))
+    await s.send(TUNNEL, b"c" * 10)  # before the owner runs again
+    s.finish()
+    assert await s.wait_closed() == "eof"
+    assert [(f.seq, f.payload[:1]) for f in host.frames] == [(1, b"a"), (2, b"b"), (3, b"c")]
+
+
+Step = tuple[str, int]  # ("write", bytes) from the app, ("grant", bytes) credit, ("run", ticks)
+
+
+async def _interleave(steps: list[Step]) -> tuple[list[bytes], list[Frame]]:
+    host = FakeHost()
+    s = _outbound(host)
+    s.on_accept()
+    s.start()
+    granted = SMALL
+    s.on_credit(Credit(granted, SMALL))
+    writes: list[bytes] = []
+    for kind, n in steps:
+        if kind == "write":
+            writes.append(len(writes).to_bytes(4, "big") + b"w" * n)
+            await s.send(TUNNEL, writes[-1])
+        elif kind == "grant":
+            granted += n
+            s.on_credit(Credit(granted, SMALL))
+        else:
+            for _ in range(n):
+                await asyncio.sleep(0)
+    s.on_credit(Credit(granted + 1 << 40, SMALL))
+    s.finish()
+    assert await s.wait_closed() == "eof"
+    return writes, host.frames
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            # Sizes near the window, so the credit runs out and comes back often.
+            st.tuples(st.just("write"), st.sampled_from([0, 100, SMALL // 2, SMALL])),
+            st.tuples(st.just("grant"), st.sampled_from([1, SMALL // 2, SMALL])),
+            st.tuples(st.just("run"), st.integers(0, 3)),
+        ),
+        max_size=40,
+    )
+)
+def test_frames_leave_in_the_order_the_app_wrote_them_whatever_the_grants(
+    steps: list[Step],
+) -> None:
+    writes, frames = asyncio.run(_interleave(steps))
+    assert [f.seq for f in frames] == list(range(1, len(writes) + 1))
+    assert [f.payload for f in frames] == writes
 
 
 async def test_sender_without_grants_sends_freely_as_today() -> None:

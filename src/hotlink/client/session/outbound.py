@@ -234,9 +234,12 @@ class OutboundSession(OwnedSession):
                 return exc.reason
             if isinstance(item, _TransmitFailed):
                 raise item.error
-            if item is not None:
-                await self._wait_credit()
+            # Held from taking the item until it is sent, the wait for credit included: the
+            # grant that wakes us may let the producer run first, and its direct path must
+            # not give a later write this item's seq.
             async with self._tx_lock:
+                if item is not None:
+                    await self._wait_credit()
                 if item is None:
                     if self.e2e is not None and self.e2e.sealed:
                         # The sealed end: a relay cannot pass off a cut stream as complete.
