@@ -530,6 +530,52 @@ def test_frames_leave_in_the_order_the_app_wrote_them_whatever_the_grants(
     assert [f.payload for f in frames] == writes
 
 
+class PacedWriter(FakeWriter):
+    """An app connection whose socket is sometimes full: ``write_nowait`` then refuses and
+    ``write`` takes a few scheduling ticks, as when the app reads slowly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.full = False
+
+    def write_nowait(self, data: bytes) -> bool:
+        return not self.full and super().write_nowait(data)
+
+    async def write(self, data: bytes) -> None:
+        await super().write(data)
+        for _ in range(3 if self.full else 0):
+            await asyncio.sleep(0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.permutations(range(1, 13)),
+    st.lists(st.sampled_from(["again", "full", "free", "run"]), min_size=12, max_size=12),
+)
+def test_the_app_gets_frames_in_seq_order_whatever_the_arrival_and_its_pace(
+    order: list[int], between: list[str]
+) -> None:
+    async def run() -> bytes:
+        writer = PacedWriter()
+        s = _inbound(FakeHost(), FakeSink(writer))
+        s.start()
+        await until(lambda: s.accepted)
+        for seq, step in zip(order, between, strict=True):
+            s.receive(_frame(seq, seq.to_bytes(2, "big")))
+            if step == "again":  # the same frame over the other path
+                s.receive(_frame(seq, seq.to_bytes(2, "big")))
+            elif step in ("full", "free"):
+                writer.full = step == "full"
+            else:
+                await asyncio.sleep(0)
+        writer.full = False
+        assert s.peer_closed("eof:12")
+        assert await s.wait_closed() == "eof"
+        return bytes(writer.data)
+
+    assert asyncio.run(run()) == b"".join(i.to_bytes(2, "big") for i in range(1, 13))
+
+
 async def test_sender_without_grants_sends_freely_as_today() -> None:
     host = FakeHost()
     s = _outbound(host)
