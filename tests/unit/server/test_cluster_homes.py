@@ -239,3 +239,54 @@ def test_matches_a_model_within_the_bounds(ops: list[tuple[str, int, str, int]])
         assert len(rs) == len(homes)
         for probe in range(9):
             assert rs.home_of(f"s{probe}") == homes.get(f"s{probe}")
+
+
+# ---------------------------------------------------------------- accepted sessions
+
+
+def test_an_accepted_session_outlives_any_number_of_offers() -> None:
+    # Bob accepted s1; endless Opens offered to him (or to anyone here) must not make this
+    # replica forget where his credit grants and his Close for s1 go.
+    rs = RemoteSessions(max_homes=4, max_per_conn=4)
+    rs.note("s1", "r1", "bob")
+    assert rs.join("bob", "s1", "r1")
+    for i in range(100):
+        rs.note(f"offer{i}", "r1", "bob" if i % 2 else "carol")
+    assert rs.home_of("s1") is None  # the offers' memory forgot it...
+    assert rs.home_for("bob", "s1") == "r1"  # ...bob's accepted session did not
+    assert rs.home_for("carol", "s1") is None  # only for the connection that accepted
+    assert ("bob", "s1") in rs.lose("r1")  # and he is told when its home goes
+
+
+def test_a_connection_that_leaves_is_forgotten_and_told_nothing() -> None:
+    rs = RemoteSessions()
+    rs.note("s1", "r1", "bob")
+    rs.join("bob", "s1", "r1")
+    rs.left("bob", "s1")
+    assert rs.lose("r1") == []
+    rs.note("s2", "r1", "bob")
+    rs.join("bob", "s2", "r1")
+    rs.drop_conn("bob")
+    assert rs.lose("r1") == []
+
+
+def test_accepted_sessions_per_connection_are_capped_without_forgetting_old_ones() -> None:
+    rs = RemoteSessions(max_joined_per_conn=2)
+    assert rs.join("bob", "s1", "r1") and rs.join("bob", "s2", "r1")
+    assert rs.join("bob", "s1", "r1")  # again: no new entry
+    assert not rs.join("bob", "s3", "r1")  # a new one is refused...
+    assert rs.home_for("bob", "s1") == rs.home_for("bob", "s2") == "r1"  # ...old ones kept
+    assert rs.join("carol", "s3", "r1")  # the cap is per connection
+    rs.left("bob", "s1")
+    assert rs.join("bob", "s3", "r1")
+
+
+def test_a_pair_in_both_tables_is_told_once() -> None:
+    rs = RemoteSessions()
+    rs.note("s1", "r1", "bob")
+    rs.join("bob", "s1", "r1")
+    rs.note("s2", "r2", "bob")
+    rs.join("bob", "s2", "r2")
+    assert rs.lose("r1") == [("bob", "s1")]
+    assert rs.home_for("bob", "s1") is None
+    assert rs.home_for("bob", "s2") == "r2"

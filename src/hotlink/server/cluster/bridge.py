@@ -17,6 +17,7 @@ from ...protocol.acl import ACLError
 from ...protocol.codec import Encoding, decode
 from ...protocol.messages import (
     HOTLINK_TYPES,
+    HotlinkAccept,
     HotlinkClose,
     HotlinkOpen,
     HotlinkReject,
@@ -107,14 +108,34 @@ class ClusterBridge:
 
     def forward_home(self, conn: str, message: Message, frame: bytes | str) -> bool:
         """Send a hotlink message for a session homed on another replica there."""
-        sid = getattr(message.payload, "sid", "")
+        payload = message.payload
+        sid = getattr(payload, "sid", "")
         if sid in self.relay.router.sessions:
             return False
-        home = self.node.sessions.home_of(sid)
+        sessions = self.node.sessions
+        home = sessions.home_for(conn, sid)
         if home is None:
             return False  # unknown here and there: our router answers as for any stranger
+        if isinstance(payload, HotlinkAccept):
+            if not sessions.join(conn, sid, home):
+                self._refuse_accept(conn, message, sid)
+                return True
+        elif isinstance(payload, (HotlinkClose, HotlinkReject)):
+            sessions.left(conn, sid)
         self.node.ingress(home, conn, frame)
         return True
+
+    def _refuse_accept(self, conn_id: str, message: Message, sid: str) -> None:
+        """``conn`` takes part in as many sessions homed elsewhere as a connection may: a
+        new one is refused (its opener times out), not an old one forgotten."""
+        conn = self.relay.hub.get(conn_id)
+        if conn is None:
+            return
+        out = Outcome()
+        detail = f"accept {clip_text(sid, 60)}: too many sessions homed on other replicas"
+        out.send(conn_id, Message.new(HotlinkReject(sid=sid, rsn=TOO_MANY_SESSIONS)))
+        self.relay.report(conn, message, out.refuse(TOO_MANY_SESSIONS, detail))
+        self.relay.deliver(out.sends)
 
     def deliver_remote(self, send: Send, frames: dict[tuple[int, str], Frame]) -> None:
         """Queue ``send`` for a connection on another replica, encoded for it."""

@@ -545,9 +545,10 @@ class ClusterNode:
         match record:
             case rec.Deliver():
                 if record.sid:
-                    closes = record.typ == MsgType.HOTLINK_CLOSE
+                    # A Close, or a Reject of its Accept: the connection is out of it.
+                    ends = record.typ in (MsgType.HOTLINK_CLOSE, MsgType.HOTLINK_REJECT)
                     for conn in record.conns:
-                        if closes:
+                        if ends:
                             self.sessions.left(conn, record.sid)
                         else:
                             self.sessions.note(record.sid, src, conn)
