@@ -334,10 +334,12 @@ class HotlinkManager:
                 await old.close("superseded", notify=True)
             return self._start_outbound(key, path, to)
 
-    async def send(self, path: str, payload: bytes, etag: str = "") -> None:
-        """Send one IPC frame on the shared session of its folder (opened on first use)."""
+    async def send(self, path: str, payload: bytes, etag: str = "") -> OutboundSession:
+        """Send one IPC frame on the shared session of its folder (opened on first use);
+        the session it went out on. Raises SessionClosed."""
         if not payload or not path.strip():
-            return
+            # The IPC edge drops these: an empty payload would leave a hole in the seqs.
+            raise ValueError("an IPC frame needs a path and a payload")
         if not etag:
             etag = hashlib.md5(payload).hexdigest()
         key = session_dir(path)
@@ -348,7 +350,7 @@ class HotlinkManager:
                     session = self._start_outbound(key, path, self._peer_for_folder(key))
             try:
                 await session.send(path, payload, etag)
-                return
+                return session
             except SessionClosed:
                 continue  # it ended between lookup and send: open a fresh one once
         raise SessionClosed("session closed")

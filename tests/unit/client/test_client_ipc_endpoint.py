@@ -6,7 +6,7 @@ import asyncio
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,29 @@ def sockets() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+class FakeSession:
+    """The folder's session a frame went out on; ``end`` ends it."""
+
+    def __init__(self, sid: str = "0123456789abcdef") -> None:
+        self.sid = sid
+        self.callbacks: list[Callable[[str], None]] = []
+
+    def add_done_callback(self, callback: Callable[[str], None]) -> None:
+        self.callbacks.append(callback)
+
+    def end(self, reason: str) -> None:
+        for callback in self.callbacks:
+            callback(reason)
+
+
 class Sent:
     def __init__(self) -> None:
         self.frames: list[tuple[str, bytes, str]] = []
+        self.session = FakeSession()
 
-    async def __call__(self, path: str, payload: bytes, etag: str) -> None:
+    async def __call__(self, path: str, payload: bytes, etag: str) -> FakeSession:
         self.frames.append((path, payload, etag))
+        return self.session
 
 
 async def _dial(endpoint: IpcEndpoint) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -268,10 +285,11 @@ class FailingSend:
         self.ok = ok
         self.frames: list[bytes] = []
 
-    async def __call__(self, path: str, payload: bytes, etag: str) -> None:
+    async def __call__(self, path: str, payload: bytes, etag: str) -> FakeSession:
         if len(self.frames) >= self.ok:
             raise SessionClosed("rejected: permission denied")
         self.frames.append(payload)
+        return FakeSession()
 
 
 @pytest.mark.parametrize("mode", ["unix", "tcp"])
@@ -289,6 +307,49 @@ async def test_app_frames_that_cannot_be_sent_reset_its_connection(
         _check_loud_end(mode, await _end_of_stream(reader), [])
         assert send.frames == [b"a"]
         await until(lambda: not endpoint.connections)
+        writer.close()
+    finally:
+        await endpoint.close()
+
+
+@pytest.mark.parametrize("mode", ["unix", "tcp"])
+async def test_a_session_that_ends_after_taking_the_apps_frames_resets_its_connection(
+    tmp_path: Path, sockets: Path, mode: str
+) -> None:
+    # The session took the frame (queued, or sent), then ended without a clean end: never
+    # accepted, or the peer went away. The frame may be lost; the app must hear of it.
+    send = Sent()
+    endpoint = await _endpoint(tmp_path, sockets, mode, send)
+    try:
+        reader, writer = await _dial(endpoint)
+        writer.write(encode_frame(Frame(f"{FOLDER}/a.request", "", 0, b"a")))
+        await writer.drain()
+        await until(lambda: bool(send.frames))
+        assert endpoint.connections  # taken: nothing wrong yet
+        send.session.end("accept timeout")
+        _check_loud_end(mode, await _end_of_stream(reader), [])
+        await until(lambda: not endpoint.connections)
+        writer.close()
+    finally:
+        await endpoint.close()
+
+
+async def test_a_session_that_ends_cleanly_leaves_the_connection_alone(
+    tmp_path: Path, sockets: Path
+) -> None:
+    send = Sent()
+    endpoint = await _endpoint(tmp_path, sockets, "unix", send)
+    try:
+        _reader, writer = await _dial(endpoint)
+        writer.write(encode_frame(Frame(f"{FOLDER}/a.request", "", 0, b"a")))
+        await writer.drain()
+        await until(lambda: bool(send.frames))
+        send.session.end("eof")
+        send.session = FakeSession("fedcba9876543210")  # the next frame opens a new one
+        writer.write(encode_frame(Frame(f"{FOLDER}/b.request", "", 0, b"b")))
+        await writer.drain()
+        await until(lambda: len(send.frames) == 2)
+        assert endpoint.connections
         writer.close()
     finally:
         await endpoint.close()

@@ -24,7 +24,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from ...protocol.frames import MAGIC, VERSION, Frame, FrameDecoder
 from ...protocol.markers import (
@@ -45,7 +45,7 @@ from ..localfs import (
     remove_file_within,
     write_file_within,
 )
-from ..session.base import SessionClosed
+from ..session.base import EOF, SessionClosed
 from .changes import FULL, ChangeFeed, Changes
 from .discovery import FileIndex
 from .listener import ListenerHub, LocalConnection, LocalListener
@@ -69,7 +69,18 @@ IDLE_GRACE = 30.0
 HOUSEKEEPING = 5.0
 MIN_HOUSEKEEPING = 0.25
 
-SendFn = Callable[[str, bytes, str], Awaitable[None]]
+
+class SentOn(Protocol):
+    """The session an IPC frame went out on (an outbound session of the folder)."""
+
+    sid: str
+
+    def add_done_callback(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` once the session ended (now, if it already has)."""
+
+
+# Sends one frame (path, payload, etag) on its folder's session; raises SessionClosed.
+SendFn = Callable[[str, bytes, str], Awaitable[SentOn]]
 IpcMode = Literal["unix", "tcp"]
 
 
@@ -101,6 +112,17 @@ class IpcConnection(LocalConnection):
     whole frame and ends there: to any HLNK reader a stream that ends inside a frame is an
     error, never a clean end. The app's own EOF closes the connection gracefully.
     """
+
+    def __init__(
+        self,
+        listener: LocalListener[Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        super().__init__(listener, reader, writer)
+        # The live sessions this connection's frames went out on: one that ends other than
+        # cleanly may have lost them (never accepted, the peer gone), and resets us.
+        self._sent_on: set[str] = set()
 
     def write_nowait(self, data: bytes) -> bool:
         return False  # IPC frames go through write(), which retries on the next connection
@@ -173,12 +195,23 @@ class IpcConnection(LocalConnection):
             log.warning("ipc: refusing frame for %r: not a .request/.response path", path)
             return True
         try:
-            await send(path, frame.payload, frame.etag)
+            session = await send(path, frame.payload, frame.etag)
         except SessionClosed as exc:
             log.warning("hotlink send failed for %s: %s", path, exc.reason)
             self.fail(f"frame for {path} not sent: {exc.reason}")
             return False
-        return True
+        if session.sid not in self._sent_on:
+            self._sent_on.add(session.sid)
+            session.add_done_callback(lambda reason: self._session_ended(session.sid, reason))
+        return not self.closed
+
+    def _session_ended(self, sid: str, reason: str) -> None:
+        """A session our frames went out on ended: nothing more to watch if it ended
+        cleanly; else frames of ours may be lost (queued when it was never accepted, in
+        flight when the peer went away), which the app must not take for delivered."""
+        self._sent_on.discard(sid)
+        if reason != EOF:
+            self.fail(f"the session our frames went out on ended: {reason}")
 
 
 class IpcEndpoint(LocalListener[IpcConnection]):
