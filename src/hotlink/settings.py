@@ -298,9 +298,10 @@ CLIENT_SPECS: tuple[Spec, ...] = (
          "libdatachannel's SCTP send and receive buffers: 0 (its 1 MiB) or 1048576-16777216; "
          "size it to the path's bandwidth x round trip (1 Gbit/s x 40 ms = 5 MB).", P_P2P,
          env=("SYFTBOX_HOTLINK_WEBRTC_SCTP_BUFFER",), check=_sctp_buffer),
-    Spec("webrtc_sctp_cc", "choice", "rfc2581",
-         "libdatachannel's SCTP congestion control: rfc2581 (its default, Reno-like), hstcp "
-         "(HighSpeed TCP), htcp (H-TCP) or rtcc (RTT-based).", P_P2P,
+    Spec("webrtc_sctp_cc", "choice", "hstcp",
+         "libdatachannel's SCTP congestion control: hstcp (HighSpeed TCP: Reno on short paths, "
+         "faster on long fat ones), rfc2581 (the library's own, Reno-like), htcp (H-TCP) or "
+         "rtcc (RTT-based).", P_P2P,
          env=("SYFTBOX_HOTLINK_WEBRTC_SCTP_CC",), choices=("rfc2581", "hstcp", "htcp", "rtcc")),
     Spec("webrtc_tuning", "bool", True,
          "hotlink's tuning of aiortc (SACKs, batched reads, receive buffers); 0 runs it as "
@@ -636,7 +637,7 @@ class ClientSettings(_Layered):
     webrtc_buffered_high: int = MIB  # SYFTBOX_HOTLINK_WEBRTC_BUFFERED_HIGH, max 16 MiB
     webrtc_mtu: int = 0  # SYFTBOX_HOTLINK_WEBRTC_MTU: 0 (automatic) or 576..4096
     webrtc_sctp_buffer: int = 0  # SYFTBOX_HOTLINK_WEBRTC_SCTP_BUFFER: 0 or 1..16 MiB
-    webrtc_sctp_cc: str = "rfc2581"  # SYFTBOX_HOTLINK_WEBRTC_SCTP_CC
+    webrtc_sctp_cc: str = "hstcp"  # SYFTBOX_HOTLINK_WEBRTC_SCTP_CC
     webrtc_tuning: bool = True  # SYFTBOX_HOTLINK_WEBRTC_TUNING
     webrtc_backpressure_wait_ms: int = 1500  # SYFTBOX_HOTLINK_WEBRTC_BACKPRESSURE_WAIT_MS
     ws_fallback_grace_ms: int = 1500  # SYFTBOX_HOTLINK_WS_FALLBACK_GRACE_MS, max 10 s

@@ -13,7 +13,7 @@ offsets 0x00..0x2c, one ``int`` each):
     heartbeatIntervalMs
 
 ``0`` keeps libdatachannel's own default for every field (1 MiB buffers, 10 K chunks, a
-10-MTU initial window and burst, RFC 4960 congestion control, 20 ms delayed SACK, RTO
+10-MTU initial window and burst, RFC 2581 congestion control, 20 ms delayed SACK, RTO
 200 ms..10 s starting at 1 s, 5 retransmissions, 10 s heartbeats); ``maxBurst`` and
 ``delayedSackTimeoutMs`` take ``-1`` for "disabled". The library turns them into usrsctp
 sysctls, which every SCTP socket created *afterwards* starts from: applying before the
@@ -111,20 +111,26 @@ def sctp_buffer_for(bandwidth_bps: int, rtt_ms: int, *, budget: int = MAX_SCTP_B
     return max(MIN_SCTP_BUFFER, min(budget, bdp))
 
 
-# Our defaults are libdatachannel's own (1 MiB buffers and the rest), on purpose. Measured
-# here: on loopback 1, 4 and 16 MiB carry the same (the bound there is per-packet CPU);
-# between namespaces 40 ms apart (a user-space delay link), 4 MiB carried up to 2.5x what
-# 1 MiB did when no packet was lost, but about the same, or less, in most runs; and an aiortc
-# sender facing a 4 MiB receive window stalled for over 1.5 s in 2 of ~17 runs of the
-# varied-size pair test (0 of 8 with 1 MiB): more in flight, more loss, and aiortc recovers by
-# a 1 s retransmission timeout. A larger buffer is for long fat paths between our own peers
-# (see sctp_buffer_for: 1 MiB caps a 40 ms path at 26 MB/s). Its cost: a sender's peak RSS
-# grows by ~7 MiB per busy association at 4 MiB (~18 MiB at 16 MiB: its send buffer fills
-# whenever the path is slower than the app), a receiver's not at all (hotlink reads every
-# message as it arrives). H-TCP measured 20-30 % slower on loopback and lost up to 3x on the
-# WAN matrix's long and lossy cells, HSTCP no clear gain there (DECISIONS-LOCAL); a larger
-# burst or other SACK timers changed nothing on loopback.
-DEFAULT_SCTP_SETTINGS = SctpSettings()
+# Our defaults are libdatachannel's own (1 MiB buffers and the rest), on purpose, except the
+# congestion control. Measured here: on loopback 1, 4 and 16 MiB carry the same (the bound
+# there is per-packet CPU); between namespaces 40 ms apart (a user-space delay link), 4 MiB
+# carried up to 2.5x what 1 MiB did when no packet was lost, but about the same, or less, in
+# most runs; and an aiortc sender facing a 4 MiB receive window stalled for over 1.5 s in 2 of
+# ~17 runs of the varied-size pair test (0 of 8 with 1 MiB): more in flight, more loss, and
+# aiortc recovers by a 1 s retransmission timeout. A larger buffer is for long fat paths
+# between our own peers (see sctp_buffer_for: 1 MiB caps a 40 ms path at 26 MB/s). Its cost:
+# a sender's peak RSS grows by ~7 MiB per busy association at 4 MiB (~18 MiB at 16 MiB: its
+# send buffer fills whenever the path is slower than the app), a receiver's not at all
+# (hotlink reads every message as it arrives); a larger burst or other SACK timers changed
+# nothing on loopback.
+#
+# HighSpeed TCP (RFC 3649) rather than the library's Reno: below a 38-packet window it is
+# Reno, above it grows faster and backs off less after a loss, which is what a long fat path
+# needs (Reno regains half of a 1,000-packet window at one packet per round trip). In paired
+# runs on the WAN matrix it carried more in 13 of 16 (20 to 80 ms at 300 Mbit/s: +25 to
+# +50 %), the same in 2, less in 1 (DECISIONS-LOCAL). H-TCP measured 20-30 % slower on
+# loopback and lost up to 3x on the long and lossy cells.
+DEFAULT_SCTP_SETTINGS = SctpSettings(congestion_control_module=CC_HSTCP)
 
 
 class _Applier:
