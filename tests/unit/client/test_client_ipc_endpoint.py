@@ -49,6 +49,9 @@ class FakeSession:
     def add_done_callback(self, callback: Callable[[str], None]) -> None:
         self.callbacks.append(callback)
 
+    def remove_done_callback(self, callback: Callable[[str], None]) -> None:
+        self.callbacks.remove(callback)
+
     def end(self, reason: str) -> None:
         for callback in self.callbacks:
             callback(reason)
@@ -350,7 +353,9 @@ async def test_a_session_that_ends_cleanly_leaves_the_connection_alone(
         await writer.drain()
         await until(lambda: len(send.frames) == 2)
         assert endpoint.connections
-        writer.close()
+        assert len(send.session.callbacks) == 1
+        writer.close()  # the app leaves: the session keeps no callback for it
+        await until(lambda: not send.session.callbacks)
     finally:
         await endpoint.close()
 

@@ -78,6 +78,9 @@ class SentOn(Protocol):
     def add_done_callback(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(reason)`` once the session ended (now, if it already has)."""
 
+    def remove_done_callback(self, callback: Callable[[str], None]) -> None:
+        """Forget ``callback``."""
+
 
 # Sends one frame (path, payload, etag) on its folder's session; raises SessionClosed.
 SendFn = Callable[[str, bytes, str], Awaitable[SentOn]]
@@ -120,9 +123,11 @@ class IpcConnection(LocalConnection):
         writer: asyncio.StreamWriter,
     ) -> None:
         super().__init__(listener, reader, writer)
-        # The live sessions this connection's frames went out on: one that ends other than
-        # cleanly may have lost them (never accepted, the peer gone), and resets us.
-        self._sent_on: set[str] = set()
+        # The live sessions this connection's frames went out on, with the callback each
+        # holds for us: one that ends other than cleanly may have lost them (never
+        # accepted, the peer gone), and resets us. Forgotten when we end, so a long-lived
+        # folder session does not collect one callback per connection an app ever made.
+        self._sent_on: dict[str, tuple[SentOn, Callable[[str], None]]] = {}
 
     def write_nowait(self, data: bytes) -> bool:
         return False  # IPC frames go through write(), which retries on the next connection
@@ -158,6 +163,12 @@ class IpcConnection(LocalConnection):
         asyncio.get_running_loop().call_later(LOST_FLUSH, transport.abort)
 
     async def run(self, send: SendFn) -> None:
+        try:
+            await self._read_frames(send)
+        finally:
+            self._forget_sessions()
+
+    async def _read_frames(self, send: SendFn) -> None:
         decoder = FrameDecoder()
         try:
             while True:
@@ -201,17 +212,27 @@ class IpcConnection(LocalConnection):
             self.fail(f"frame for {path} not sent: {exc.reason}")
             return False
         if session.sid not in self._sent_on:
-            self._sent_on.add(session.sid)
-            session.add_done_callback(lambda reason: self._session_ended(session.sid, reason))
+            sid = session.sid
+
+            def ended(reason: str) -> None:
+                self._session_ended(sid, reason)
+
+            self._sent_on[sid] = (session, ended)
+            session.add_done_callback(ended)
         return not self.closed
 
     def _session_ended(self, sid: str, reason: str) -> None:
         """A session our frames went out on ended: nothing more to watch if it ended
         cleanly; else frames of ours may be lost (queued when it was never accepted, in
         flight when the peer went away), which the app must not take for delivered."""
-        self._sent_on.discard(sid)
+        self._sent_on.pop(sid, None)
         if reason != EOF:
             self.fail(f"the session our frames went out on ended: {reason}")
+
+    def _forget_sessions(self) -> None:
+        for session, callback in self._sent_on.values():
+            session.remove_done_callback(callback)
+        self._sent_on.clear()
 
 
 class IpcEndpoint(LocalListener[IpcConnection]):

@@ -153,6 +153,11 @@ class OutboundSession(OwnedSession):
         else:
             self._callbacks.append(callback)
 
+    def remove_done_callback(self, callback: Callable[[str], None]) -> None:
+        """Forget ``callback`` (its owner went away before the session ended)."""
+        with contextlib.suppress(ValueError):
+            self._callbacks.remove(callback)
+
     # ------------------------------------------------------------ messages from the peer
 
     def on_credit(self, credit: Credit) -> None:
