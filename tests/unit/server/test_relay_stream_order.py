@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
-from aiohttp import WSCloseCode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from hotlink.protocol.codec import Encoding, decode, encode_json, encode_msgpack
+from hotlink.protocol.codec import Encoding, encode_json, encode_msgpack
 from hotlink.protocol.flow import FLOW_KIND, Credit, credit_token
 from hotlink.protocol.messages import (
     HotlinkAccept,
@@ -45,9 +43,9 @@ from hotlink.server.cluster import homes, link
 from hotlink.server.cluster import records as rec
 from hotlink.server.cluster.node import Claim
 from hotlink.server.decisions import Send
-from hotlink.server.frames import TextFrame, frame_header
 from hotlink.server.hub import Connection
 from hotlink.settings import ServerSettings
+from unit.server.wire_fakes import HIGH_WATER, Wire, connect, messages_on, wire_of
 
 ALICE, BOB, CAROL, DAVE = (
     "alice@example.com",
@@ -55,8 +53,6 @@ ALICE, BOB, CAROL, DAVE = (
     "carol@example.com",
     "dave@example.com",
 )
-HIGH_WATER = 65536
-OPCODE_TEXT = 0x1
 READ_ALL = "rules: [{pattern: '**', access: {read: ['*'], write: ['*']}}]"
 
 
@@ -67,101 +63,9 @@ def path_of(owner: str) -> str:
 # ---------------------------------------------------------------- sockets
 
 
-class Wire(asyncio.Transport):
-    """A socket that records what is written to it; ``held`` is what it has not sent yet."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.data = bytearray()
-        self.held = 0
-        self.closing = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.data += data
-
-    def get_write_buffer_size(self) -> int:
-        return self.held
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (HIGH_WATER // 4, HIGH_WATER)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def close(self) -> None:
-        self.closing = True
-
-
-class WireSocket:
-    """What a Connection touches of aiohttp's WebSocket. Like aiohttp (no compression), a
-    send writes its frame at once, then waits while the peer is behind (``draining``)."""
-
-    def __init__(self, wire: Wire) -> None:
-        self.wire = wire
-        self.closed = False
-        self.close_code: int | None = None
-        self.drained = asyncio.Event()
-        self.drained.set()
-
-    async def send_bytes(self, data: bytes) -> None:
-        self.wire.write(frame_header(data) + data)
-        await self.drained.wait()
-
-    async def send_frame(self, data: bytes, opcode: int) -> None:
-        self.wire.write(frame_header(TextFrame(data)) + data)
-        await self.drained.wait()
-
-    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"") -> bool:
-        self.closed = True
-        self.close_code = code
-        return True
-
-
 def received(conn: Connection) -> list[Message]:
     """Every whole WebSocket frame written to ``conn``'s socket so far, decoded."""
-    assert isinstance(conn.transport, Wire)
-    data, pos, out = bytes(conn.transport.data), 0, []
-    while pos < len(data):
-        first, second = data[pos], data[pos + 1]
-        size, pos = second & 0x7F, pos + 2
-        if size == 126:
-            (size,) = struct.unpack_from(">H", data, pos)
-            pos += 2
-        elif size == 127:
-            (size,) = struct.unpack_from(">Q", data, pos)
-            pos += 8
-        payload = data[pos : pos + size]
-        pos += size
-        out.append(decode(payload.decode() if first & 0x0F == OPCODE_TEXT else payload))
-    assert pos == len(data), "no frame cut short"
-    return out
-
-
-def connect(relay: Relay, user: str, encoding: Encoding = "msgpack", name: str = "") -> Connection:
-    wire = Wire()
-    conn_id = f"c-{name or user.split('@')[0]}"
-    if relay.cluster is not None:
-        conn_id = f"{relay.cluster.ref}/{conn_id}"
-    conn = Connection(
-        conn_id,
-        user,
-        encoding,
-        WireSocket(wire),  # type: ignore[arg-type]
-        queue_messages=relay.config.queue_messages,
-        queue_bytes=relay.config.queue_bytes,
-        transport=wire,
-        ledger=relay.hub.ledger,
-        busy=relay.hub.busy,
-    )
-    relay.hub.add(conn)
-    relay.connections.add(conn.id, user)
-    if relay.cluster is not None:
-        relay.cluster.conn_up(rec.ConnInfo(conn.id, user, encoding))
-    conn.start()
-    return conn
+    return messages_on(wire_of(conn))
 
 
 async def turns(n: int = 5) -> None:

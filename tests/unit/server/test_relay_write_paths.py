@@ -13,11 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import struct
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp import WSCloseCode
 
 from hotlink.protocol.codec import Encoding, decode, encode_json, encode_msgpack
 from hotlink.protocol.messages import (
@@ -31,8 +29,18 @@ from hotlink.protocol.messages import (
 )
 from hotlink.server.app import Relay, RelayConfig
 from hotlink.server.decisions import FanOut
-from hotlink.server.frames import COALESCE_MAX_FRAME, TextFrame, frame_header
+from hotlink.server.frames import COALESCE_MAX_FRAME
 from hotlink.server.hub import Connection
+from unit.server.wire_fakes import (
+    HIGH_WATER,
+    OPCODE_BINARY,
+    OPCODE_TEXT,
+    Wire,
+    connect,
+    frames_on,
+    messages_on,
+    wire_of,
+)
 
 ALICE, BOB, CAROL, DAVE = (
     "alice@example.com",
@@ -42,87 +50,6 @@ ALICE, BOB, CAROL, DAVE = (
 )
 PATH = f"{ALICE}/app/x.request"
 SID = "0123456789abcdef"
-HIGH_WATER = 65536
-OPCODE_TEXT, OPCODE_BINARY = 0x1, 0x2
-
-
-class Wire(asyncio.Transport):
-    """A socket that records what is written to it; ``held`` is what it has not sent yet."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.data = bytearray()
-        self.writes = 0
-        self.held = 0
-        self.closing = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.data += data
-        self.writes += 1
-
-    def get_write_buffer_size(self) -> int:
-        return self.held
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (HIGH_WATER // 4, HIGH_WATER)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def close(self) -> None:
-        self.closing = True
-
-
-class WireSocket:
-    """What a Connection touches of aiohttp's WebSocket; aiohttp frames onto the same wire."""
-
-    def __init__(self, wire: Wire) -> None:
-        self.wire = wire
-        self.closed = False
-        self.close_code: int | None = None
-        self.aiohttp_sends = 0
-
-    async def send_bytes(self, data: bytes) -> None:
-        self.aiohttp_sends += 1
-        self.wire.write(frame_header(data) + data)
-
-    async def send_frame(self, data: bytes, opcode: int) -> None:
-        self.aiohttp_sends += 1
-        self.wire.write(frame_header(TextFrame(data)) + data)
-
-    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"") -> bool:
-        self.closed = True
-        self.close_code = code
-        return True
-
-
-def frames_on(wire: Wire) -> list[tuple[int, bytes]]:
-    """The (opcode, payload) of every whole WebSocket frame on ``wire``."""
-    data, pos, out = bytes(wire.data), 0, []
-    while pos < len(data):
-        first, second = data[pos], data[pos + 1]
-        assert first & 0x80 and not second & 0x80, "final and unmasked, as from a server"
-        size, pos = second & 0x7F, pos + 2
-        if size == 126:
-            (size,) = struct.unpack_from(">H", data, pos)
-            pos += 2
-        elif size == 127:
-            (size,) = struct.unpack_from(">Q", data, pos)
-            pos += 8
-        out.append((first & 0x0F, data[pos : pos + size]))
-        pos += size
-    assert pos == len(data), "no frame cut short"
-    return out
-
-
-def messages_on(wire: Wire) -> list[Message]:
-    return [
-        decode(payload.decode() if op == OPCODE_TEXT else payload)
-        for op, payload in frames_on(wire)
-    ]
 
 
 @pytest.fixture
@@ -135,30 +62,6 @@ async def relay() -> AsyncIterator[Relay]:
         conn.ws.closed = True  # type: ignore[misc]  # the peer is gone: no close handshake
         await conn.finish()
     assert relay.hub.ledger.total == 0 and len(relay.hub.ledger) == 0
-
-
-def connect(relay: Relay, user: str, encoding: Encoding = "msgpack") -> Connection:
-    wire = Wire()
-    conn = Connection(
-        f"c-{user.split('@')[0]}",
-        user,
-        encoding,
-        WireSocket(wire),  # type: ignore[arg-type]
-        queue_messages=relay.config.queue_messages,
-        queue_bytes=relay.config.queue_bytes,
-        transport=wire,
-        ledger=relay.hub.ledger,
-        busy=relay.hub.busy,
-    )
-    relay.hub.add(conn)
-    relay.connections.add(conn.id, user)
-    conn.start()
-    return conn
-
-
-def wire_of(conn: Connection) -> Wire:
-    assert isinstance(conn.transport, Wire)
-    return conn.transport
 
 
 async def turns(n: int = 5) -> None:
