@@ -23,9 +23,12 @@ from hotlink.client.edges.ipc import (
 )
 from hotlink.client.edges.watcher import TreeWatcher
 from hotlink.client.localfs import UnsafePath
+from hotlink.client.manager import HotlinkManager, ManagerConfig
 from hotlink.client.session.base import SessionClosed
+from hotlink.client.telemetry import Telemetry
 from hotlink.protocol.frames import Frame, FrameDecoder, encode_frame
-from unit.client.client_fakes import ALICE, BOB, until
+from hotlink.protocol.messages import HotlinkOpen
+from unit.client.client_fakes import ALICE, BOB, FakeWire, until
 from unit.client.hostile_files import exists, fifo_guard, make_fifo, names
 
 FOLDER = f"{ALICE}/app_data/app/rpc/ep"
@@ -358,6 +361,37 @@ async def test_a_session_that_ends_cleanly_leaves_the_connection_alone(
         await until(lambda: not send.session.callbacks)
     finally:
         await endpoint.close()
+
+
+async def test_frames_queued_on_a_session_never_accepted_reset_the_apps_connection(
+    tmp_path: Path, sockets: Path
+) -> None:
+    # The real manager: the app's first frame is queued on its folder's session, which is
+    # never accepted and ends with the frame unsent. The app must hear of it at once, not
+    # write on into a fresh session as if nothing had been lost.
+    wire = FakeWire()
+    manager = HotlinkManager(
+        local_email=ALICE,
+        datasites=tmp_path / "datasites",
+        wire=wire,
+        telemetry=Telemetry(None),
+        config=ManagerConfig(accept_timeout=0.05),
+    )
+    endpoint = await _endpoint(tmp_path, sockets, "unix", manager.send)
+    try:
+        reader, writer = await _dial(endpoint)
+        writer.write(encode_frame(Frame(f"{FOLDER}/a.request", "", 0, b"first")))
+        await writer.drain()
+        await until(lambda: bool(manager.outbound_by_sid))
+        (first,) = manager.outbound_by_sid.values()
+        assert await first.wait_closed() == "accept timeout"  # "first" was never sent
+        _check_loud_end("unix", await _end_of_stream(reader), [])
+        await until(lambda: not endpoint.connections)
+        assert len(wire.payloads(HotlinkOpen)) == 1
+        writer.close()
+    finally:
+        await endpoint.close()
+        await manager.close()
 
 
 async def test_app_that_closes_gets_a_clean_end(tmp_path: Path, sockets: Path) -> None:

@@ -6,14 +6,13 @@ The whole sending stack runs here (OutboundSession, HotlinkManager, the WebRTC t
 a scripted peer, and a wire that keeps the relay connection's queue discipline), so the
 direct paths (the session's lock-free send, the data channel's) and the queued ones (the
 session's owner, the replay after a channel failure, the eof Close) meet as they do in the
-client. The IPC producer is checked with a real socket."""
+client."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hotlink.client.edges.ipc import LOST_MARK, IpcEndpoint
 from hotlink.client.manager import HotlinkManager, ManagerConfig
 from hotlink.client.p2p.webrtc_transport import WebRTCPeerTransport
 from hotlink.client.session.outbound import OutboundSession
@@ -32,7 +30,7 @@ from hotlink.protocol.e2e.pins import PinBook
 from hotlink.protocol.e2e.seal import is_sealed
 from hotlink.protocol.e2e.session import E2ESession
 from hotlink.protocol.flow import Credit
-from hotlink.protocol.frames import Frame, FrameDecoder, decode_frame, encode_frame
+from hotlink.protocol.frames import decode_frame
 from hotlink.protocol.ice import sdp_token
 from hotlink.protocol.markers import session_dir
 from hotlink.protocol.messages import (
@@ -45,32 +43,18 @@ from hotlink.protocol.messages import (
 )
 from hotlink.settings import ClientSettings
 from hotlink.webrtc import ChannelNotOpenError
-from unit.client.client_fakes import ALICE, BOB, FakeHost, until
+from unit.client.client_fakes import ALICE, BOB, FakeHost, FakeWire, until
 from unit.client.test_client_webrtc_fakes import OFFER_SDP, FakeBackend, FakePeer, quick_config
 
 TUNNEL = f"{ALICE}/shared/flows/x/_mpc/0_to_1/stream.tcp.request"
 WINDOW = 4096  # the receiver's flow window in these tests: small, so credit runs out often
 
 
-class OrderedWire:
-    """The relay connection as the manager sees it, with the real outbox's discipline:
-    control messages (never blocking) go ahead of the data still queued, data keeps its
-    order. ``on_the_wire`` is the order the relay gets when the writer falls behind, the
-    worst case for anything that must follow data (the eof Close, the resends)."""
-
-    def __init__(self) -> None:
-        self.connected = True
-        self.control: list[Message] = []
-        self.data: list[Message] = []
-
-    def send_control(self, message: Message) -> None:
-        self.control.append(message)
-
-    async def send(self, message: Message) -> None:
-        self.data.append(message)
-
-    async def wait_connected(self, within: float | None = None) -> bool:
-        return True
+class OrderedWire(FakeWire):
+    """The relay connection with the real outbox's discipline: control messages (never
+    blocking) go ahead of the data still queued, data keeps its order. ``on_the_wire`` is
+    the order the relay gets when the writer falls behind, the worst case for anything that
+    must follow data (the eof Close, the resends)."""
 
     def on_the_wire(self) -> list[object]:
         return [m.payload for m in (*self.control, *self.data)]
@@ -295,59 +279,3 @@ async def test_a_write_during_the_key_exchange_is_sealed_like_the_rest() -> None
     assert [f.seq for f in host.frames] == [1, 2, 3]  # two writes and the sealed end
     plain = [f.seq for f in host.frames if not is_sealed(f)]
     assert not plain, f"frames sent unsealed on a sealed stream: seqs {plain}"
-
-
-# ---------------------------------------------------------------- the IPC producer
-
-
-@pytest.fixture
-def sockets() -> Iterator[Path]:
-    # UNIX socket paths are limited to ~107 bytes; pytest's tmp_path can be longer.
-    path = Path(tempfile.mkdtemp(prefix="hl-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-IPC_FOLDER = f"{ALICE}/app_data/app/rpc/ep"
-
-
-async def test_ipc_frames_dropped_with_an_unaccepted_session_reset_the_apps_connection(
-    tmp_path: Path, sockets: Path
-) -> None:
-    # docs/DECISIONS-LOCAL.md, "Loud failure, IPC": frames an app wrote that cannot be sent
-    # (no Accept, peer gone) reset its IPC connection. The app's first frame is queued on
-    # its folder's session, which is never accepted and ends with the frame unsent: the app
-    # must hear of it, not write on into a fresh session as if nothing had been lost.
-    wire = OrderedWire()
-    manager = HotlinkManager(
-        local_email=ALICE,
-        datasites=tmp_path / "datasites",
-        wire=wire,
-        telemetry=Telemetry(None),
-        config=ManagerConfig(accept_timeout=0.05),
-    )
-    folder = tmp_path / "datasites" / IPC_FOLDER
-    folder.mkdir(parents=True)
-    endpoint = IpcEndpoint(
-        folder, mode="unix", tcp_host="127.0.0.1", tcp_port=0, send=manager.send,
-        socket_dir=sockets,
-    )  # fmt: skip
-    await endpoint.start()
-    try:
-        reader, writer = await asyncio.open_unix_connection(endpoint.marker.read_text())
-        writer.write(encode_frame(Frame(f"{IPC_FOLDER}/a.request", "", 0, b"first")))
-        await writer.drain()
-        await until(lambda: bool(manager.outbound_by_sid))
-        (first,) = manager.outbound_by_sid.values()
-        assert await first.wait_closed() == "accept timeout"  # "first" was never sent
-        # The app hears of it at once, before it writes anything more.
-        async with asyncio.timeout(5):
-            got = await reader.read()
-        decoder = FrameDecoder()
-        assert decoder.feed(got) == [] and got.endswith(LOST_MARK)  # a loud end
-        await until(lambda: not endpoint.connections)
-        assert sum(isinstance(p, HotlinkOpen) for p in wire.on_the_wire()) == 1
-        writer.close()
-    finally:
-        await endpoint.close()
-        await manager.close()

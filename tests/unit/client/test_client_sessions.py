@@ -504,7 +504,7 @@ async def _interleave(steps: list[Step]) -> tuple[list[bytes], list[Frame]]:
         else:
             for _ in range(n):
                 await asyncio.sleep(0)
-    s.on_credit(Credit(granted + 1 << 40, SMALL))
+    s.on_credit(Credit(granted + (1 << 40), SMALL))
     s.finish()
     assert await s.wait_closed() == "eof"
     return writes, host.frames
