@@ -60,6 +60,7 @@ from hotlink.lab.stack import DevStack, stop_on_signals
 from hotlink.lab.wan_link import netem_available
 
 from .goals import Goal
+from .machine_cpu import busy_share, cpu_times
 from .progress import say
 from .wan import IPS, WanShape, rate_bits, unsupported_reason
 
@@ -158,6 +159,9 @@ class FlowResult:
     rtt_ms: dict[str, float] = field(default_factory=dict)  # p50/p90/p99/mean
     transport: dict[str, str] = field(default_factory=dict)
     congestion: str = ""  # what the kernel reported for the sending socket (TCP)
+    # The machine's CPU busy share (all cores, everything on it) during the window, 0..1: a
+    # row near 1 is bound by this machine's CPU rather than by the path.
+    cpu_busy: float | None = None
     # Seconds spent per phase (set-up, rtt, throughput, stop): where a cell's time goes.
     phases: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -295,12 +299,21 @@ async def rtt_of(a: Link, b: Link, rounds: int) -> dict[str, float]:
     }
 
 
+@dataclass(frozen=True)
+class Window:
+    """What one throughput window measured."""
+
+    nbytes: int
+    seconds: float
+    cpu_busy: float | None  # the machine's, see FlowResult.cpu_busy
+
+
 async def windowed_throughput(
     sender: asyncio.StreamWriter, receiver: asyncio.StreamReader, warmup_s: float, window_s: float
-) -> tuple[int, float]:
+) -> Window:
     """Send without pause; return the bytes that reached ``receiver`` during ``window_s``
-    after ``warmup_s``, and the window's exact length. The connection is left with a backlog:
-    abort it afterwards."""
+    after ``warmup_s``, the window's exact length and how busy the machine was meanwhile.
+    The connection is left with a backlog: abort it afterwards."""
     block = os.urandom(BLOCK)
     received = 0
     ended: list[str] = []
@@ -322,9 +335,9 @@ async def windowed_throughput(
     tasks = [asyncio.create_task(send()), asyncio.create_task(receive())]
     try:
         await asyncio.sleep(warmup_s)
-        start_bytes, start = received, time.perf_counter()
+        start_bytes, start, start_cpu = received, time.perf_counter(), cpu_times()
         await asyncio.sleep(window_s)
-        end_bytes, end = received, time.perf_counter()
+        end_bytes, end, end_cpu = received, time.perf_counter(), cpu_times()
         for task in tasks:
             if task.done() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
@@ -334,13 +347,14 @@ async def windowed_throughput(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return end_bytes - start_bytes, end - start
+    return Window(end_bytes - start_bytes, end - start, busy_share(start_cpu, end_cpu))
 
 
-def _fill_throughput(result: FlowResult, nbytes: int, seconds: float) -> None:
-    result.window_bytes = nbytes
-    result.window_s = seconds
-    result.throughput_mbit_s = nbytes * 8 / seconds / 1e6
+def _fill_throughput(result: FlowResult, window: Window) -> None:
+    result.window_bytes = window.nbytes
+    result.window_s = window.seconds
+    result.throughput_mbit_s = window.nbytes * 8 / window.seconds / 1e6
+    result.cpu_busy = window.cpu_busy
 
 
 async def _guard(result: FlowResult, body: Callable[[], Awaitable[None]]) -> FlowResult:
@@ -409,7 +423,7 @@ async def tcp_flow(wan: WanShape, cfg: MatrixConfig, congestion: str) -> FlowRes
             links.append(b)
             result.rtt_ms = await rtt_of(a, b, cfg.rtt_rounds)
             window = await windowed_throughput(a[1], b[0], cfg.warmup_s, cfg.window_s)
-            _fill_throughput(result, *window)
+            _fill_throughput(result, window)
         finally:
             if accepting is not None and not accepting.done():
                 accepting.cancel()
@@ -469,10 +483,8 @@ async def p2p_flow(wan: WanShape, cfg: MatrixConfig, peers: _Peers, result: Flow
                 raise RuntimeError(f"no data channel: {result.transport}")
             result.rtt_ms = await rtt_of(setup.a, setup.b, cfg.rtt_rounds)
             phase("rtt")
-            nbytes, seconds = await windowed_throughput(
-                setup.a[1], setup.b[0], cfg.warmup_s, cfg.window_s
-            )
-            _fill_throughput(result, nbytes, seconds)
+            window = await windowed_throughput(setup.a[1], setup.b[0], cfg.warmup_s, cfg.window_s)
+            _fill_throughput(result, window)
             phase("throughput")
             # A fallback to the WebSocket midway shows here.
             result.transport = dict(refresh_transports(setup))
@@ -615,9 +627,12 @@ def _tp(f: FlowResult | None) -> str:
         return "-"
     if f.error:
         return "failed"
+    text = _num(f.throughput_mbit_s)
+    if f.cpu_busy is not None:
+        text += f" ({f.cpu_busy:.0%})"
     if f.path.startswith("p2p") and not f.on_p2p:
-        return f"{_num(f.throughput_mbit_s)} (not P2P)"
-    return _num(f.throughput_mbit_s)
+        text += " (not P2P)"
+    return text
 
 
 def _ratio(v: float | None) -> str:
@@ -651,10 +666,13 @@ def markdown(result: MatrixResult, *, with_goals: bool = True) -> str:
         "alice and bob in network namespaces on a bridge, the RTT split over both egresses, "
         "the loss in each direction, each side's egress limited by tbf; links: "
         f"{result.method}. Throughput: bytes reaching the receiving app in {cfg.window_s:g} s "
-        f"after {cfg.warmup_s:g} s of sending (Mbit/s). Round trip: {cfg.rtt_rounds} "
-        "ping-pongs of 64 B on the idle connection, p50. TCP: one connection per congestion "
-        "control (TCP_CONGESTION on both ends); hotlink: fresh relay and clients per cell, "
-        "P2P on host candidates. Ratio: P2P / TCP throughput.",
+        f"after {cfg.warmup_s:g} s of sending (Mbit/s); in brackets, how busy the machine's "
+        "CPU was meanwhile (all cores; the user-space links, apps and clients all count: "
+        "near 100 % the row is bound by this machine, not by the path). "
+        f"Round trip: {cfg.rtt_rounds} ping-pongs of 64 B on the idle connection, p50. "
+        "TCP: one connection per congestion control (TCP_CONGESTION on both ends); "
+        "hotlink: fresh relay and clients per cell, P2P on host candidates. "
+        "Ratio: P2P / TCP throughput.",
         "",
     ]
     heads = ["Shape", "Handshake RTT (ms)"]

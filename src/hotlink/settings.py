@@ -296,7 +296,8 @@ CLIENT_SPECS: tuple[Spec, ...] = (
          env=("SYFTBOX_HOTLINK_WEBRTC_MTU",), check=_webrtc_mtu),
     Spec("webrtc_sctp_buffer", "int", 0,
          "libdatachannel's SCTP send and receive buffers: 0 (its 1 MiB) or 1048576-16777216; "
-         "size it to the path's bandwidth x round trip (1 Gbit/s x 40 ms = 5 MB).", P_P2P,
+         "size it to the path's bandwidth x round trip (1 Gbit/s x 40 ms = 5 MB), not above: "
+         "SCTP does not pace, and a window far beyond the path's overflows its queue.", P_P2P,
          env=("SYFTBOX_HOTLINK_WEBRTC_SCTP_BUFFER",), check=_sctp_buffer),
     Spec("webrtc_sctp_cc", "choice", "hstcp",
          "libdatachannel's SCTP congestion control: hstcp (HighSpeed TCP: Reno on short paths, "
