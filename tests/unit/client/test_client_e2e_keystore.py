@@ -92,3 +92,38 @@ def test_the_context_follows_the_settings(tmp_path: Path) -> None:
     assert out.params.acceptor == "bob@example.com"
     inbound = ctx.inbound("s", "p", "carol@example.com", "alice@example.com", "alice@example.com")
     assert not inbound.refuse_plaintext  # an unknown peer may be a reference client
+
+
+class _Sealed:
+    """What E2EContext.sealed reads of a session that completed its exchange."""
+
+    def __init__(self, pins: object, peer_email: str, peer_fingerprint: str) -> None:
+        self.pins = pins
+        self.peer_email = peer_email
+        self.peer_fingerprint = peer_fingerprint
+
+
+@pytest.mark.parametrize("file_changed", [False, True])
+def test_a_new_pin_is_saved_even_when_the_file_changed_during_the_session(
+    tmp_path: Path, file_changed: bool
+) -> None:
+    ctx = E2EContext(mode="on", identity=Identity.generate(), pins=PinFile(tmp_path))
+    book = ctx.pins.book()  # what the session started with
+    carol_fp = Identity.generate().fingerprint
+    if file_changed:
+        # Meanwhile another process (hotlink e2e trust) pins carol.
+        other = PinFile(tmp_path)
+        other.book().pin("carol@example.com", carol_fp)
+        other.save()
+        os.utime(key_dir(tmp_path) / PINS_FILE, ns=(1, 1))
+    book.admit("bob@example.com", BOB_FP)  # first use: the session pins bob
+    ctx.sealed(_Sealed(book, "bob@example.com", BOB_FP))  # type: ignore[arg-type]
+    saved = PinFile(tmp_path).book().pins
+    expected = {"bob@example.com": BOB_FP}
+    if file_changed:
+        expected["carol@example.com"] = carol_fp
+    assert saved == expected
+    # Nothing new: nothing is written again.
+    stamp = (key_dir(tmp_path) / PINS_FILE).stat().st_mtime_ns
+    ctx.sealed(_Sealed(ctx.pins.book(), "bob@example.com", BOB_FP))  # type: ignore[arg-type]
+    assert (key_dir(tmp_path) / PINS_FILE).stat().st_mtime_ns == stamp

@@ -313,10 +313,13 @@ async def test_peer_send_error_fails_the_session_without_ws_fallback(tmp_path: P
     s = await manager.open_stream(TUNNEL, BOB)
     await manager.handle_message(msg(HotlinkAccept(s.sid)))
     await s.send(TUNNEL, b"x")
-    reason = await s.wait_closed()
+    # A regression fails here in seconds, not at pytest-timeout's limit.
+    async with asyncio.timeout(10):
+        reason = await s.wait_closed()
     assert reason.startswith("error: webrtc not ready")
     assert wire.payloads(HotlinkData) == []
     assert HotlinkClose(s.sid, "error") in wire.payloads(HotlinkClose)
+    await manager.close()
 
 
 async def test_flow_credit_reaches_the_outbound_session_not_the_transport(

@@ -81,12 +81,11 @@ class E2EContext:
 
     def sealed(self, session: E2ESession) -> None:
         """``session`` completed its exchange: keep a new pin."""
-        if session.pins is self.pins.book():
-            self.pins.save()
-        elif session.pins.dirty:
+        book = self.pins.book()
+        if session.pins is not book and session.pins.dirty:
             # The file changed meanwhile: carry the new pin over to the current book.
-            self.pins.book().pin(session.peer_email, session.peer_fingerprint)
-            self.pins.save()
+            book.pin(session.peer_email, session.peer_fingerprint)
+        self.pins.save()  # writes only a book with new pins
 
     def warn_plaintext(self, peer: str, sid: str, why: str) -> None:
         """One WARNING per peer: its sessions are not sealed."""
