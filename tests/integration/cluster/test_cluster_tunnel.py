@@ -52,11 +52,19 @@ async def _close(*writers: asyncio.StreamWriter) -> None:
             await w.wait_closed()
 
 
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _dial_pair(t: Tunnel) -> tuple[Conn, Conn]:
+    """Bob's app connection, then alice's: (bob's, alice's)."""
+    bob = await dial(t.bob_port)
+    await asyncio.sleep(0.3)  # bob's app first, so alice's stream goes to it
+    return bob, await dial(t.alice_port)
+
+
 async def _both_ways(t: Tunnel, size: int) -> None:
     """``size`` bytes alice -> bob and bob -> alice at once, each whole with a clean EOF."""
-    bob_r, bob_w = await dial(t.bob_port)
-    await asyncio.sleep(0.3)  # bob's app first, so alice's stream goes to it
-    alice_r, alice_w = await dial(t.alice_port)
+    (bob_r, bob_w), (alice_r, alice_w) = await _dial_pair(t)
     pattern = Pattern()
     to_bob, from_alice, to_alice, from_bob = await asyncio.gather(
         read_stream(bob_r, pattern, timeout=240),
@@ -100,9 +108,7 @@ async def test_kill_9_of_a_replica_moves_its_users_and_ends_their_sessions_loudl
             )
             try:
                 assert balancer.chosen == [r2.url]
-                bob_r, bob_w = await dial(t.bob_port)
-                await asyncio.sleep(0.3)
-                _, alice_w = await dial(t.alice_port)
+                (bob_r, bob_w), (_, alice_w) = await _dial_pair(t)
                 pattern = Pattern()
                 reading = asyncio.create_task(read_stream(bob_r, pattern, timeout=120))
                 sending = asyncio.create_task(send_stream(alice_w, 1024 * MIB, pattern))
@@ -138,9 +144,7 @@ async def test_a_redis_restart_mid_stream_delivers_every_byte_or_a_reset(
     async with running_cluster(tmp_path, redis, 2, ["--cluster-grace", "20"]) as (r1, r2):
         t = await asyncio.to_thread(start_tunnel, r1.url, tmp_path, env=PATHS["ws"], bob_url=r2.url)
         try:
-            bob_r, bob_w = await dial(t.bob_port)
-            await asyncio.sleep(0.3)
-            _, alice_w = await dial(t.alice_port)
+            (bob_r, bob_w), (_, alice_w) = await _dial_pair(t)
             pattern = Pattern()
             reading = asyncio.create_task(read_stream(bob_r, pattern, timeout=240))
             sending = asyncio.create_task(send_stream(alice_w, 256 * MIB, pattern))
