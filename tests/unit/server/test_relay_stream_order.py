@@ -500,3 +500,44 @@ async def test_a_stream_across_replicas_survives_pipelines_that_break_midway(mon
         assert not cluster.redis.plan, "every planned fault happened"
     finally:
         await cluster.close()
+
+
+async def test_after_lost_records_a_replica_is_joining_until_the_other_roster_arrives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis restarted empty and lost an entry of a's: b notices the gap, forgets a's
+    connections and asks for a new link. Until a's roster is back, an Open at b for alice
+    would reach nobody, so b must not report itself healthy; after it, b knows alice again."""
+    monkeypatch.setattr(link, "RETRY_PAUSE", 0)
+    cluster = LinkedCluster([])
+    try:
+        a, b = cluster.a, cluster.b
+        assert a.cluster is not None and b.cluster is not None
+        for relay in (a, b):
+            relay.cluster._joined = True  # type: ignore[union-attr]  # as start() leaves it
+        alice = connect(a, ALICE)
+        connect(b, BOB)
+        await cluster.pump()
+        assert a.cluster.status == b.cluster.status == "ok"
+        assert alice.id in b.cluster.remote[a.cluster.ref]
+        # An entry of a's for b is lost; the next one shows the gap.
+        connect(a, CAROL)
+        await turns()
+        inbox = cluster.redis.inboxes[b.cluster.keys.inbox(b.cluster.ref)]
+        del inbox[cluster._read.get(b.cluster.ref, 0) :]
+        connect(a, DAVE)
+        await turns()
+        start = cluster._read.get(b.cluster.ref, 0)
+        for fields in inbox[start:]:
+            cluster._read[b.cluster.ref] = cluster._read.get(b.cluster.ref, 0) + 1
+            await b.cluster._entry(
+                str(fields["f"]), str(fields["e"]), int(fields["s"]), bytes(fields["r"])
+            )
+        assert b.cluster.gaps == 1
+        assert a.cluster.ref not in b.cluster.remote
+        assert b.cluster.status == "joining"
+        await cluster.pump()  # the Reset, a's new link with its roster, b's answer
+        assert a.cluster.status == b.cluster.status == "ok"
+        assert alice.id in b.cluster.remote[a.cluster.ref]
+    finally:
+        await cluster.close()

@@ -7,9 +7,10 @@ writer's, the reader's, and one for heartbeats and claims) and the tasks that us
 and closes them all in :meth:`stop`.
 
 States: ``joining`` until Redis answered, the ACL files are loaded and every replica found
-sent its roster (or a guard passed); ``ok``; ``degraded`` while Redis does not answer (new
-connections and sessions are refused; sessions across replicas wait up to the grace, then
-are closed with "relay link lost"). A replica whose key expired is lost: the sessions it
+sent its roster (or a guard passed), and again while a link is started afresh (records were
+lost) until the other replica's roster arrives; ``ok``; ``degraded`` while Redis does not
+answer (new connections and sessions are refused; sessions across replicas wait up to the
+grace, then are closed with "relay link lost"). A replica whose key expired is lost: the sessions it
 held are closed with "relay node lost".
 """
 
@@ -417,6 +418,7 @@ class ClusterNode:
         ends it on its side too) that starts with our roster and asks for its own."""
         self.outbox.forget(ref)
         self._end_shared(ref, LINK_LOST)
+        self._awaiting_roster[ref] = time.monotonic()
         self.outbox.send(ref, self._roster(reply=True))
 
     # ------------------------------------------------------------ what the relay sends
@@ -521,9 +523,12 @@ class ClusterNode:
                 "shared with it",
                 src,
             )
-            # Ignore the rest of that link and have the sender start a new one.
+            # Ignore the rest of that link and have the sender start a new one; until its
+            # roster arrives we do not know its connections (an Open for one of its users
+            # would reach nobody), so we are joining again meanwhile.
             self.seq.break_link(src, epoch)
             self._end_shared(src, LINK_LOST)
+            self._awaiting_roster[src] = time.monotonic()
             self.outbox.send(src, rec.Reset())
             return
         if order is rec.Order.NEW_LINK:
