@@ -414,21 +414,37 @@ class LinkedCluster(Cluster):
             node.outbox.start()
         self._read: dict[str, int] = {}
 
+    def inbox(self, relay: Relay) -> list[dict[str, object]]:
+        """Every entry written to ``relay``'s inbox, the list itself: deleting entries not
+        read yet loses them, as a Redis that restarted empty would."""
+        node = relay.cluster
+        assert node is not None
+        return self.redis.inboxes.setdefault(node.keys.inbox(node.ref), [])
+
+    async def read_inbox(self, relay: Relay) -> bool:
+        """Apply what waits in ``relay``'s inbox, in order; True when anything did."""
+        node = relay.cluster
+        assert node is not None
+        entries = self.inbox(relay)
+        moved = False
+        while self._read.get(node.ref, 0) < len(entries):
+            fields = entries[self._read.get(node.ref, 0)]
+            self._read[node.ref] = self._read.get(node.ref, 0) + 1
+            moved = True
+            await node._entry(
+                str(fields["f"]),
+                str(fields["e"]),
+                int(fields["s"]),
+                bytes(fields["r"]),
+            )
+        return moved
+
     async def pump(self) -> None:
         for _ in range(1000):  # a guard: until both outboxes and inboxes are empty
             await turns()
             moved = False
             for relay in (self.a, self.b):
-                node = relay.cluster
-                assert node is not None
-                entries = self.redis.inboxes.get(node.keys.inbox(node.ref), [])
-                start = self._read.get(node.ref, 0)
-                for fields in entries[start:]:
-                    moved = True
-                    self._read[node.ref] = self._read.get(node.ref, 0) + 1
-                    await node._entry(
-                        str(fields["f"]), str(fields["e"]), int(fields["s"]), bytes(fields["r"])
-                    )
+                moved = await self.read_inbox(relay) or moved
             busy = any(
                 link_.records or link_.entries
                 for relay in (self.a, self.b)
@@ -523,16 +539,11 @@ async def test_after_lost_records_a_replica_is_joining_until_the_other_roster_ar
         # An entry of a's for b is lost; the next one shows the gap.
         connect(a, CAROL)
         await turns()
-        inbox = cluster.redis.inboxes[b.cluster.keys.inbox(b.cluster.ref)]
-        del inbox[cluster._read.get(b.cluster.ref, 0) :]
+        inbox = cluster.inbox(b)
+        del inbox[cluster._read[b.cluster.ref] :]
         connect(a, DAVE)
         await turns()
-        start = cluster._read.get(b.cluster.ref, 0)
-        for fields in inbox[start:]:
-            cluster._read[b.cluster.ref] = cluster._read.get(b.cluster.ref, 0) + 1
-            await b.cluster._entry(
-                str(fields["f"]), str(fields["e"]), int(fields["s"]), bytes(fields["r"])
-            )
+        assert await cluster.read_inbox(b)
         assert b.cluster.gaps == 1
         assert a.cluster.ref not in b.cluster.remote
         assert b.cluster.status == "joining"
