@@ -10,8 +10,8 @@ States: ``joining`` until Redis answered, the ACL files are loaded and every rep
 sent its roster (or a guard passed), and again while a link is started afresh (records were
 lost) until the other replica's roster arrives; ``ok``; ``degraded`` while Redis does not
 answer (new connections and sessions are refused; sessions across replicas wait up to the
-grace, then are closed with "relay link lost"). A replica whose key expired is lost: the sessions it
-held are closed with "relay node lost".
+grace, then are closed with "relay link lost"). A replica whose key expired is lost: the
+sessions it held are closed with "relay node lost".
 """
 
 from __future__ import annotations
