@@ -24,6 +24,11 @@ from support.server_proc import ServerProcess, running_server_sync
 
 # Debug logs carry the per-frame send/receive lines; host candidates only on loopback.
 P2P_ENV = {"SYFTBOX_HOTLINK_DEBUG": "1", "SYFTBOX_HOTLINK_ICE_SERVERS": "none"}
+# For tests that look at the data channel: a stream's first frames wait for it only up to the
+# grace (1.5 s by default). On a loaded machine (the whole suite on 2 cores) opening it may
+# take longer, and then a stream of a few MiB goes over the WebSocket entirely. Not in
+# P2P_ENV: tests of the fallback itself would wait this long for a channel that never opens.
+WAIT_FOR_CHANNEL = {"SYFTBOX_HOTLINK_WS_FALLBACK_GRACE_MS": "10000"}
 CHANNEL_OPEN = (
     r"hotlink webrtc data channel open \((offerer|answerer)\): session=\S+ transport=(\S+)"
 )

@@ -17,6 +17,7 @@ from support.server_proc import ServerProcess
 from support.streams import Pattern, send_stream
 
 from .conftest import (
+    WAIT_FOR_CHANNEL,
     backend_env,
     close_writer,
     require_backend,
@@ -44,6 +45,7 @@ async def test_a_sealed_tunnel_goes_peer_to_peer_over_bound_channels(
     async with tunnel_between(
         relay.url,
         tmp_path,
+        env=WAIT_FOR_CHANNEL,
         alice_env=backend_env("libdatachannel"),
         bob_env=backend_env(bob_backend),
     ) as t:

@@ -14,7 +14,7 @@ from support.client_proc import ClientProcess, await_telemetry, dial
 from support.server_proc import ServerProcess
 from support.streams import Pattern, Phase, assert_whole, read_stream, send_stream
 
-from .conftest import close_writer, require_backend, tunnel_between
+from .conftest import WAIT_FOR_CHANNEL, close_writer, require_backend, tunnel_between
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,9 @@ async def run_paced_stream(
 ) -> dict[str, object]:
     require_backend("libdatachannel")
     async with tunnel_between(
-        relay.url, tmp_path, env={"SYFTBOX_HOTLINK_WEBRTC_BACKEND": "libdatachannel", **(env or {})}
+        relay.url,
+        tmp_path,
+        env={"SYFTBOX_HOTLINK_WEBRTC_BACKEND": "libdatachannel", **WAIT_FOR_CHANNEL, **(env or {})},
     ) as t:
         bob_r, bob_w = await dial(t.bob_port)
         await asyncio.sleep(0.3)  # bob's connection is the one alice's stream goes to

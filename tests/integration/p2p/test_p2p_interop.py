@@ -15,6 +15,7 @@ from support.client_proc import await_telemetry, dial
 from support.server_proc import ServerProcess
 
 from .conftest import (
+    WAIT_FOR_CHANNEL,
     backend_env,
     channel_opens,
     close_writer,
@@ -37,6 +38,7 @@ async def test_mixed_backends_carry_both_directions(
     async with tunnel_between(
         relay.url,
         tmp_path,
+        env=WAIT_FOR_CHANNEL,
         alice_env=backend_env(alice_backend),
         bob_env=backend_env(bob_backend),
     ) as t:
@@ -73,6 +75,7 @@ async def test_flow_control_holds_across_backends(
     async with tunnel_between(
         relay.url,
         tmp_path,
+        env=WAIT_FOR_CHANNEL,
         alice_env=backend_env(alice_backend),
         bob_env=backend_env(bob_backend),
     ) as t:
@@ -99,6 +102,7 @@ async def test_a_peer_without_flow_control_interoperates_as_before(
     async with tunnel_between(
         relay.url,
         tmp_path,
+        env=WAIT_FOR_CHANNEL,
         alice_env=off if legacy == "sender" else None,
         bob_env=off if legacy == "receiver" else None,
     ) as t:

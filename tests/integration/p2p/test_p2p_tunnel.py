@@ -18,7 +18,14 @@ from support.client_proc import (
 )
 from support.server_proc import ServerProcess
 
-from .conftest import channel_opens, close_writer, negotiation_ms, stream_through, tunnel_between
+from .conftest import (
+    WAIT_FOR_CHANNEL,
+    channel_opens,
+    close_writer,
+    negotiation_ms,
+    stream_through,
+    tunnel_between,
+)
 
 CHUNKS = REFERENCE_CHUNKS
 TOTAL = REFERENCE_TOTAL
@@ -27,7 +34,7 @@ TOTAL = REFERENCE_TOTAL
 async def test_tcp_proxy_both_directions_go_peer_to_peer(
     relay: ServerProcess, tmp_path: Path
 ) -> None:
-    async with tunnel_between(relay.url, tmp_path) as t:
+    async with tunnel_between(relay.url, tmp_path, env=WAIT_FOR_CHANNEL) as t:
         bob_r, bob_w = await dial(t.bob_port)
         await asyncio.sleep(0.5)
         alice_r, alice_w = await dial(t.alice_port)
@@ -69,7 +76,7 @@ async def test_tcp_proxy_both_directions_go_peer_to_peer(
 @pytest.mark.slow
 async def test_16_mib_stream_over_p2p_arrives_intact(relay: ServerProcess, tmp_path: Path) -> None:
     size = 16 * 1024 * 1024
-    async with tunnel_between(relay.url, tmp_path) as t:
+    async with tunnel_between(relay.url, tmp_path, env=WAIT_FOR_CHANNEL) as t:
         bob_r, bob_w = await dial(t.bob_port)
         await asyncio.sleep(0.2)
         _alice_r, alice_w = await dial(t.alice_port)
@@ -90,7 +97,7 @@ async def test_a_clean_end_is_not_a_p2p_failure(relay: ServerProcess, tmp_path: 
     hear before its own session has ended: that is the stream's end, not a failed channel
     (no p2p_failed, no warning). The race itself is pinned down in the unit tests."""
     size = 4 * 1024 * 1024
-    async with tunnel_between(relay.url, tmp_path) as t:
+    async with tunnel_between(relay.url, tmp_path, env=WAIT_FOR_CHANNEL) as t:
         for _ in range(3):
             bob_r, bob_w = await dial(t.bob_port)
             await asyncio.sleep(0.2)

@@ -15,7 +15,13 @@ from support.coturn import CoturnServer, coturn, require_turnserver
 from support.server_proc import running_server
 from support.ws_client import connect
 
-from .conftest import channel_opens, close_writer, stream_through, tunnel_between
+from .conftest import (
+    WAIT_FOR_CHANNEL,
+    channel_opens,
+    close_writer,
+    stream_through,
+    tunnel_between,
+)
 
 SIZE = 2 * 1024 * 1024
 SECRET = "hotlink-p2p-test-secret"
@@ -70,6 +76,7 @@ async def test_relay_only_sessions_go_through_turn(
         "SYFTBOX_HOTLINK_TURN_USER": user,
         "SYFTBOX_HOTLINK_TURN_PASS": password,
         "SYFTBOX_HOTLINK_RELAY_ONLY": "1",
+        **WAIT_FOR_CHANNEL,
     }
     async with (
         running_server(tmp_path) as relay,
@@ -94,6 +101,7 @@ async def test_turn_credentials_advertised_by_the_server(
             "SYFTBOX_HOTLINK_ICE_SERVERS": "",  # empty = unset: adopt the server's list
             "SYFTBOX_HOTLINK_STUN_SERVER": "",
             "SYFTBOX_HOTLINK_RELAY_ONLY": "1",
+            **WAIT_FOR_CHANNEL,
         }
         async with tunnel_between(relay.url, tmp_path, env=env) as t:
             for client in (t.alice, t.bob):
