@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from hotlink.client.connection import NotConnected
+from hotlink.client.manager import HotlinkManager
 from hotlink.client.p2p.transport import SessionInfo, TransportHost
 from hotlink.client.session.inbound import InboundSession
 from hotlink.client.session.outbound import OutboundSession
@@ -208,3 +210,19 @@ async def until(predicate: Any, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not predicate():  # noqa: ASYNC110 - polling a plain predicate is the point
             await asyncio.sleep(0.005)
+
+
+def fake_manager(tmp_path: Path, email: str, **options: Any) -> tuple[HotlinkManager, FakeWire]:
+    """``email``'s manager on a :class:`FakeWire`, with a :class:`FakeTransport` unless
+    ``options`` name the transport (``transport=None``: the manager's own, WebSocket only);
+    the other ``options`` go to :class:`HotlinkManager` as they are."""
+    wire = FakeWire()
+    options.setdefault("transport", FakeTransport())
+    manager = HotlinkManager(
+        local_email=email,
+        datasites=tmp_path / "datasites",
+        wire=wire,
+        telemetry=Telemetry(None),
+        **options,
+    )
+    return manager, wire

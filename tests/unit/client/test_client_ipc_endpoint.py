@@ -23,12 +23,11 @@ from hotlink.client.edges.ipc import (
 )
 from hotlink.client.edges.watcher import TreeWatcher
 from hotlink.client.localfs import UnsafePath
-from hotlink.client.manager import HotlinkManager, ManagerConfig
+from hotlink.client.manager import ManagerConfig
 from hotlink.client.session.base import SessionClosed
-from hotlink.client.telemetry import Telemetry
 from hotlink.protocol.frames import Frame, FrameDecoder, encode_frame
 from hotlink.protocol.messages import HotlinkOpen
-from unit.client.client_fakes import ALICE, BOB, FakeWire, until
+from unit.client.client_fakes import ALICE, BOB, fake_manager, until
 from unit.client.hostile_files import exists, fifo_guard, make_fifo, names
 
 FOLDER = f"{ALICE}/app_data/app/rpc/ep"
@@ -369,13 +368,8 @@ async def test_frames_queued_on_a_session_never_accepted_reset_the_apps_connecti
     # The real manager: the app's first frame is queued on its folder's session, which is
     # never accepted and ends with the frame unsent. The app must hear of it at once, not
     # write on into a fresh session as if nothing had been lost.
-    wire = FakeWire()
-    manager = HotlinkManager(
-        local_email=ALICE,
-        datasites=tmp_path / "datasites",
-        wire=wire,
-        telemetry=Telemetry(None),
-        config=ManagerConfig(accept_timeout=0.05),
+    manager, wire = fake_manager(
+        tmp_path, ALICE, transport=None, config=ManagerConfig(accept_timeout=0.05)
     )
     endpoint = await _endpoint(tmp_path, sockets, "unix", manager.send)
     try:

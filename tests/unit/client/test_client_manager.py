@@ -12,7 +12,6 @@ import pytest
 from hotlink.client.manager import HotlinkManager, ManagerConfig, local_path
 from hotlink.client.session.budget import BudgetLimits
 from hotlink.client.session.outbound import OutboundSession
-from hotlink.client.telemetry import Telemetry
 from hotlink.protocol.flow import FLOW_KIND, Credit, credit_token
 from hotlink.protocol.frames import Frame
 from hotlink.protocol.messages import (
@@ -31,6 +30,7 @@ from unit.client.client_fakes import (
     FakeTransport,
     FakeWire,
     FakeWriter,
+    fake_manager,
     until,
 )
 
@@ -75,16 +75,7 @@ def _manager(
     email: str = BOB,
     config: ManagerConfig | None = None,
 ) -> tuple[HotlinkManager, FakeWire]:
-    wire = FakeWire()
-    manager = HotlinkManager(
-        local_email=email,
-        datasites=tmp_path / "datasites",
-        wire=wire,
-        telemetry=Telemetry(None),
-        transport=transport or FakeTransport(),
-        config=config,
-    )
-    return manager, wire
+    return fake_manager(tmp_path, email, transport=transport or FakeTransport(), config=config)
 
 
 def msg(payload: object) -> Message:
@@ -352,15 +343,7 @@ async def test_opens_wait_for_the_ready_gate(tmp_path: Path) -> None:
         await gate.wait()
         return True
 
-    wire = FakeWire()
-    manager = HotlinkManager(
-        local_email=ALICE,
-        datasites=tmp_path / "datasites",
-        wire=wire,
-        telemetry=Telemetry(None),
-        transport=FakeTransport(),
-        ready=ready,
-    )
+    manager, wire = fake_manager(tmp_path, ALICE, ready=ready)
     await manager.open_stream(TUNNEL, BOB)
     await asyncio.sleep(0.05)
     assert wire.payloads(HotlinkOpen) == []

@@ -18,7 +18,6 @@ from hotlink.client.control import client_registry
 from hotlink.client.manager import HotlinkManager
 from hotlink.client.p2p.session import P2PPathInfo
 from hotlink.client.status import RECENT_MAX, RateMeter, StatusBuilder, tcp_rtt
-from hotlink.client.telemetry import Telemetry
 from hotlink.protocol.markers import ProxyChannel
 from hotlink.protocol.messages import (
     HotlinkAccept,
@@ -36,6 +35,7 @@ from unit.client.client_fakes import (
     FakeTransport,
     FakeWire,
     FakeWriter,
+    fake_manager,
     until,
 )
 from unit.client.test_client_webrtc_fakes import SID as P2P_SID
@@ -117,15 +117,7 @@ def setup(
     tmp_path: Path, transport: Any = None, clock: Clock | None = None
 ) -> tuple[StatusBuilder, HotlinkManager, FakeWire, FakeChannel, Clock]:
     clock = clock or Clock()
-    wire = FakeWire()
-    telemetry = Telemetry(None)
-    manager = HotlinkManager(
-        local_email=BOB,
-        datasites=tmp_path / "datasites",
-        wire=wire,
-        telemetry=telemetry,
-        transport=transport or FakeTransport(),
-    )
+    manager, wire = fake_manager(tmp_path, BOB, transport=transport or FakeTransport())
     channel = FakeChannel(FakeWriter())
     proxy = FakeProxy({TUNNEL: channel})
     manager.tunnels = proxy
@@ -134,7 +126,7 @@ def setup(
             email=BOB, data_dir=str(tmp_path), server_url="http://relay", hotlink=True
         ),
         connection=FakeConnection(),
-        telemetry=telemetry,
+        telemetry=manager.telemetry,
         manager=manager,
         transport=manager.transport,
         proxy=proxy,  # type: ignore[arg-type]

@@ -15,7 +15,6 @@ from hotlink.client.e2e.keystore import PinFile
 from hotlink.client.manager import HotlinkManager
 from hotlink.client.status import StatusBuilder
 from hotlink.client.status_commands import render
-from hotlink.client.telemetry import Telemetry
 from hotlink.protocol.e2e.handshake import E2E_HELLO
 from hotlink.protocol.e2e.identity import Identity
 from hotlink.protocol.e2e.session import E2ESession
@@ -29,7 +28,14 @@ from hotlink.protocol.messages import (
     Message,
 )
 from hotlink.settings import ClientSettings
-from unit.client.client_fakes import ALICE, BOB, FakeTransport, FakeWire, FakeWriter, until
+from unit.client.client_fakes import (
+    ALICE,
+    BOB,
+    FakeWire,
+    FakeWriter,
+    fake_manager,
+    until,
+)
 from unit.client.test_client_status import TUNNEL, FakeChannel, FakeConnection, FakeProxy
 
 SID = "e2e0e2e0e2e0e2e0e2e0"
@@ -47,16 +53,7 @@ def bob_with(
     tmp_path: Path, e2e: E2EContext | None
 ) -> tuple[StatusBuilder, HotlinkManager, FakeWire]:
     """Bob's manager (the acceptor of alice's tunnel stream) and his status builder."""
-    wire = FakeWire()
-    telemetry = Telemetry(None)
-    manager = HotlinkManager(
-        local_email=BOB,
-        datasites=tmp_path / "datasites",
-        wire=wire,
-        telemetry=telemetry,
-        transport=FakeTransport(),
-        e2e=e2e,
-    )
+    manager, wire = fake_manager(tmp_path, BOB, e2e=e2e)
     proxy = FakeProxy({TUNNEL: FakeChannel(FakeWriter())})
     manager.tunnels = proxy
     builder = StatusBuilder(
@@ -64,7 +61,7 @@ def bob_with(
             email=BOB, data_dir=str(tmp_path), server_url="http://relay", hotlink=True
         ),
         connection=FakeConnection(),
-        telemetry=telemetry,
+        telemetry=manager.telemetry,
         manager=manager,
         transport=manager.transport,
         proxy=proxy,
